@@ -1,0 +1,62 @@
+"""Checking and resizing camera frames on the host (numpy + OpenCV, no torch)."""
+
+import cv2
+import numpy as np
+
+__all__ = ["MAX_IMAGE_SIDE", "as_rgb", "resize_rgb", "resize_labels", "resize_scores"]
+
+#: longest side accepted: larger frames are almost surely corrupt headers, not cameras
+MAX_IMAGE_SIDE = 16384
+
+_ACCEPTED = "an H×W×3 RGB, H×W×4 RGBA or H×W gray numpy array of dtype uint8"
+
+
+def as_rgb(image) -> np.ndarray:
+    """Validate a frame and return it as a contiguous H×W×3 uint8 RGB array.
+
+    Accepts H×W×3 RGB, H×W×4 RGBA (alpha dropped), H×W or H×W×1 gray (replicated).
+    Anything else raises ``ValueError`` naming what was received and what is accepted.
+    """
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"expected {_ACCEPTED}; got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected {_ACCEPTED}; got dtype {image.dtype} (shape {image.shape})")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ValueError(f"expected {_ACCEPTED}; got shape {image.shape}")
+    h, w = image.shape[:2]
+    if h == 0 or w == 0:
+        raise ValueError(f"empty image: shape {image.shape}")
+    if max(h, w) > MAX_IMAGE_SIDE:
+        raise ValueError(f"image of {w}×{h} pixels exceeds the largest accepted side "
+                         f"{MAX_IMAGE_SIDE}; is the message header corrupt?")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
+    return np.ascontiguousarray(image)
+
+
+def resize_rgb(rgb: np.ndarray, size) -> np.ndarray:
+    """Bilinear resize to ``size`` = (width, height), as the segmenter was trained."""
+    w, h = size
+    if rgb.shape[1] == w and rgb.shape[0] == h:
+        return rgb
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def resize_labels(labels: np.ndarray, size) -> np.ndarray:
+    """Nearest-neighbour resize of a label map (labels are never blended)."""
+    w, h = size
+    if labels.shape[1] == w and labels.shape[0] == h:
+        return labels
+    return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def resize_scores(scores: np.ndarray, size) -> np.ndarray:
+    """Bilinear resize of a float32 score map."""
+    w, h = size
+    if scores.shape[1] == w and scores.shape[0] == h:
+        return scores
+    return cv2.resize(scores, (w, h), interpolation=cv2.INTER_LINEAR)

@@ -1,0 +1,102 @@
+"""Segmentation architectures, their RPL attachment, and loading them from checkpoints.
+
+The registry maps an architecture name (stored in every checkpoint) to how to build the
+closed-set segmenter and its RPL branch. Add an architecture with :func:`register_architecture`.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+from torch import nn
+
+from .anomaly import AnomalyModel
+from .espnetv2 import EfficientPyrPool, ESPNetv2Segmentation, espnetv2_cityscapes
+from .rpl import RPLBranch, RPLOutput, RPLSegmenter
+
+__all__ = [
+    "Architecture", "ARCHITECTURES", "CITYSCAPES_CLASSES", "register_architecture",
+    "get_architecture", "load_segmenter", "AnomalyModel", "RPLBranch", "RPLOutput",
+    "RPLSegmenter", "ESPNetv2Segmentation",
+]
+
+#: the 19 Cityscapes train ids, in order
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+    "motorcycle", "bicycle",
+)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How to build one segmenter family and attach RPL to it."""
+
+    name: str
+    build_segmenter: Callable[[], nn.Module]
+    #: (frozen segmenter, branch width) → RPLBranch, initialised as the official code does
+    build_rpl_branch: Callable[[nn.Module, int], RPLBranch]
+    default_rpl_width: int
+    input_size: Tuple[int, int]  # (width, height) the network was trained at
+    class_names: Tuple[str, ...] = CITYSCAPES_CLASSES
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+    extra: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def num_inlier(self) -> int:
+        return len(self.class_names)
+
+
+ARCHITECTURES: Dict[str, Architecture] = {}
+
+
+def register_architecture(arch: Architecture) -> Architecture:
+    if arch.name in ARCHITECTURES:
+        raise ValueError(f"architecture {arch.name!r} is already registered")
+    ARCHITECTURES[arch.name] = arch
+    return arch
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
+
+
+def espnetv2_rpl_branch(segmenter: ESPNetv2Segmentation, width: int = 64) -> RPLBranch:
+    """ESPNetv2's RPL branch: a pyramid-pooling context block on the level-4 feature.
+
+    The segmenter's own context module is ``bu_dec_l1`` (EfficientPyrPool 512 → 64); as the
+    official code copies DeepLabV3+'s ASPP, the branch starts as a copy of it when the widths match.
+    """
+    context = EfficientPyrPool(segmenter.deep_channels, 10, width)
+    if width == segmenter.bu_dec_l1.merge_layer[3].out_channels:
+        context.load_state_dict(segmenter.bu_dec_l1.state_dict())
+    return RPLBranch(context, width, segmenter.head_channels)
+
+
+register_architecture(Architecture(
+    name="espnetv2_cityscapes",
+    build_segmenter=espnetv2_cityscapes,
+    build_rpl_branch=espnetv2_rpl_branch,
+    default_rpl_width=64,
+    input_size=(1024, 512),
+))
+
+
+def load_segmenter(path, architecture: Optional[str] = None) -> nn.Module:
+    """Frozen closed-set segmenter in eval mode: normalised (B,3,H,W) → logits (B,C,H,W).
+
+    ``path`` is an rpl_perception checkpoint (``.safetensors``) or a plain PyTorch state dict of
+    the segmenter (loaded with ``weights_only=True``; ``architecture`` defaults to ESPNetv2).
+    Keys must match exactly; a mismatch raises :class:`~rpl_perception.checkpoint.CheckpointError`
+    naming the file and the keys.
+    """
+    from ..checkpoint import load_model
+
+    model, _ = load_model(Path(path), architecture=architecture, with_branch=False)
+    return model.segmenter

@@ -1,0 +1,92 @@
+"""Residual Pattern Learning (Liu et al., ICCV 2023), the network side.
+
+Paper Eq. 3: a trainable branch reads the segmenter's deep feature and adds a residual to the
+feature ``f`` that feeds the frozen classifier head, which is then run twice::
+
+    ỹ = head(f)                 closed-set logits (the segmenter's own output, untouched)
+    ŷ = head(f + rpl(deep))     logits used for the anomaly score
+
+Closed-set labels always come from ỹ, so they are bit-identical with and without the branch.
+"""
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["RPLOutput", "RPLBranch", "RPLSegmenter", "init_kaiming_fan_in"]
+
+
+class RPLOutput(NamedTuple):
+    closed: torch.Tensor  # ỹ, (B, C, H, W) at the input resolution
+    rpl: Optional[torch.Tensor]  # ŷ, same shape; None without a branch
+    embedding: Optional[torch.Tensor]  # the branch's context feature (for CoroCL); None without a branch
+
+
+def init_kaiming_fan_in(conv: nn.Conv2d) -> None:
+    """Kaiming-normal (fan-in) weights and zero bias, as the official RPL code initialises its 1×1s."""
+    nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+class RPLBranch(nn.Module):
+    """Context block on the deep feature, then a 1×1 to the head's input width.
+
+    ``context`` is architecture-specific (ASPP for DeepLabV3+, pyramid pooling for ESPNetv2); its
+    output is the ``embedding`` that the CoroCL projector reads. The 1×1 runs before the bilinear
+    upsampling to the head's resolution: both are linear and the interpolation weights sum to 1,
+    so the order does not change the function, and the 1×1 is cheaper at the deep stride.
+    """
+
+    def __init__(self, context: nn.Module, context_channels: int, head_channels: int):
+        super().__init__()
+        self.context = context
+        self.context_channels = context_channels
+        self.residual = nn.Conv2d(context_channels, head_channels, 1, bias=True)
+        init_kaiming_fan_in(self.residual)
+
+    def forward(self, deep: torch.Tensor, feat_size) -> tuple:
+        embedding = self.context(deep)
+        residual = F.interpolate(self.residual(embedding), feat_size, mode="bilinear",
+                                 align_corners=True)
+        return residual, embedding
+
+
+class RPLSegmenter(nn.Module):
+    """A frozen closed-set segmenter with an optional RPL branch.
+
+    The segmenter must provide ``extract_features(x) -> (deep, feat)``, ``head(feat)`` and
+    ``upsample_logits(logits, size)`` (see :class:`~rpl_perception.models.espnetv2.ESPNetv2Segmentation`).
+    The segmenter stays in eval mode with frozen parameters whatever ``train()`` is called with:
+    RPL never changes it, and its BatchNorm must keep using the running statistics.
+    """
+
+    def __init__(self, segmenter: nn.Module, branch: Optional[RPLBranch] = None):
+        super().__init__()
+        self.segmenter = segmenter
+        self.branch = branch
+        for p in self.segmenter.parameters():
+            p.requires_grad_(False)
+        self.segmenter.eval()
+
+    @property
+    def has_branch(self) -> bool:
+        return self.branch is not None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.segmenter.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> RPLOutput:
+        size = x.shape[-2:]
+        seg = self.segmenter
+        deep, feat = seg.extract_features(x)
+        closed = seg.upsample_logits(seg.head(feat), size)
+        if self.branch is None:
+            return RPLOutput(closed, None, None)
+        residual, embedding = self.branch(deep, feat.shape[-2:])
+        rpl = seg.upsample_logits(seg.head(feat + residual), size)
+        return RPLOutput(closed, rpl, embedding)
