@@ -26,7 +26,7 @@ Component level (:func:`component_metrics`): sIoU, PPV and mean F1 of SMIYC (Cha
 SegmentMeIfYouCan/road-anomaly-benchmark). Semantic segmentation: :func:`miou`.
 """
 
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
@@ -47,32 +47,31 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 # ----------------------------------------------------------------------------- input checks
 
-def _as_pairs(scores, labels, what: str) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """One image (two arrays) or a list of images → list of (score, label) pairs, shapes checked."""
-    single = isinstance(scores, np.ndarray), isinstance(labels, np.ndarray)
+def _as_pairs(first, second, what: str) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """One image (two arrays) or a list of images (two equal-length lists) → list of array pairs of
+    equal shape (sizes may differ between images)."""
+    single = isinstance(first, np.ndarray), isinstance(second, np.ndarray)
     if all(single):
-        scores, labels = [scores], [labels]
+        first, second = [first], [second]
     elif any(single):
         raise ValueError(f"{what}: pass two arrays (one image) or two lists of arrays (one per image); "
-                         f"got {type(scores).__name__} and {type(labels).__name__}")
-    scores, labels = list(scores), list(labels)
-    if len(scores) != len(labels):
-        raise ValueError(f"{what}: got {len(scores)} score maps but {len(labels)} label maps")
-    if not scores:
+                         f"got {type(first).__name__} and {type(second).__name__}")
+    first, second = list(first), list(second)
+    if len(first) != len(second):
+        raise ValueError(f"{what}: got {len(first)} and {len(second)} maps; need one of each per image")
+    if not first:
         raise ValueError(f"{what}: no images given")
-    pairs = []
-    for i, (score, label) in enumerate(zip(scores, labels)):
-        score, label = np.asarray(score), np.asarray(label)
-        if score.shape != label.shape:
-            raise ValueError(f"{what}: image {i}: score shape {score.shape} != label shape {label.shape}")
-        _check_dtypes(score, label, f"{what}: image {i}")
-        pairs.append((score, label))
+    pairs = [(np.asarray(a), np.asarray(b)) for a, b in zip(first, second)]
+    for i, (a, b) in enumerate(pairs):
+        if a.shape != b.shape:
+            raise ValueError(f"{what}: image {i}: shapes differ: {a.shape} and {b.shape}")
     return pairs
 
 
 def _check_dtypes(score: np.ndarray, label: np.ndarray, where: str) -> None:
-    if score.dtype.kind not in "fiu":
-        raise ValueError(f"{where}: scores must be a real-valued (float or integer) array; got dtype {score.dtype}")
+    if score.dtype.kind not in "fiub":
+        raise ValueError(f"{where}: scores must be a real-valued (float, integer or bool) array; "
+                         f"got dtype {score.dtype}")
     if label.dtype.kind not in "iub":
         raise ValueError(f"{where}: labels must be an integer array (0 in-distribution, 1 anomaly, "
                          f"other = void); got dtype {label.dtype}")
@@ -119,6 +118,7 @@ def pixel_metrics(scores, labels) -> Dict[str, float]:
     """
     evaluated_scores, is_anomaly = [], []
     for i, (score, label) in enumerate(_as_pairs(scores, labels, "pixel_metrics")):
+        _check_dtypes(score, label, f"pixel_metrics: image {i}")
         evaluated = (label == IN_DISTRIBUTION) | (label == ANOMALY)
         evaluated_scores.append(score[evaluated])
         is_anomaly.append(label[evaluated] == ANOMALY)
@@ -137,6 +137,8 @@ def to_float16(scores) -> np.ndarray:
     to float16 with IEEE round-to-nearest-even. ±inf therefore become ±65504 (ties with the largest
     finite value) instead of overflowing; NaN stays NaN."""
     scores = np.asarray(scores)
+    if scores.dtype.kind == "b":
+        return scores.astype(np.float16)
     if scores.dtype.kind not in "fiu":
         raise ValueError(f"scores must be a real-valued array; got dtype {scores.dtype}")
     return np.clip(scores, -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
@@ -249,7 +251,6 @@ def _image_component_scores(score: np.ndarray, label: np.ndarray, threshold: flo
     evaluated = ~void & ~small_gt[gt_ids]
     gt_in, pred_in = gt_ids[evaluated], pred_ids[evaluated]
     pred_in[small_pred[pred_in]] = 0
-    gt_in[small_gt[gt_in]] = 0  # cannot happen inside `evaluated`; keeps ids consistent
 
     # contingency table C[g, p] of pixel counts, sparse: only (g, p) pairs that occur
     touched = (gt_in > 0) | (pred_in > 0)
@@ -395,21 +396,8 @@ def miou(pred_labels, gt_labels, num_classes: int = 19, ignore_index: int = 255)
     """Mean IoU over one H×W pair or two lists of label maps, confusion matrix summed over images
     (not averaged per image). Classes absent from both ground truth and prediction are excluded
     from the mean; see :class:`ConfusionMatrix`."""
-    pairs = _as_label_pairs(pred_labels, gt_labels)
     confusion = ConfusionMatrix(num_classes, ignore_index)
-    for pred, gt in pairs:
+    for pred, gt in _as_pairs(pred_labels, gt_labels, "miou"):
         confusion.update(pred, gt)
     return confusion.compute()
 
-
-def _as_label_pairs(pred_labels, gt_labels) -> Iterable[Tuple[np.ndarray, np.ndarray]]:
-    single = isinstance(pred_labels, np.ndarray), isinstance(gt_labels, np.ndarray)
-    if all(single):
-        return [(pred_labels, gt_labels)]
-    if any(single):
-        raise ValueError("miou: pass two arrays (one image) or two lists of arrays; got "
-                         f"{type(pred_labels).__name__} and {type(gt_labels).__name__}")
-    pred_labels, gt_labels = list(pred_labels), list(gt_labels)
-    if len(pred_labels) != len(gt_labels) or not pred_labels:
-        raise ValueError(f"miou: got {len(pred_labels)} predictions and {len(gt_labels)} ground-truth maps")
-    return list(zip(pred_labels, gt_labels))
