@@ -1,0 +1,80 @@
+"""The single-file checkpoint format and its error messages."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from rpl_perception import AnomalySegmenter
+from rpl_perception.checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, load_model,
+                                       read_checkpoint, save_checkpoint)
+from rpl_perception.models import RPLSegmenter, get_architecture
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return load_model(DEFAULT_CHECKPOINT)
+
+
+def test_round_trip_with_rpl_branch_and_projector(tmp_path, default_model):
+    torch.manual_seed(0)
+    network, meta = default_model
+    arch = get_architecture(meta.architecture)
+    model = RPLSegmenter(network.segmenter, arch.build_rpl_branch(network.segmenter, 32))
+    projector = torch.nn.Conv2d(32, 32, 1)
+    meta.rpl_width, meta.score = 32, "rpl_energy"
+    meta.provenance = {"data": "unit test", "iterations": 0}
+    try:
+        path = save_checkpoint(tmp_path / "m.safetensors", meta, model, projector)
+    finally:
+        meta.rpl_width, meta.score = None, "energy"
+    loaded, loaded_meta = load_model(path)
+    assert loaded_meta.rpl_width == 32 and loaded_meta.provenance["data"] == "unit test"
+    for key, value in model.branch.state_dict().items():
+        assert torch.equal(loaded.branch.state_dict()[key], value)
+    _, groups = read_checkpoint(path)
+    assert torch.equal(groups["projector"]["weight"], projector.weight)
+    assert AnomalySegmenter.from_checkpoint(path, network_size=(128, 64)).score == "rpl_energy"
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        AnomalySegmenter.from_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_mismatched_weights_name_file_keys_and_shapes(tmp_path):
+    _, groups = read_checkpoint(DEFAULT_CHECKPOINT)
+    state = dict(groups["segmenter"])
+    del state["bu_dec_l4.merge_layer.3.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    state["base_net.level1.conv.weight"] = torch.zeros(16, 3, 3, 3)
+    path = tmp_path / "broken.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    text = str(info.value)
+    assert str(path) in text
+    assert "missing keys: bu_dec_l4.merge_layer.3.weight" in text
+    assert "unexpected keys: extra.weight" in text
+    assert "base_net.level1.conv.weight: file (16, 3, 3, 3) vs model (32, 3, 3, 3)" in text
+
+
+def test_corrupt_and_foreign_files_are_clear_errors(tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00not a model" * 10)
+    with pytest.raises(CheckpointError, match="garbage.safetensors: not a readable safetensors"):
+        load_model(garbage)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="no 'rpl_perception' metadata"):
+        load_model(foreign)
+    future = tmp_path / "future.safetensors"
+    save_file({"segmenter.w": torch.zeros(2)}, str(future),
+              metadata={"rpl_perception": json.dumps({"format": "rpl_perception/99"})})
+    with pytest.raises(CheckpointError, match="expected 'rpl_perception/1'"):
+        load_model(future)
+    pickled = tmp_path / "object.pth"
+    torch.save({"model": torch.nn.Linear(2, 2)}, pickled)  # a pickled module, not a state dict
+    with pytest.raises(CheckpointError, match="object.pth"):
+        load_model(pickled)

@@ -1,0 +1,82 @@
+"""ESPNetv2 from the fact sheet, the RPL attachment, and the segmenter registry."""
+
+import pytest
+import torch
+
+from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint
+from rpl_perception.models import ESPNetv2Segmentation, RPLSegmenter, get_architecture, load_segmenter
+from rpl_perception.models.espnetv2 import EESP
+
+
+def test_checkpoint_loads_strictly_into_fact_sheet_network(espnetv2_pth):
+    state = torch.load(espnetv2_pth, map_location="cpu", weights_only=True)
+    model = ESPNetv2Segmentation()
+    assert len(state) == 526
+    model.load_state_dict(state, strict=True)  # raises on any missing/unexpected key or shape
+    # the model README's 814,351 counts every state-dict number, BN running statistics included
+    assert sum(v.numel() for v in model.state_dict().values()) == 814_351
+    assert sum(p.numel() for p in model.parameters()) == 789_242
+
+
+def test_embedded_default_model_is_the_published_checkpoint(espnetv2_pth):
+    published = torch.load(espnetv2_pth, map_location="cpu", weights_only=True)
+    _, groups = read_checkpoint(DEFAULT_CHECKPOINT)
+    assert groups["segmenter"].keys() == published.keys()
+    for key, value in published.items():
+        assert torch.equal(groups["segmenter"][key], value), key
+
+
+def test_load_segmenter_returns_frozen_eval_module_with_input_resolution_logits():
+    seg = load_segmenter(DEFAULT_CHECKPOINT)
+    assert not seg.training
+    assert all(not p.requires_grad for p in seg.parameters())
+    x = torch.randn(2, 3, 128, 256)
+    with torch.no_grad():
+        logits = seg(x)
+    assert logits.shape == (2, 20, 128, 256)
+
+
+def test_eesp_dilations_follow_the_receptive_field_limit():
+    # r_lim 7 caps the 9×9 branch to 3×3: dilations 1,1,2,3 (fact sheet, level4)
+    assert [m.conv.dilation[0] for m in EESP(512, 512, r_lim=7).spp_dw] == [1, 1, 2, 3]
+    assert [m.conv.dilation[0] for m in EESP(128, 128, r_lim=13).spp_dw] == [1, 2, 3, 4]
+
+
+def _rpl_network(width):
+    arch = get_architecture("espnetv2_cityscapes")
+    seg = load_segmenter(DEFAULT_CHECKPOINT)
+    return RPLSegmenter(seg, arch.build_rpl_branch(seg, width)).eval()
+
+
+def test_rpl_branch_shapes_and_closed_set_invariance():
+    torch.manual_seed(0)
+    network = _rpl_network(width=64)
+    x = torch.randn(1, 3, 128, 256)
+    with torch.no_grad():
+        out = network(x)
+        plain = network.segmenter(x)
+    assert out.rpl.shape == out.closed.shape == (1, 20, 128, 256)
+    assert out.embedding.shape == (1, 64, 8, 16)  # stride 16 context feature
+    # ỹ is the segmenter's own output, bit for bit, whatever the branch does
+    assert torch.equal(out.closed, plain)
+    assert not torch.equal(out.rpl, out.closed)
+
+
+def test_branch_starts_as_copy_of_the_segmenters_context_module_only_when_widths_match():
+    net64, net32 = _rpl_network(64), _rpl_network(32)
+    src = net64.segmenter.bu_dec_l1.state_dict()
+    for key, value in net64.branch.context.state_dict().items():
+        assert torch.equal(value, src[key]), key
+    assert net32.branch.context.merge_layer[3].out_channels == 32
+
+
+def test_segmenter_stays_frozen_in_eval_mode_when_training_the_branch():
+    network = _rpl_network(64).train()
+    assert network.branch.training
+    assert not network.segmenter.training
+    assert not any(m.training for m in network.segmenter.modules())
+
+
+def test_unknown_architecture_lists_known_ones():
+    with pytest.raises(ValueError, match="espnetv2_cityscapes"):
+        get_architecture("no_such_net")
