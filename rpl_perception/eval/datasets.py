@@ -103,7 +103,10 @@ def read_label(path, label_map: Optional[Mapping[int, int]] = None) -> np.ndarra
 
 
 class LabelledImageDataset(Sequence):
-    """Image / label file pairs, read on access: ``dataset[i]`` → :class:`Sample`."""
+    """Image / label file pairs, read on access: ``dataset[i]`` → :class:`Sample`.
+
+    ``files[i]`` holds the paths (:class:`SampleFiles`); :meth:`read_label` reads only a label.
+    """
 
     def __init__(self, kind: str, root: Path, files: Sequence[SampleFiles],
                  label_map: Optional[Mapping[int, int]]):
@@ -148,8 +151,8 @@ def _require_dirs(kind: str, root: Path, *dirs: str) -> None:
         raise _layout_error(kind, root, missing)
 
 
-def _images_in(folder: Path, pattern: str = "*") -> List[Path]:
-    return sorted(p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def _images_in(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def _pair_or_raise(kind: str, root: Path, candidates: Sequence[Tuple[str, Path, Path]],
@@ -263,10 +266,12 @@ DATASET_KINDS: Dict[str, DatasetKind] = {
         "Fishyscapes Static", ("original/NAME.png", "labels/NAME.png   (0 in, 1 anomaly, 255 void)"),
         _fishyscapes("fishyscapes_static", "Static")),
     "smiyc_anomaly_track": DatasetKind(
-        "SMIYC AnomalyTrack", ("images/NAME.jpg", "labels_masks/NAME_labels_semantic.png   (0 in, 1 anomaly, 255 void)"),
+        "SMIYC AnomalyTrack",
+        ("images/NAME.jpg", "labels_masks/NAME_labels_semantic.png   (0 in, 1 anomaly, 255 void)"),
         _smiyc("smiyc_anomaly_track")),
     "smiyc_obstacle_track": DatasetKind(
-        "SMIYC ObstacleTrack", ("images/NAME.webp", "labels_masks/NAME_labels_semantic.png   (0 road, 1 obstacle, 255 void)"),
+        "SMIYC ObstacleTrack",
+        ("images/NAME.webp", "labels_masks/NAME_labels_semantic.png   (0 road, 1 obstacle, 255 void)"),
         _smiyc("smiyc_obstacle_track"), component_sizes=(50, 10)),
     "road_anomaly": DatasetKind(
         "RoadAnomaly", ("frames/NAME.jpg", "frames/NAME.labels/labels_semantic.png   (0 normal, 2 anomaly)",

@@ -101,7 +101,7 @@ def _curve_metrics(anomaly_counts: np.ndarray, inlier_counts: np.ndarray) -> Dic
     ap = float(np.sum(np.diff(recall, prepend=0.0) * precision))
     tpr = np.concatenate([[0.0], recall])
     fpr = np.concatenate([[0.0], fp / num_inlier])
-    auroc = float(np.trapezoid(tpr, fpr))
+    auroc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))  # trapezoid rule (np.trapz in numpy < 2)
     fpr95 = float(fpr[np.argmax(tpr >= 0.95)])  # tpr reaches 1 at the last threshold
     return {"ap": ap, "fpr95": fpr95, "auroc": auroc}
 
@@ -174,13 +174,12 @@ class PixelMetricAccumulator:
     bin, so the result equals ``pixel_metrics(to_float16(s), l)`` on all frames at once, exactly
     (the same counts per threshold go through the same arithmetic), however many frames are added.
     -0.0 and +0.0 share a bin. NaN on evaluated pixels raises ``ValueError`` and leaves the
-    accumulator unchanged.
+    accumulator unchanged. Usage::
 
-    >>> acc = PixelMetricAccumulator()
-    >>> for score, label in frames:     # doctest: +SKIP
-    ...     acc.update(score, label)
-    >>> acc.compute()                  # doctest: +SKIP
-    {'ap': ..., 'fpr95': ..., 'auroc': ...}
+        accumulator = PixelMetricAccumulator()
+        for score, label in frames:
+            accumulator.update(score, label)
+        accumulator.compute()  # {"ap": ..., "fpr95": ..., "auroc": ...}
     """
 
     def __init__(self):
