@@ -10,26 +10,28 @@ Topic layout (all ``sensor_msgs/msg/Image``, one message per frame, matched by h
 * semantic ground truth (Cityscapes train ids, 255 = void) on the sibling ``semantic_labels``
   topic, e.g. ``/cam/semantic_labels``;
 * the node's outputs, where a bag holds them (``ros2 bag record`` next to ``ros2 bag play``), on
-  the topics :func:`output_topics` names.
+  the sibling topics :func:`rpl_perception.ros.topics.output_topics` names: ``/cam/anomaly``
+  (32FC1 score) and ``/cam/semantic`` (mono8 train ids).
 
 Ground-truth messages carry exactly the header (stamp and frame id) of their camera frame, and
 each message's bag (log) time equals its header stamp. Images go through the node's codec
 (:mod:`rpl_perception.ros.codec`), so the bag holds byte-for-byte what a camera driver publishes.
 """
 
-import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..ros.codec import image_to_array, image_to_rgb, fill_image
+from ..ros.codec import fill_image, image_to_array, image_to_rgb
+from ..ros.topics import output_topics, sibling_topic
 
 __all__ = [
-    "IMAGE_MSGTYPE", "STORAGE_PLUGINS", "DEFAULT_IMAGE_TOPIC", "sibling_topic", "label_topic_for",
+    "IMAGE_MSGTYPE", "STORAGE_PLUGINS", "DEFAULT_IMAGE_TOPIC", "label_topic_for",
     "semantic_label_topic_for", "output_topics", "ImageBagWriter", "BagFrame", "write_frames", "BagImage",
-    "read_images", "bag_topics", "StampedFrame", "match_by_stamp", "stamp_to_ns", "ns_to_stamp",
+    "read_images", "bag_topics", "list_image_topics", "decode_image", "StampedFrame", "match_by_stamp",
+    "stamp_to_ns", "ns_to_stamp",
 ]
 
 IMAGE_MSGTYPE = "sensor_msgs/msg/Image"
@@ -40,13 +42,6 @@ STORAGE_PLUGINS = ("mcap", "sqlite3")
 
 # ----------------------------------------------------------------------------- topics
 
-def sibling_topic(topic: str, name: str) -> str:
-    """The topic ``name`` in the namespace of ``topic``: ``/cam/image_raw``, ``labels`` → ``/cam/labels``."""
-    if not topic.startswith("/") or topic.endswith("/") or len(topic) < 2:
-        raise ValueError(f"expected an absolute topic name such as /cam/image_raw; got {topic!r}")
-    return posixpath.join(posixpath.dirname(topic), name)
-
-
 def label_topic_for(image_topic: str) -> str:
     """Anomaly ground truth beside the camera topic (mono8: 0 in, 1 anomaly, 255 void)."""
     return sibling_topic(image_topic, "labels")
@@ -55,13 +50,6 @@ def label_topic_for(image_topic: str) -> str:
 def semantic_label_topic_for(image_topic: str) -> str:
     """Semantic ground truth beside the camera topic (mono8 Cityscapes train ids, 255 void)."""
     return sibling_topic(image_topic, "semantic_labels")
-
-
-def output_topics(image_topic: str, prefix: str = "") -> Dict[str, str]:
-    """The node's ``anomaly`` (32FC1) and ``semantic`` (mono8 train ids) topics for a camera topic:
-    siblings of the input topic, under ``prefix`` (e.g. ``rpl`` → ``/cam/rpl/anomaly``)."""
-    base = sibling_topic(image_topic, prefix.strip("/")) if prefix.strip("/") else posixpath.dirname(image_topic)
-    return {name: posixpath.join(base, name) for name in ("anomaly", "semantic")}
 
 
 # ----------------------------------------------------------------------------- stamps
@@ -123,7 +111,14 @@ class ImageBagWriter:
 
     def write(self, topic: str, pixels: np.ndarray, stamp_ns: int, *, encoding: str, frame_id: str = "",
               log_time_ns: Optional[int] = None) -> None:
-        """One image message; its bag time is ``log_time_ns`` (default: the header stamp)."""
+        """One image message; its bag time is ``log_time_ns`` (default: the header stamp).
+
+        Times are integer nanoseconds: a float cannot hold today's epoch to the nanosecond.
+        """
+        log_time_ns = stamp_ns if log_time_ns is None else log_time_ns
+        for name, value in (("stamp_ns", stamp_ns), ("log_time_ns", log_time_ns)):
+            if not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be integer nanoseconds; got {value!r} ({type(value).__name__})")
         if topic not in self._connections:
             self._connections[topic] = self._writer.add_connection(topic, IMAGE_MSGTYPE, typestore=self._typestore)
             self.counts[topic] = 0
@@ -133,7 +128,7 @@ class ImageBagWriter:
         fill_image(msg, pixels, encoding)
         msg.data = np.frombuffer(msg.data, np.uint8)  # the codec fills rosidl's array('B'); rosbags wants numpy
         data = self._typestore.serialize_cdr(msg, IMAGE_MSGTYPE)
-        self._writer.write(self._connections[topic], stamp_ns if log_time_ns is None else log_time_ns, data)
+        self._writer.write(self._connections[topic], int(log_time_ns), data)
         self.counts[topic] += 1
 
 
@@ -173,7 +168,8 @@ def write_frames(path, frames: Iterable[BagFrame], *, image_topic: str = DEFAULT
                     continue
                 if truth.shape != image.shape[:2] or truth.dtype != np.uint8:
                     raise ValueError(f"frame {index}: {kind} must be an H×W uint8 map of the image's size "
-                                     f"{image.shape[1]}×{image.shape[0]}; got shape {truth.shape}, dtype {truth.dtype}")
+                                     f"{image.shape[1]}×{image.shape[0]}; got shape {truth.shape}, "
+                                     f"dtype {truth.dtype}")
                 bag.write(topics[kind], truth, stamp, encoding="mono8", frame_id=frame_id)
         return dict(bag.counts)
 

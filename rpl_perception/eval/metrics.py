@@ -85,11 +85,9 @@ def _raise_if_nan(evaluated_scores: np.ndarray, where: str) -> None:
 
 # ----------------------------------------------------------------------------- pixel level
 
-def _curve_metrics(anomaly_counts: np.ndarray, inlier_counts: np.ndarray) -> Dict[str, float]:
-    """AP, FPR95, AUROC from per-threshold pixel counts, thresholds ordered from high to low.
-
-    Shared by the in-memory and the streaming path so both run the same float arithmetic.
-    """
+def _curves(anomaly_counts: np.ndarray, inlier_counts: np.ndarray) -> Dict[str, np.ndarray]:
+    """Precision / recall per threshold and the ROC points (FPR, TPR) from (0, 0), from
+    per-threshold pixel counts ordered from high to low (ValueError if a class is missing)."""
     tp = np.cumsum(anomaly_counts, dtype=np.int64)
     fp = np.cumsum(inlier_counts, dtype=np.int64)
     num_anomaly, num_inlier = int(tp[-1]) if tp.size else 0, int(fp[-1]) if fp.size else 0
@@ -98,9 +96,18 @@ def _curve_metrics(anomaly_counts: np.ndarray, inlier_counts: np.ndarray) -> Dic
                          f"got {num_anomaly} anomaly and {num_inlier} in-distribution pixels")
     precision = tp / (tp + fp)  # every threshold holds ≥ 1 pixel, so tp + fp > 0
     recall = tp / num_anomaly
+    return {"precision": precision, "recall": recall,
+            "tpr": np.concatenate([[0.0], recall]), "fpr": np.concatenate([[0.0], fp / num_inlier])}
+
+
+def _curve_metrics(anomaly_counts: np.ndarray, inlier_counts: np.ndarray) -> Dict[str, float]:
+    """AP, FPR95, AUROC from per-threshold pixel counts, thresholds ordered from high to low.
+
+    Shared by the in-memory and the streaming path so both run the same float arithmetic.
+    """
+    curves = _curves(anomaly_counts, inlier_counts)
+    precision, recall, tpr, fpr = curves["precision"], curves["recall"], curves["tpr"], curves["fpr"]
     ap = float(np.sum(np.diff(recall, prepend=0.0) * precision))
-    tpr = np.concatenate([[0.0], recall])
-    fpr = np.concatenate([[0.0], fp / num_inlier])
     auroc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))  # trapezoid rule (np.trapz in numpy < 2)
     fpr95 = float(fpr[np.argmax(tpr >= 0.95)])  # tpr reaches 1 at the last threshold
     return {"ap": ap, "fpr95": fpr95, "auroc": auroc}
@@ -213,12 +220,23 @@ class PixelMetricAccumulator:
 
     def compute(self) -> Dict[str, float]:
         """``ap``, ``fpr95``, ``auroc`` over all frames added so far (ValueError if degenerate)."""
+        _, inlier, anomaly = self.histogram()
+        return _curve_metrics(anomaly[::-1], inlier[::-1])  # thresholds from high to low
+
+    def histogram(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(distinct float16 scores ascending, as float64; in-distribution and anomaly pixel counts
+        of each) over all frames so far: the thresholds of the curves, and score histograms for plots."""
         counts = self.counts.copy()
         counts[_POSITIVE_ZERO_KEY] += counts[_NEGATIVE_ZERO_KEY]
         counts[_NEGATIVE_ZERO_KEY] = 0
         occupied = counts.sum(axis=1) > 0
-        counts = counts[occupied][::-1]  # thresholds from high to low
-        return _curve_metrics(counts[:, 1], counts[:, 0])
+        return _VALUE_OF_KEY[occupied].astype(np.float64), counts[occupied, 0], counts[occupied, 1]
+
+    def curves(self) -> Dict[str, np.ndarray]:
+        """The curves :meth:`compute` integrates: ``threshold`` (high to low) with ``precision`` and
+        ``recall`` at each, and the ROC points ``fpr``, ``tpr`` starting at (0, 0)."""
+        values, inlier, anomaly = self.histogram()
+        return {"threshold": values[::-1], **_curves(anomaly[::-1], inlier[::-1])}
 
 
 # ----------------------------------------------------------------------------- component level

@@ -1,0 +1,103 @@
+"""``rpl-perception eval``: anomaly metrics of the model on a bag or a dataset, with a report.
+
+Modes (``--mode``): ``offline`` runs the core on the bag's (or dataset's) frames as fast as it
+goes and compares every score the model supports; ``live`` replays the bag over DDS at its recorded
+rate through ``anomaly_node`` and also reports the delivered-frame ratio and latency; ``recorded``
+scores a bag that already holds the node's outputs. Writes ``report.json``, ``report.md`` and
+plots into ``--out`` and prints the metrics table.
+"""
+
+from pathlib import Path
+
+from . import add_model_arguments, load_segmenter_from_args
+
+MODES = ("offline", "live", "recorded")
+DESCRIPTION = ("offline: run the model on the bag's (or dataset's) frames as fast as it goes, comparing every "
+               "score the model supports; live: replay the bag over DDS at its recorded rate through "
+               "anomaly_node and also report the delivered-frame ratio and latency; recorded: score a bag that "
+               "already holds the node's outputs (<ns>/anomaly, <ns>/semantic) next to the ground truth "
+               "(<ns>/labels). Writes report.json, report.md and plots into --out and prints the metrics table.")
+
+
+def register(subparsers):
+    p = subparsers.add_parser("eval", help="evaluate anomaly scores on a bag or dataset (offline, live, recorded)",
+                              description=DESCRIPTION)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bag", type=Path, help="a ROS 2 bag (see `rpl-perception bag make`)")
+    source.add_argument("--dataset", nargs=2, metavar=("KIND", "ROOT"),
+                        help="a labelled dataset folder (offline mode only); KIND: auto, road_anomaly, "
+                             "fishyscapes_lost_and_found, fishyscapes_static, smiyc_anomaly_track, "
+                             "smiyc_obstacle_track, lost_and_found, cityscapes")
+    p.add_argument("--mode", choices=MODES, default="offline", help="default: offline")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--topic", default="/cam/image_raw", help="camera topic in the bag (default: /cam/image_raw)")
+    p.add_argument("--label-topic", default=None,
+                   help="anomaly ground-truth topic (default: the sibling 'labels' of --topic)")
+    p.add_argument("--scores", default=None, metavar="NAME,...",
+                   help="offline: scores to compare (default: every score the model supports)")
+    p.add_argument("--batch-size", type=int, default=1, help="offline: frames per network batch")
+    p.add_argument("--worst", type=int, default=4, help="worst frames shown in the report")
+    p.add_argument("--no-components", action="store_true", help="skip the component metrics (sIoU, PPV, F1)")
+    live = p.add_argument_group("live mode")
+    live.add_argument("--no-launch", action="store_true",
+                      help="use an anomaly_node that is already running (serving --topic) instead of starting one")
+    live.add_argument("--timeout", type=float, default=10.0,
+                      help="seconds to wait for a frame's output before counting it lost (default: 10)")
+    live.add_argument("--startup-timeout", type=float, default=180.0,
+                      help="seconds to wait for the node to come up (default: 180)")
+    live.add_argument("--record", type=Path, default=None,
+                      help="also write the sent frames, ground truth and the node's outputs to this new bag")
+    live.add_argument("--node-qos", choices=("best_effort", "reliable"), default=None,
+                      help="input QoS reliability of the launched node (default: the node's own, best_effort). "
+                           "Large frames (e.g. 1280x720 rgb8) sent best-effort between processes can be lost "
+                           "whole by the DDS; the delivered ratio shows it")
+    live.add_argument("--rate-scale", type=float, default=1.0,
+                      help="replay speed relative to the recorded rate (default: 1)")
+    add_model_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..eval import runner
+    from ..eval.report import metrics_table, write_report
+
+    if args.dataset and args.mode != "offline":
+        raise ValueError(f"--dataset works in offline mode only; {args.mode} mode needs --bag")
+    components = None if args.no_components else (500, 100)
+    if args.mode == "offline":
+        segmenter = load_segmenter_from_args(args)
+        if args.dataset:
+            from ..eval.datasets import DATASET_KINDS, open_dataset
+
+            dataset = open_dataset(args.dataset[0], Path(args.dataset[1]))
+            frames, total = runner.frames_from_dataset(dataset)
+            source = f"{dataset.kind}:{dataset.root}"
+            components = None if args.no_components else DATASET_KINDS[dataset.kind].component_sizes
+        else:
+            frames, total = runner.frames_from_bag(args.bag, args.topic, args.label_topic)
+            source = str(args.bag)
+        scores = None if args.scores is None else [s.strip() for s in args.scores.split(",") if s.strip()]
+        result = runner.evaluate_offline(segmenter, frames, total=total, scores=scores, batch_size=args.batch_size,
+                                         component_sizes=components, num_worst=args.worst, source=source)
+    elif args.mode == "recorded":
+        segmenter = load_segmenter_from_args(args)  # for the score's name, display range and threshold
+        result = runner.evaluate_recorded(args.bag, args.topic, label_topic=args.label_topic, score=segmenter.score,
+                                          meta=segmenter.meta, component_sizes=components, num_worst=args.worst)
+    else:
+        # loaded here too: checks the model options before a node starts, and gives the score's settings
+        segmenter = load_segmenter_from_args(args)
+        result = runner.evaluate_live(args.bag, args.topic, label_topic=args.label_topic, score=segmenter.score,
+                                      meta=segmenter.meta,
+                                      node_options=runner.NodeOptions.from_args(args), launch=not args.no_launch,
+                                      timeout_s=args.timeout, startup_timeout_s=args.startup_timeout,
+                                      record=args.record, rate_scale=args.rate_scale,
+                                      component_sizes=components, num_worst=args.worst)
+    written = write_report(result, args.out)
+    print(metrics_table(result.summary), end="")
+    delivery = result.summary.get("delivery")
+    if delivery:
+        latency = delivery["latency"]
+        print(f"delivered {delivery['frames_delivered']}/{delivery['frames_sent']} frames; latency p50 "
+              f"{latency['p50_ms'] or float('nan'):.1f} ms, p95 {latency['p95_ms'] or float('nan'):.1f} ms")
+    print(f"report: {written['report.md']}")
+    return 0
