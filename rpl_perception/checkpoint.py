@@ -6,7 +6,8 @@ names), ``rpl.*`` (the RPL branch, optional) and ``projector.*`` (the CoroCL pro
 resuming training, unused at inference). The header key ``rpl_perception`` holds the JSON
 metadata described by :class:`CheckpointMeta`.
 
-Plain PyTorch state dicts of a segmenter (``.pth``/``.pt``) load too, with ``weights_only=True``.
+PyTorch files (``.pth``/``.pt``) load too, with ``weights_only=True``: plain segmenter state
+dicts and the official RPL / NVIDIA WiderResNet38 files (see :mod:`rpl_perception.models.adapters`).
 """
 
 import json
@@ -22,7 +23,8 @@ from torch import nn
 from .models import Architecture, RPLSegmenter, get_architecture
 
 __all__ = ["CheckpointError", "CheckpointMeta", "FORMAT", "save_checkpoint", "read_checkpoint",
-           "load_model", "load_state_dict_strict", "DEFAULT_CHECKPOINT"]
+           "load_model", "build_model", "load_state_dict_strict", "describe_mismatch",
+           "DEFAULT_CHECKPOINT"]
 
 FORMAT = "rpl_perception/1"
 _HEADER_KEY = "rpl_perception"
@@ -113,8 +115,10 @@ def _split_groups(tensors: Dict[str, torch.Tensor], source) -> Dict[str, Dict[st
 def read_checkpoint(path, architecture: Optional[str] = None):
     """Read a model file → ``(meta, {"segmenter": …, "rpl": …, "projector": …})`` state dicts.
 
-    A plain segmenter state dict (``.pth``/``.pt``) gets metadata from ``architecture``'s
-    registry entry (default ``espnetv2_cityscapes``) and no RPL weights.
+    Any other file is a PyTorch file, read by
+    :func:`rpl_perception.models.adapters.read_pytorch_checkpoint`: official RPL / RPL+CoroCL and
+    NVIDIA WiderResNet38 files are recognised by their keys; a plain segmenter state dict gets
+    metadata from ``architecture``'s registry entry (default ``espnetv2_cityscapes``), no RPL weights.
     """
     path = Path(path)
     if not path.is_file():
@@ -134,49 +138,56 @@ def read_checkpoint(path, architecture: Optional[str] = None):
             raise CheckpointError(f"{path}: holds architecture {meta.architecture!r}, "
                                   f"expected {architecture!r}")
         return meta, _split_groups(tensors, path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors come in many types; all mean the same here
-        raise CheckpointError(f"{path}: not a loadable PyTorch state dict ({exc})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a plain state dict (name → tensor) of the segmenter, "
-                              f"got {type(state).__name__}")
-    arch = get_architecture(architecture or "espnetv2_cityscapes")
-    meta = CheckpointMeta.for_architecture(arch, provenance={"source": str(path)})
-    return meta, {"segmenter": dict(state), "rpl": {}, "projector": {}}
+    from .models.adapters import read_pytorch_checkpoint  # late: adapters import this module
+
+    return read_pytorch_checkpoint(path, architecture)
+
+
+def describe_mismatch(expected: Dict[str, torch.Size], state: Dict[str, torch.Tensor]) -> List[str]:
+    """The "missing keys" / "unexpected keys" / "shape mismatches" parts of a load error (empty
+    when ``state`` has exactly the ``expected`` keys and shapes)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k])}"
+                  for k in expected if k in state and state[k].shape != expected[k]]
+
+    def show(items):
+        return ", ".join(items[:8]) + (f" … ({len(items)} in all)" if len(items) > 8 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {show(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {show(unexpected)}")
+    if mismatched:
+        parts.append(f"shape mismatches: {show(mismatched)}")
+    return parts
 
 
 def load_state_dict_strict(module: nn.Module, state: Dict[str, torch.Tensor], source, what: str):
     """``load_state_dict(strict=True)`` with an error that names the file, keys and shapes."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or mismatched:
-        def show(items):
-            return ", ".join(items[:8]) + (f" … ({len(items)} in all)" if len(items) > 8 else "")
-        parts = [f"{source}: the {what} weights do not match {type(module).__name__}"]
-        if missing:
-            parts.append(f"missing keys: {show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches: {show(mismatched)}")
-        raise CheckpointError("; ".join(parts))
+    parts = describe_mismatch({k: v.shape for k, v in module.state_dict().items()}, state)
+    if parts:
+        raise CheckpointError("; ".join(
+            [f"{source}: the {what} weights do not match {type(module).__name__}"] + parts))
     module.load_state_dict(state, strict=True)
 
 
 def load_model(path, architecture: Optional[str] = None, with_branch: bool = True):
     """Build the network stored in ``path`` → ``(RPLSegmenter in eval mode, CheckpointMeta)``."""
     meta, groups = read_checkpoint(path, architecture)
+    return build_model(meta, groups, path, with_branch), meta
+
+
+def build_model(meta: CheckpointMeta, groups, source, with_branch: bool = True) -> RPLSegmenter:
+    """The :class:`RPLSegmenter` (eval mode) that ``meta`` describes, strictly loaded from ``groups``."""
     arch = get_architecture(meta.architecture)
     segmenter = arch.build_segmenter()
-    load_state_dict_strict(segmenter, groups["segmenter"], path, "segmenter")
+    load_state_dict_strict(segmenter, groups["segmenter"], source, "segmenter")
     branch = None
     if with_branch and meta.rpl_width is not None:
         branch = arch.build_rpl_branch(segmenter, meta.rpl_width)
-        load_state_dict_strict(branch, groups["rpl"], path, "RPL branch")
+        load_state_dict_strict(branch, groups["rpl"], source, "RPL branch")
     elif with_branch and groups["rpl"]:
-        raise CheckpointError(f"{path}: holds rpl.* tensors but its metadata has no rpl_width")
-    return RPLSegmenter(segmenter, branch).eval(), meta
+        raise CheckpointError(f"{source}: holds rpl.* tensors but its metadata has no rpl_width")
+    return RPLSegmenter(segmenter, branch).eval()

@@ -21,8 +21,11 @@ __all__ = ["AnomalySegmenter", "Prediction"]
 
 log = logging.getLogger(__name__)
 
-#: the fallback colour range of each score where a checkpoint records none
-DEFAULT_DISPLAY_RANGE = {"max_softmax": (0.0, 1.0), "entropy": (0.0, float(np.log(19)))}
+#: Colour ranges for models whose checkpoint records none (e.g. converted third-party files).
+#: The probability scores have natural bounds; the logit scores' span is typical of Cityscapes
+#: segmenters but not guaranteed, hence the warning in ``display_range``.
+FALLBACK_DISPLAY_RANGE = {"max_softmax": (0.0, 1.0), "entropy": (0.0, float(np.log(19))),
+                          "energy": (-20.0, 0.0), "rpl_energy": (-20.0, 0.0), "max_logit": (-20.0, 0.0)}
 
 
 @dataclass
@@ -45,6 +48,7 @@ class AnomalySegmenter:
                  device: str = "cpu", backend=None):
         self.meta = meta
         self.network = network
+        self._warned_uncalibrated = False
         self.score = self._choose_score(score, network.has_branch, meta)
         self.smoothing_sigma = meta.smoothing_sigma if smoothing_sigma is None else float(smoothing_sigma)
         self.network_size = tuple(network_size or meta.input_size)
@@ -87,9 +91,14 @@ class AnomalySegmenter:
     @property
     def display_range(self) -> Tuple[float, float]:
         """The fixed score range that heatmap colours span for the active score."""
-        rng = self.meta.display_range.get(self.score) or DEFAULT_DISPLAY_RANGE.get(self.score)
+        rng = self.meta.display_range.get(self.score)
         if rng is None:
-            raise KeyError(f"no display range recorded for score {self.score!r}")
+            rng = FALLBACK_DISPLAY_RANGE[self.score]
+            if not self._warned_uncalibrated:
+                log.warning("the model file records no display range for score %r: heatmap colours "
+                            "span the generic range %s; calibrate the model (scripts/make_default_model.py)",
+                            self.score, rng)
+                self._warned_uncalibrated = True
         return tuple(rng)
 
     @property

@@ -118,3 +118,13 @@ def test_display_range_and_threshold_come_from_the_checkpoint(small_segmenter):
     low, high = small_segmenter.display_range
     assert low < small_segmenter.anomaly_threshold < high
     assert AnomalySegmenter.from_pretrained(score="max_softmax", network_size=SMALL).display_range[0] >= 0.0
+
+
+def test_uncalibrated_model_falls_back_to_a_fixed_range_with_a_warning(caplog):
+    network, meta = load_model(DEFAULT_CHECKPOINT)
+    meta.display_range, meta.anomaly_threshold = {}, {}  # as a converted third-party file
+    segmenter = AnomalySegmenter(network, meta, network_size=SMALL)
+    with caplog.at_level("WARNING"):
+        assert segmenter.display_range == (-20.0, 0.0)
+        assert segmenter.anomaly_threshold == -10.0
+    assert "records no display range for score 'energy'" in caplog.text

@@ -5,19 +5,22 @@ closed-set segmenter and its RPL branch. Add an architecture with :func:`registe
 """
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 from torch import nn
 
 from .anomaly import AnomalyModel
+from .deeplabv3plus import (DeepLabV3PlusResNet, DeepLabV3PlusWRN38, deeplabv3plus_resnet50,
+                            deeplabv3plus_resnet101, deeplabv3plus_rpl_branch, deeplabv3plus_wrn38)
 from .espnetv2 import EfficientPyrPool, ESPNetv2Segmentation, espnetv2_cityscapes
 from .rpl import RPLBranch, RPLOutput, RPLSegmenter
 
 __all__ = [
     "Architecture", "ARCHITECTURES", "CITYSCAPES_CLASSES", "register_architecture",
     "get_architecture", "load_segmenter", "AnomalyModel", "RPLBranch", "RPLOutput",
-    "RPLSegmenter", "ESPNetv2Segmentation",
+    "RPLSegmenter", "ESPNetv2Segmentation", "DeepLabV3PlusWRN38", "DeepLabV3PlusResNet",
 ]
 
 #: the 19 Cityscapes train ids, in order
@@ -86,6 +89,24 @@ register_architecture(Architecture(
     default_rpl_width=64,
     input_size=(1024, 512),
 ))
+
+# DeepLabV3+ (19 Cityscapes classes, trained and evaluated on full 2048×1024 frames)
+register_architecture(Architecture(
+    name="deeplabv3plus_wrn38_cityscapes",
+    build_segmenter=deeplabv3plus_wrn38,
+    build_rpl_branch=deeplabv3plus_rpl_branch,
+    default_rpl_width=256,
+    input_size=(2048, 1024),
+))
+for _depth, _build in ((50, deeplabv3plus_resnet50), (101, deeplabv3plus_resnet101)):
+    for _stride in (8, 16):
+        register_architecture(Architecture(
+            name=f"deeplabv3plus_resnet{_depth}_os{_stride}_cityscapes",
+            build_segmenter=partial(_build, output_stride=_stride),
+            build_rpl_branch=deeplabv3plus_rpl_branch,
+            default_rpl_width=256,
+            input_size=(2048, 1024),
+        ))
 
 
 def load_segmenter(path, architecture: Optional[str] = None) -> nn.Module:
