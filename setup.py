@@ -48,6 +48,7 @@ setup(
     entry_points={
         "console_scripts": [
             "rpl-perception = rpl_perception.cli:main",
+            "anomaly_node = rpl_perception.ros.node:main",
         ],
     },
 )

@@ -1,0 +1,92 @@
+"""Start the rpl_anomaly node, and RViz showing its overlay, colour mask and heatmap.
+
+    ros2 launch rpl_perception anomaly.launch.py image_topics:='[/cam/image_raw]' use_rviz:=true
+
+Arguments left empty keep the values of ``params_file`` (the installed config/anomaly.yaml).
+"""
+
+import os
+
+import yaml
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from rpl_perception.ros.topics import sibling_topic
+
+PACKAGE = "rpl_perception"
+NODE_NAME = "rpl_anomaly"
+#: the outputs RViz shows, under the topics config/anomaly.rviz names (those of input "/image")
+RVIZ_OUTPUTS = ("overlay", "semantic_color", "anomaly")
+
+
+def parse_topics(text: str):
+    """'[/a/image, /b/image]' (YAML list) or '/a/image,/b/image' → list of topics."""
+    text = text.strip()
+    if text.startswith("["):
+        return [str(topic) for topic in yaml.safe_load(text)]
+    return [topic.strip() for topic in text.split(",") if topic.strip()]
+
+
+def topics_in_params_file(path: str):
+    with open(path, encoding="utf-8") as f:
+        params = yaml.safe_load(f) or {}
+    for key in ("/**", NODE_NAME, f"/{NODE_NAME}"):
+        topics = params.get(key, {}).get("ros__parameters", {}).get("image_topics")
+        if topics:
+            return list(topics)
+    return ["image"]
+
+
+def resolve(topic: str, namespace: str) -> str:
+    """The absolute name of the node's topic ``topic`` (relative names live in its namespace)."""
+    if topic.startswith("/"):
+        return topic
+    prefix = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    if topic.startswith("~"):
+        return f"{prefix}/{NODE_NAME}{topic[1:]}"
+    return f"{prefix}/{topic}"
+
+
+def launch_setup(context):
+    arg = {name: LaunchConfiguration(name).perform(context)
+           for name in ("image_topics", "params_file", "model", "backend", "namespace")}
+    overrides = {name: arg[name] for name in ("model", "backend") if arg[name]}
+    topics = parse_topics(arg["image_topics"])
+    if topics:
+        overrides["image_topics"] = topics
+    else:
+        topics = topics_in_params_file(arg["params_file"])
+    node = Node(package=PACKAGE, executable="anomaly_node", name=NODE_NAME, namespace=arg["namespace"],
+                parameters=[arg["params_file"]] + ([overrides] if overrides else []),
+                output="screen", emulate_tty=True)
+    # RViz shows the first camera: its config names the outputs of "/image", remapped here
+    rviz_config = os.path.join(get_package_share_directory(PACKAGE), "config", "anomaly.rviz")
+    rviz = Node(package="rviz2", executable="rviz2", name="rviz2", arguments=["-d", rviz_config],
+                remappings=[(f"/{name}", resolve(sibling_topic(topics[0], name), arg["namespace"]))
+                            for name in RVIZ_OUTPUTS],
+                condition=IfCondition(LaunchConfiguration("use_rviz")))
+    return [node, rviz]
+
+
+def generate_launch_description():
+    default_params = os.path.join(get_package_share_directory(PACKAGE), "config", "anomaly.yaml")
+    return LaunchDescription([
+        DeclareLaunchArgument("image_topics", default_value="",
+                              description="input image topics, '[/a/image_raw, /b/image_raw/compressed]'; "
+                                          "empty: those of params_file"),
+        DeclareLaunchArgument("params_file", default_value=default_params,
+                              description="node parameters (YAML)"),
+        DeclareLaunchArgument("model", default_value="",
+                              description="model file or 'default'; empty: the one of params_file"),
+        DeclareLaunchArgument("backend", default_value="",
+                              description="auto, torch, onnxruntime or tensorrt; "
+                                          "empty: the one of params_file"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+        DeclareLaunchArgument("use_rviz", default_value="false",
+                              description="also start rviz2 with config/anomaly.rviz"),
+        OpaqueFunction(function=launch_setup),
+    ])
