@@ -13,6 +13,12 @@ import sys
 #: command modules, in the order ``--help`` lists them
 COMMAND_MODULES = [
     "rpl_perception.commands.predict",
+    "rpl_perception.commands.convert_checkpoint",
+    "rpl_perception.commands.bag",
+    "rpl_perception.commands.evaluate",
+    "rpl_perception.commands.export",
+    "rpl_perception.commands.build_engine",
+    "rpl_perception.commands.bench",
 ]
 
 

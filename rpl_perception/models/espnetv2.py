@@ -183,11 +183,6 @@ class EESPNetEncoder(nn.Module):
 # --- decoder units ----------------------------------------------------------------------------
 
 
-def adaptive_avg_pool2d(x, size):
-    """Adaptive average pooling; swapped for an ONNX-exportable equivalent at export time."""
-    return F.adaptive_avg_pool2d(x, size)
-
-
 class EfficientPyrPool(nn.Module):
     """Efficient pyramid pooling: five depth-wise stages at scales 2.0, 1.5, 1.0, 0.5, 0.1."""
 
@@ -215,11 +210,11 @@ class EfficientPyrPool(nn.Module):
         for scale, stage in zip(self.scales, self.stages):
             size = (max(5, math.ceil(height * scale)), max(5, math.ceil(width * scale)))
             if scale < 1.0:
-                h = stage(adaptive_avg_pool2d(x, size))
+                h = stage(F.adaptive_avg_pool2d(x, size))
                 h = F.interpolate(h, (height, width), mode="bilinear", align_corners=True)
             elif scale > 1.0:
                 h = stage(F.interpolate(x, size, mode="bilinear", align_corners=True))
-                h = adaptive_avg_pool2d(h, (height, width))
+                h = F.adaptive_avg_pool2d(h, (height, width))
             else:
                 h = stage(x)
             pyramid.append(h)

@@ -1,0 +1,278 @@
+"""TensorRT engine cache: key, storage next to the ONNX file, validation, rebuild. No TensorRT import.
+
+An engine is only valid for the ONNX file, TensorRT version, GPU model and compute capability,
+precision and input profile it was built for (and, in int8, its calibration images). These make
+up the :class:`EngineKey`. The cache keeps one engine per ONNX file, precision and batch
+profile, ``<onnx stem>.<precision>.b<batch>.engine``, beside the ONNX file with a JSON sidecar
+(``….engine.json``) holding the key, the engine's sha256 and its I/O tensors.
+
+:meth:`EngineCache.load_or_build` uses the cached engine when the key matches, the file is
+intact, TensorRT deserialises it and its I/O tensors match the ONNX graph's; otherwise it logs
+why (cached vs current) and rebuilds. The TensorRT calls (build, deserialise, describe I/O)
+come in as functions, so all of this is testable without TensorRT.
+"""
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["PRECISIONS", "InputProfile", "EngineKey", "EngineCache", "onnx_io", "compare_io",
+           "images_sha256"]
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+#: {tensor name: {"mode": "input" | "output", "shape": [...], "dtype": "uint8"}}; −1 = dynamic
+IODescription = Dict[str, Dict[str, object]]
+
+
+@dataclass(frozen=True)
+class InputProfile:
+    """Min / opt / max shape of one input (TensorRT optimisation profile)."""
+
+    name: str
+    min: Tuple[int, ...]
+    opt: Tuple[int, ...]
+    max: Tuple[int, ...]
+
+    def __post_init__(self):
+        for attr in ("min", "opt", "max"):
+            object.__setattr__(self, attr, tuple(int(v) for v in getattr(self, attr)))
+        if not (len(self.min) == len(self.opt) == len(self.max)):
+            raise ValueError(f"profile of {self.name!r}: min/opt/max ranks differ: "
+                             f"{self.min}, {self.opt}, {self.max}")
+        if not all(a <= b <= c for a, b, c in zip(self.min, self.opt, self.max)):
+            raise ValueError(f"profile of {self.name!r}: need min <= opt <= max in every "
+                             f"dimension, got {self.min}, {self.opt}, {self.max}")
+
+    @classmethod
+    def for_batches(cls, name: str, frame_shape: Sequence[int], min_batch: int, opt_batch: int,
+                    max_batch: int) -> "InputProfile":
+        """A profile whose only free dimension is the batch (the first)."""
+        frame = tuple(frame_shape)
+        return cls(name, (min_batch,) + frame, (opt_batch,) + frame, (max_batch,) + frame)
+
+
+def _profile_text(profile: Sequence[InputProfile]) -> str:
+    return "; ".join(f"{p.name} {p.min}/{p.opt}/{p.max}" for p in profile)
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything a serialized engine depends on; any difference means a rebuild."""
+
+    onnx_sha256: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # "8.6"
+    precision: str  # fp32 | fp16 | int8
+    profile: Tuple[InputProfile, ...]
+    calibration_sha256: str = ""  # int8 only: the calibration images (see images_sha256)
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        object.__setattr__(self, "profile", tuple(self.profile))
+
+    def file_tag(self) -> str:
+        """``fp16.b1`` (static batch 1) or ``fp16.b1-4-8`` (batch min-opt-max) for file names."""
+        batches = {(p.min[0], p.opt[0], p.max[0]) for p in self.profile} or {(1, 1, 1)}
+        low, opt, high = max(batches)
+        tag = f"b{low}" if low == opt == high else f"b{low}-{opt}-{high}"
+        return f"{self.precision}.{tag}"
+
+    def to_json(self) -> Dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Dict[str, object]) -> "EngineKey":
+        profile = tuple(InputProfile(**p) for p in data["profile"])
+        return cls(**{**data, "profile": profile})
+
+    def differences(self, current: "EngineKey") -> List[str]:
+        """``field: cached X vs current Y`` for every field that differs (self is the cached key)."""
+        out = []
+        for name in self.__dataclass_fields__:
+            old, new = getattr(self, name), getattr(current, name)
+            if old != new:
+                if name == "profile":
+                    old, new = _profile_text(old), _profile_text(new)
+                out.append(f"{name}: cached {old or '(none)'} vs current {new or '(none)'}")
+        return out
+
+
+def onnx_io(onnx_path) -> IODescription:
+    """The graph's inputs and outputs as an :data:`IODescription` (symbolic dims as −1)."""
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+    io = {}
+    for mode, values in (("input", graph.input), ("output", graph.output)):
+        for value in values:
+            if value.name in initializers:
+                continue
+            tensor = value.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+            dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+            io[value.name] = {"mode": mode, "shape": shape, "dtype": dtype}
+    return io
+
+
+def compare_io(expected: IODescription, actual: IODescription) -> List[str]:
+    """Mismatches in tensor names, directions and shapes (dtypes are TensorRT's to choose)."""
+    problems = []
+    for name in sorted(set(expected) | set(actual)):
+        if name not in actual:
+            problems.append(f"tensor {name!r}: in the ONNX graph, not in the engine")
+        elif name not in expected:
+            problems.append(f"tensor {name!r}: in the engine, not in the ONNX graph")
+        else:
+            want, got = expected[name], actual[name]
+            if want["mode"] != got["mode"]:
+                problems.append(f"tensor {name!r}: engine {got['mode']} vs ONNX {want['mode']}")
+            if list(want["shape"]) != list(got["shape"]):
+                problems.append(f"tensor {name!r} shape: engine {list(got['shape'])} vs ONNX "
+                                f"{list(want['shape'])}")
+    return problems
+
+
+def images_sha256(paths: Sequence[Path]) -> str:
+    """Digest of a calibration set: file names and contents, in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive lock while building, so that two nodes starting together build once."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+@dataclass
+class EngineCache:
+    """The cached engine of one ONNX file for one key (``cache_dir``: default the ONNX file's folder)."""
+
+    onnx_path: Path
+    key: EngineKey
+    cache_dir: Optional[Path] = None
+    engine_path: Path = field(init=False)
+    meta_path: Path = field(init=False)
+
+    def __post_init__(self):
+        self.onnx_path = Path(self.onnx_path)
+        folder = Path(self.cache_dir) if self.cache_dir is not None else self.onnx_path.parent
+        self.engine_path = folder / f"{self.onnx_path.stem}.{self.key.file_tag()}.engine"
+        self.meta_path = self.engine_path.with_name(self.engine_path.name + ".json")
+
+    def stale_reason(self) -> Optional[str]:
+        """Why the cached files cannot be used as they are (None: they can be tried)."""
+        if not self.engine_path.is_file():
+            return "no cached engine"
+        if not self.meta_path.is_file():
+            return f"{self.meta_path.name} is missing"
+        try:
+            meta = json.loads(self.meta_path.read_text())
+            cached = EngineKey.from_json(meta["key"])
+            engine_sha256 = meta["engine_sha256"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return f"{self.meta_path.name} is unreadable ({exc})"
+        differences = cached.differences(self.key)
+        if differences:
+            return "; ".join(differences)
+        if _sha256_bytes(self.engine_path.read_bytes()) != engine_sha256:
+            return "engine file is corrupt (sha256 differs from the one recorded at build time)"
+        return None
+
+    def write(self, engine: bytes, io: IODescription, build_seconds: float) -> None:
+        self.engine_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.engine_path, engine)
+        meta = {"key": self.key.to_json(), "engine_sha256": _sha256_bytes(engine), "io": io,
+                "onnx_file": self.onnx_path.name, "build_seconds": round(build_seconds, 1),
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _write_atomic(self.meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
+
+    def _try_cached(self, deserialize, describe_io, expected_io):
+        """(engine, None) if the cached engine is usable, else (None, reason)."""
+        reason = self.stale_reason()
+        if reason is not None:
+            return None, reason
+        try:
+            engine = deserialize(self.engine_path.read_bytes())
+        except Exception as exc:  # a corrupt plan can raise anything from the runtime
+            return None, f"TensorRT failed to deserialise it ({type(exc).__name__}: {exc})"
+        if engine is None:
+            return None, "TensorRT could not deserialise it"
+        problems = compare_io(expected_io, describe_io(engine))
+        if problems:
+            return None, "I/O differs from the ONNX graph: " + "; ".join(problems)
+        return engine, None
+
+    def load_or_build(self, build: Callable[[], bytes], deserialize: Callable[[bytes], object],
+                      describe_io: Callable[[object], IODescription],
+                      expected_io: Optional[IODescription] = None, *, force: bool = False):
+        """→ ``(engine, built)``: the cached engine if valid, else a fresh build (stored).
+
+        ``build()`` returns serialized engine bytes, ``deserialize(bytes)`` an engine (None or
+        an exception on failure), ``describe_io(engine)`` its :data:`IODescription`, which must
+        match ``expected_io`` (default: the ONNX graph's). ``force`` rebuilds regardless.
+        """
+        expected_io = onnx_io(self.onnx_path) if expected_io is None else expected_io
+        self.engine_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.engine_path.with_name(self.engine_path.name + ".lock")
+        with _exclusive(lock):
+            if not force:
+                engine, reason = self._try_cached(deserialize, describe_io, expected_io)
+                if engine is not None:
+                    log.info("using cached TensorRT engine %s", self.engine_path)
+                    return engine, False
+                log_level = logging.INFO if reason == "no cached engine" else logging.WARNING
+                log.log(log_level, "building TensorRT engine %s: %s", self.engine_path, reason)
+            else:
+                log.info("building TensorRT engine %s: rebuild forced", self.engine_path)
+            started = time.perf_counter()
+            data = bytes(build())
+            seconds = time.perf_counter() - started
+            engine = deserialize(data)
+            if engine is None:
+                raise RuntimeError(f"TensorRT could not deserialise the engine it just built for "
+                                   f"{self.onnx_path}")
+            io = describe_io(engine)
+            problems = compare_io(expected_io, io)
+            if problems:  # a fresh build that disagrees with its ONNX: rebuilding would loop
+                raise RuntimeError(f"the engine built from {self.onnx_path} does not match its "
+                                   "I/O: " + "; ".join(problems))
+            self.write(data, io, seconds)
+            log.info("built %s in %.0f s (%.1f MB)", self.engine_path, seconds, len(data) / 1e6)
+            return engine, True
