@@ -69,9 +69,9 @@ def score_settings(meta, score: str) -> Tuple[Optional[Tuple[float, float]], Opt
 
     Component metrics need the threshold and are left out for a score without one.
     """
-    from ..segmenter import DEFAULT_DISPLAY_RANGE
+    from ..segmenter import FALLBACK_DISPLAY_RANGE
 
-    display = meta.display_range.get(score) or DEFAULT_DISPLAY_RANGE.get(score)
+    display = meta.display_range.get(score) or FALLBACK_DISPLAY_RANGE.get(score)
     threshold = meta.anomaly_threshold.get(score)
     return (tuple(display) if display else None), (None if threshold is None else float(threshold))
 
