@@ -47,6 +47,18 @@ def _broadcast(pooled: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return pooled.expand(-1, -1, like.shape[-2], like.shape[-1])
 
 
+def _aspp_conv_branches(in_channels: int, rates: Sequence[int]):
+    """The convolution branches both ASPP layouts share: 1×1, then 3×3 at each atrous rate,
+    each conv → BN → ReLU (keys ``0``, ``1``)."""
+    def branch(kernel, rate):
+        return nn.Sequential(
+            nn.Conv2d(in_channels, ASPP_CHANNELS, kernel, padding=rate if kernel == 3 else 0,
+                      dilation=rate, bias=False),
+            nn.BatchNorm2d(ASPP_CHANNELS), nn.ReLU(inplace=True))
+
+    return [branch(1, 1)] + [branch(3, r) for r in rates]
+
+
 class DeepWV3PlusASPP(nn.Module):
     """NVIDIA's ASPP (fact sheet section 3): outputs [image pool, 1×1, 3×3 r1, r2, r3], 1280 channels.
 
@@ -55,13 +67,7 @@ class DeepWV3PlusASPP(nn.Module):
 
     def __init__(self, in_channels: int, rates: Sequence[int] = (12, 24, 36)):
         super().__init__()
-        branches = [nn.Sequential(nn.Conv2d(in_channels, ASPP_CHANNELS, 1, bias=False),
-                                  nn.BatchNorm2d(ASPP_CHANNELS), nn.ReLU(inplace=True))]
-        for r in rates:
-            branches.append(nn.Sequential(
-                nn.Conv2d(in_channels, ASPP_CHANNELS, 3, padding=r, dilation=r, bias=False),
-                nn.BatchNorm2d(ASPP_CHANNELS), nn.ReLU(inplace=True)))
-        self.features = nn.ModuleList(branches)
+        self.features = nn.ModuleList(_aspp_conv_branches(in_channels, rates))
         self.img_pooling = nn.AdaptiveAvgPool2d(1)
         self.img_conv = nn.Sequential(nn.Conv2d(in_channels, ASPP_CHANNELS, 1, bias=False),
                                       nn.BatchNorm2d(ASPP_CHANNELS), nn.ReLU(inplace=True))
@@ -94,13 +100,7 @@ class ASPP(nn.Module):
 
     def __init__(self, in_channels: int, rates: Sequence[int]):
         super().__init__()
-        convs = [nn.Sequential(nn.Conv2d(in_channels, ASPP_CHANNELS, 1, bias=False),
-                               nn.BatchNorm2d(ASPP_CHANNELS), nn.ReLU(inplace=True))]
-        for r in rates:
-            convs.append(nn.Sequential(
-                nn.Conv2d(in_channels, ASPP_CHANNELS, 3, padding=r, dilation=r, bias=False),
-                nn.BatchNorm2d(ASPP_CHANNELS), nn.ReLU(inplace=True)))
-        convs.append(ASPPPooling(in_channels))
+        convs = _aspp_conv_branches(in_channels, rates) + [ASPPPooling(in_channels)]
         self.convs = nn.ModuleList(convs)
         self.project = nn.Sequential(
             nn.Conv2d(len(convs) * ASPP_CHANNELS, ASPP_CHANNELS, 1, bias=False),
