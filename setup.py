@@ -44,7 +44,7 @@ setup(
         "test": ["pytest>=7", "scikit-learn>=1.3", "pycocotools>=2.0.7", "onnx>=1.14",
                  "onnxruntime>=1.16", "rosbags>=0.9.20", "matplotlib>=3.7"],
     },
-    zip_safe=True,
+    zip_safe=False,  # weights and samples are read as files next to the modules
     entry_points={
         "console_scripts": [
             "rpl-perception = rpl_perception.cli:main",

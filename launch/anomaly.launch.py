@@ -35,7 +35,7 @@ def topics_in_params_file(path: str):
     with open(path, encoding="utf-8") as f:
         params = yaml.safe_load(f) or {}
     for key in ("/**", NODE_NAME, f"/{NODE_NAME}"):
-        topics = params.get(key, {}).get("ros__parameters", {}).get("image_topics")
+        topics = ((params.get(key) or {}).get("ros__parameters") or {}).get("image_topics")
         if topics:
             return list(topics)
     return ["image"]

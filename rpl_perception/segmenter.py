@@ -67,7 +67,7 @@ class AnomalySegmenter:
     def _choose_score(score, has_branch, meta):
         if score is None:
             score = meta.score if (meta.score != "rpl_energy" or has_branch) else "energy"
-            if not has_branch:
+            if not has_branch and score == "energy":
                 log.warning("model has no RPL weights: the anomaly score is the closed-set energy")
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")

@@ -389,8 +389,10 @@ def test_bad_input_is_skipped_counted_and_the_next_good_frame_served(graph, refe
                         ["rejected messages"] == "6" and s, "diagnostics counting 6 rejections")
     values = {kv.key: kv.value for kv in status.values}
     assert "exceeds the largest accepted side" in values["last rejection"]
-    status_b = probe.status(f"rpl_anomaly: {CAM_B}")
-    assert {kv.key: kv.value for kv in status_b.values}["rejected messages"] == "1"
+    # camera B reports on its own once-a-second cycle: wait for a status that includes its rejection
+    name_b = f"rpl_anomaly: {CAM_B}"
+    wait_until(lambda: (s := probe.status(name_b)) and dict((kv.key, kv.value) for kv in s.values)
+               ["rejected messages"] == "1", "diagnostics counting camera B's rejection")
 
 
 def test_diagnostics_report_each_camera_and_the_model(graph):

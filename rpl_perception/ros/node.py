@@ -38,7 +38,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from ..backends import BACKENDS, BackendUnavailable, create_backend
 from ..commands import model_path
-from ..image import MAX_IMAGE_SIDE
+from ..image import MAX_IMAGE_SIDE, as_rgb
 from ..scoring import SCORES
 from ..segmenter import AnomalySegmenter
 from ..visualize import colorize_labels, overlay
@@ -301,7 +301,7 @@ class AnomalyNode(Node):
         batch = []
         for camera, frame in frames:
             try:
-                batch.append((camera, frame, camera.decode(frame.message)))
+                batch.append((camera, frame, as_rgb(camera.decode(frame.message))))
             except ValueError as exc:
                 camera.stats.on_rejected(str(exc))
                 self._log_problem(camera, f"skipped a message: {exc}")
@@ -317,7 +317,14 @@ class AnomalyNode(Node):
             return
         inference = time.perf_counter() - start
         for (camera, frame, rgb), prediction in zip(batch, predictions):
-            self._publish(camera, frame.message.header, rgb, prediction)
+            try:
+                self._publish(camera, frame.message.header, rgb, prediction)
+            except Exception as exc:  # noqa: BLE001 - one camera's failure must not hide the others
+                if not self.context.ok():
+                    return
+                camera.stats.on_failed(f"{type(exc).__name__}: {exc}")
+                self._log_problem(camera, f"publishing failed: {type(exc).__name__}: {exc}")
+                continue
             camera.frame_id = frame.message.header.frame_id
             camera.stats.on_published(self._latency(frame), inference, len(batch))
 

@@ -218,7 +218,7 @@ def calibrate_on_batch(network: RPLSegmenter, meta: CheckpointMeta, batch: Dict[
     """Calibration from a training batch when no validation set is configured: pasted objects
     count as anomalies, every other non-void pixel as in-distribution."""
     model = AnomalyModel(network, num_inlier=meta.num_inlier, mean=meta.mean, std=meta.std,
-                         score="rpl_energy", smoothing_sigma=meta.smoothing_sigma)
+                         score="rpl_energy", smoothing_sigma=meta.smoothing_sigma).to(batch["image"].device)
     with evaluating(network):
         _, anomaly = model(batch["image"])
     labels = batch["label"].cpu().numpy()
