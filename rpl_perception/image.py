@@ -3,7 +3,10 @@
 import cv2
 import numpy as np
 
-__all__ = ["MAX_IMAGE_SIDE", "as_rgb", "resize_rgb", "resize_labels", "resize_scores"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_SIDE", "as_rgb", "resize_rgb", "resize_labels", "resize_scores"]
+
+#: file suffixes read as images wherever a folder of images is taken (all OpenCV reads)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 #: longest side accepted: larger frames are almost surely corrupt headers, not cameras
 MAX_IMAGE_SIDE = 16384

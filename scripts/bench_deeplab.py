@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from rpl_perception.backends import TorchBackend
+from rpl_perception.commands import parse_size
 from rpl_perception.models import AnomalyModel, RPLSegmenter, get_architecture
 
 MODELS = {
@@ -27,11 +28,6 @@ MODELS = {
     "resnet101_os8": "deeplabv3plus_resnet101_os8_cityscapes",
     "resnet50_os16": "deeplabv3plus_resnet50_os16_cityscapes",
 }
-
-
-def parse_size(text):
-    w, h = (int(v) for v in text.lower().split("x"))
-    return w, h
 
 
 def build(arch_name):

@@ -20,33 +20,32 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rpl_perception.checkpoint import CheckpointMeta, load_model, save_checkpoint
+from rpl_perception.calibration import calibrate
+from rpl_perception.checkpoint import load_model, save_checkpoint
 from rpl_perception.image import resize_labels, resize_rgb
 from rpl_perception.models import AnomalyModel
 from rpl_perception.scoring import BASELINE_SCORES
 
 
-def calibrate(network, meta, folder: Path, scores):
+def calibrate_on_folder(network, meta, folder: Path, scores):
     images = sorted((folder / "images").glob("*.jpg"))
     if not images:
         raise SystemExit(f"no images in {folder / 'images'}")
     values = {s: [] for s in scores}
-    normal = []
+    labels = []
     models = {s: AnomalyModel(network, num_inlier=meta.num_inlier, mean=meta.mean, std=meta.std,
                               score=s, smoothing_sigma=meta.smoothing_sigma).eval() for s in scores}
     for path in tqdm(images, desc="calibrating", unit="img"):
         rgb = resize_rgb(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), meta.input_size)
         label = resize_labels(cv2.imread(str(folder / "labels" / (path.stem + ".png")), 0), meta.input_size)
-        normal.append((label == 0).ravel())
+        labels.append(label.ravel())
         with torch.inference_mode():
             for s, model in models.items():
                 values[s].append(model(torch.from_numpy(rgb[None]))[1][0].numpy().ravel())
-    normal = np.concatenate(normal)
+    labels = np.concatenate(labels)
     display, threshold = {}, {}
     for s in scores:
-        v = np.concatenate(values[s])
-        display[s] = tuple(float(x) for x in np.percentile(v, [1, 99]))
-        threshold[s] = float(np.percentile(v[normal], 95))
+        display[s], threshold[s] = calibrate(np.concatenate(values[s]), labels)
     return display, threshold
 
 
@@ -59,7 +58,7 @@ def main():
 
     network, meta = load_model(args.segmenter)
     scores = (("rpl_energy",) if network.has_branch else ()) + BASELINE_SCORES
-    meta.display_range, meta.anomaly_threshold = calibrate(network, meta, args.calibration, scores)
+    meta.display_range, meta.anomaly_threshold = calibrate_on_folder(network, meta, args.calibration, scores)
     meta.score = scores[0]
     meta.provenance.update({
         "segmenter": "ESPNetv2 s=2.0 Cityscapes, EdgeNets model zoo (Sachin Mehta), MIT licence",

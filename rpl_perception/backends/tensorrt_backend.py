@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .common import BackendUnavailable, check_batch, run_in_fixed_batches
+from ..image import IMAGE_SUFFIXES
 from .engine_cache import PRECISIONS, EngineCache, EngineKey, InputProfile, images_sha256, onnx_io
 
 __all__ = ["TensorRTBackend", "BuiltEngine", "build_engine", "engine_cache_for", "import_tensorrt",
@@ -30,7 +31,6 @@ __all__ = ["TensorRTBackend", "BuiltEngine", "build_engine", "engine_cache_for",
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 #: a 2048×1024 ESPNetv2 build fits in far less; TensorRT takes only what tactics need
 DEFAULT_WORKSPACE_GB = 2.0
 

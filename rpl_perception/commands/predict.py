@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
+from ..image import IMAGE_SUFFIXES
 from . import add_model_arguments, load_segmenter_from_args
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples" / "images"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def register(subparsers):

@@ -28,13 +28,14 @@ from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 import cv2
 import numpy as np
 
+from ..image import IMAGE_SUFFIXES
+
 __all__ = [
     "Sample", "SampleFiles", "LabelledImageDataset", "DatasetLayoutError", "DatasetKind", "DATASET_KINDS",
     "open_dataset", "detect_kind", "read_rgb", "read_label", "CITYSCAPES_ID_TO_TRAIN_ID",
 ]
 
 VOID = 255
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 ANOMALY_LABELS_01 = {0: 0, 1: 1}
 ROAD_ANOMALY_LABELS = {0: 0, 2: 1}

@@ -11,7 +11,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from torch import nn
 
-from .anomaly import AnomalyModel
+from .anomaly import AnomalyModel, ImageNormalisation
 from .deeplabv3plus import (DeepLabV3PlusResNet, DeepLabV3PlusWRN38, deeplabv3plus_resnet50,
                             deeplabv3plus_resnet101, deeplabv3plus_rpl_branch, deeplabv3plus_wrn38)
 from .espnetv2 import EfficientPyrPool, ESPNetv2Segmentation, espnetv2_cityscapes
@@ -19,7 +19,7 @@ from .rpl import RPLBranch, RPLOutput, RPLSegmenter
 
 __all__ = [
     "Architecture", "ARCHITECTURES", "CITYSCAPES_CLASSES", "register_architecture",
-    "get_architecture", "load_segmenter", "AnomalyModel", "RPLBranch", "RPLOutput",
+    "get_architecture", "load_segmenter", "AnomalyModel", "ImageNormalisation", "RPLBranch", "RPLOutput",
     "RPLSegmenter", "ESPNetv2Segmentation", "DeepLabV3PlusWRN38", "DeepLabV3PlusResNet",
 ]
 

@@ -13,7 +13,21 @@ from torch import nn
 from ..scoring import BASELINE_SCORES, SCORES, closed_set_score, gaussian_smooth
 from .rpl import RPLSegmenter
 
-__all__ = ["AnomalyModel"]
+__all__ = ["AnomalyModel", "ImageNormalisation"]
+
+
+class ImageNormalisation(nn.Module):
+    """(B, H, W, 3) uint8 RGB → (B, 3, H, W) float, (x/255 − mean)/std folded into one multiply-add."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
+        shift = torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, 3, 1, 1)
+        self.register_buffer("scale", scale, persistent=False)
+        self.register_buffer("shift", shift, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.permute(0, 3, 1, 2).to(self.scale.dtype) * self.scale + self.shift
 
 
 class AnomalyModel(nn.Module):
@@ -40,15 +54,7 @@ class AnomalyModel(nn.Module):
         self.score = score
         self.smoothing_sigma = float(smoothing_sigma)
         self.return_logits = return_logits
-        # Folded so that normalisation is one multiply-add: (x/255 − mean)/std.
-        scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
-        shift = torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, 3, 1, 1)
-        self.register_buffer("input_scale", scale, persistent=False)
-        self.register_buffer("input_shift", shift, persistent=False)
-
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).to(self.input_scale.dtype)
-        return x * self.input_scale + self.input_shift
+        self.normalise = ImageNormalisation(mean, std)
 
     def forward(self, images: torch.Tensor):
         out = self.network(self.normalise(images))

@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from rpl_perception.image import IMAGE_SUFFIXES
 from rpl_perception.eval.datasets import DatasetLayoutError, open_dataset, read_label
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OBJECT, BACKGROUND, VOID = 254, 0, 255
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 #: COCO classes that are Cityscapes classes (or parts of driving scenes): an outlier image holding

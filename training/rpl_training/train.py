@@ -43,7 +43,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, CheckpointMeta, load_model, save_checkpoint
 from rpl_perception.eval.datasets import DatasetLayoutError, open_dataset
 from rpl_perception.eval.metrics import PixelMetricAccumulator
-from rpl_perception.models import AnomalyModel, RPLSegmenter, get_architecture
+from rpl_perception.calibration import calibrate
+from rpl_perception.models import AnomalyModel, ImageNormalisation, RPLSegmenter, get_architecture
 from rpl_perception.models.rpl import init_kaiming_fan_in
 from rpl_perception.segmenter import AnomalySegmenter
 
@@ -82,13 +83,10 @@ class RPLTrainingModel(nn.Module):
             raise ValueError("RPLTrainingModel needs an RPLSegmenter with a branch")
         self.network = network
         self.projector = projector
-        self.register_buffer("input_scale", torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1),
-                             persistent=False)
-        self.register_buffer("input_shift", torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, 3, 1, 1),
-                             persistent=False)
+        self.normalise = ImageNormalisation(mean, std)
 
     def forward(self, images: torch.Tensor):
-        x = images.permute(0, 3, 1, 2).to(self.input_scale.dtype) * self.input_scale + self.input_shift
+        x = self.normalise(images)
         out = self.network(x)
         projected = self.projector(out.embedding)
         stride = getattr(self.network.segmenter, "head_stride", None)
@@ -169,15 +167,6 @@ def forward_losses(model: nn.Module, batch: Dict[str, torch.Tensor], *, use_coro
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-def calibrate(scores: np.ndarray, labels: np.ndarray) -> Tuple[Tuple[float, float], float]:
-    """(display range, threshold) as ``scripts/make_default_model.py``: the 1st/99th percentile of
-    all scores and the 95th percentile of the in-distribution (label 0) scores."""
-    low, high = np.percentile(scores, [1, 99])
-    inlier = scores[labels == 0]
-    threshold = np.percentile(inlier if inlier.size else scores, 95)
-    return (float(low), float(high)), float(threshold)
-
 
 @contextmanager
 def evaluating(model: nn.Module):
