@@ -20,7 +20,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=[package_name, f"{package_name}.*"]),
     package_data={package_name: ["weights/*", "samples/*.txt", "samples/LICENSE*",
-                                 "samples/images/*", "samples/labels/*"]},
+                                 "samples/images/*", "samples/labels/*", "samples/drive/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{package_name}"]),
         (f"share/{package_name}", ["package.xml"]),

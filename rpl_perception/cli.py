@@ -12,6 +12,7 @@ import sys
 
 #: command modules, in the order ``--help`` lists them
 COMMAND_MODULES = [
+    "rpl_perception.commands.demo",
     "rpl_perception.commands.predict",
     "rpl_perception.commands.convert_checkpoint",
     "rpl_perception.commands.bag",

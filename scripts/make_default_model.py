@@ -1,10 +1,17 @@
-"""Build the embedded default model file from a segmenter state dict (and optional RPL weights).
+"""Build the embedded default model file from a segmenter, or from an ``rpl-train`` result.
 
+    # the closed-set segmenter alone (no RPL branch: the anomaly score is the closed-set energy)
     python scripts/make_default_model.py ../shared/models/espnetv2/espnetv2_s_2.0_city_1024x512.pth \
         --calibration ../shared/data/roadanomaly_dev --out rpl_perception/weights/espnetv2_cityscapes.safetensors
 
-Besides the weights, it records per score two display constants measured on the calibration set
-(labelled images/ + labels/, 0 normal, 2 anomaly):
+    # segmenter + trained RPL branch (what ships; see docs/rpl_training_udacity.md)
+    python scripts/make_default_model.py runs/udacity_coco_cpu/last.safetensors \
+        --calibration ../shared/data/roadanomaly_dev --out rpl_perception/weights/espnetv2_cityscapes.safetensors
+
+The output holds the segmenter and, where the input has one, the RPL branch (the CoroCL projector
+is training-only and left out), the training provenance (data, config, commit, metrics) of an
+``rpl-train`` checkpoint, and per score two display constants measured on the calibration set
+(a RoadAnomaly-style folder: images/ + labels/, 0 normal, 2 anomaly):
 - ``display_range``: the 1st and 99th percentile of the score over all pixels, so heatmap colours
   span the scores that occur on real roads and mean the same in every frame;
 - ``anomaly_threshold``: the score at which 5 % of the normal pixels are flagged (a conservative
@@ -15,60 +22,66 @@ import argparse
 import hashlib
 from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from rpl_perception.calibration import calibrate
 from rpl_perception.checkpoint import load_model, save_checkpoint
-from rpl_perception.image import resize_labels, resize_rgb
-from rpl_perception.models import AnomalyModel
-from rpl_perception.scoring import BASELINE_SCORES
+from rpl_perception.eval.datasets import open_dataset
+from rpl_perception.eval.runner import MultiScorePredictor, available_scores
+from rpl_perception.image import resize_labels
+from rpl_perception.segmenter import AnomalySegmenter
+
+SEGMENTER = "ESPNetv2 s=2.0 Cityscapes, EdgeNets model zoo (Sachin Mehta), MIT licence"
 
 
-def calibrate_on_folder(network, meta, folder: Path, scores):
-    images = sorted((folder / "images").glob("*.jpg"))
-    if not images:
-        raise SystemExit(f"no images in {folder / 'images'}")
-    values = {s: [] for s in scores}
+def calibrate_on_folder(segmenter: AnomalySegmenter, folder: Path):
+    """{score: display range}, {score: threshold} over every pixel of the folder at network size."""
+    dataset = open_dataset("road_anomaly", folder)
+    predictor = MultiScorePredictor(segmenter)
+    size = segmenter.network_size
+    values = {s: [] for s in predictor.scores}
     labels = []
-    models = {s: AnomalyModel(network, num_inlier=meta.num_inlier, mean=meta.mean, std=meta.std,
-                              score=s, smoothing_sigma=meta.smoothing_sigma).eval() for s in scores}
-    for path in tqdm(images, desc="calibrating", unit="img"):
-        rgb = resize_rgb(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), meta.input_size)
-        label = resize_labels(cv2.imread(str(folder / "labels" / (path.stem + ".png")), 0), meta.input_size)
-        labels.append(label.ravel())
-        with torch.inference_mode():
-            for s, model in models.items():
-                values[s].append(model(torch.from_numpy(rgb[None]))[1][0].numpy().ravel())
+    for sample in tqdm(dataset, desc="calibrating", unit="img"):
+        (_, maps), = predictor.predict_batch([sample.image], sizes=[size])
+        for s in predictor.scores:
+            values[s].append(maps[s].ravel())
+        labels.append(resize_labels(sample.label, size).ravel())
     labels = np.concatenate(labels)
     display, threshold = {}, {}
-    for s in scores:
+    for s in predictor.scores:
         display[s], threshold[s] = calibrate(np.concatenate(values[s]), labels)
     return display, threshold
 
 
+def file_record(path: Path) -> dict:
+    return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("segmenter", type=Path, help="segmenter state dict (.pth) or rpl_perception checkpoint")
+    parser.add_argument("model", type=Path, help="segmenter state dict (.pth) or rpl_perception checkpoint "
+                                                 "(e.g. rpl-train's last.safetensors)")
     parser.add_argument("--calibration", type=Path, required=True, help="folder with images/ and labels/")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    network, meta = load_model(args.segmenter)
-    scores = (("rpl_energy",) if network.has_branch else ()) + BASELINE_SCORES
-    meta.display_range, meta.anomaly_threshold = calibrate_on_folder(network, meta, args.calibration, scores)
+    network, meta = load_model(args.model)
+    segmenter = AnomalySegmenter(network, meta, score="energy")  # score only picks the label path; all are calibrated
+    scores = available_scores(segmenter)
+    meta.display_range, meta.anomaly_threshold = calibrate_on_folder(segmenter, args.calibration)
     meta.score = scores[0]
-    meta.provenance.update({
-        "segmenter": "ESPNetv2 s=2.0 Cityscapes, EdgeNets model zoo (Sachin Mehta), MIT licence",
-        "source_file": args.segmenter.name,
-        "source_sha256": hashlib.sha256(args.segmenter.read_bytes()).hexdigest(),
-        "calibration": f"{args.calibration.name}: display_range = 1st/99th percentile of all pixels, "
-                       "anomaly_threshold = 95th percentile of normal pixels",
-    })
-    save_checkpoint(args.out, meta, network)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+    provenance = dict(meta.provenance)
+    if "training" in provenance:  # rpl-train kept the segmenter's own record; add the branch's file
+        provenance["rpl_branch"] = file_record(args.model)
+    else:
+        record = file_record(args.model)
+        provenance.update(segmenter=SEGMENTER, source_file=record["file"], source_sha256=record["sha256"])
+    provenance["calibration"] = (f"{args.calibration.name}: display_range = 1st/99th percentile of all pixels, "
+                                 "anomaly_threshold = 95th percentile of normal pixels (network input size)")
+    meta.provenance = provenance
+    save_checkpoint(args.out, meta, network)  # no projector: training-only
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB), default score {meta.score}")
     for s in scores:
         print(f"  {s:12s} display {meta.display_range[s][0]:8.3f} .. {meta.display_range[s][1]:8.3f}"
               f"   threshold {meta.anomaly_threshold[s]:8.3f}")

@@ -106,6 +106,15 @@ def test_match_by_stamp_groups_and_bounds_pending():
         (1, True, [b, a]), (2, False, [a]), (4, True, [b, a]), (3, False, [a]), (9, False, [b])]
 
 
+def test_match_by_stamp_ordered_keeps_camera_order():
+    """Replay order: a frame without ground truth does not fall behind the labelled ones."""
+    a, b = "/cam/image_raw", "/cam/labels"
+    stream = [_image(a, 1), _image(a, 2), _image(b, 2), _image(a, 3), _image(a, 4), _image(b, 4), _image(a, 5)]
+    groups = list(match_by_stamp(stream, [a, b], max_pending=2, ordered=True))
+    assert [(g.stamp_ns, g.complete, sorted(g.images)) for g in groups] == [
+        (1, False, [a]), (2, True, [a, b]), (3, False, [a]), (4, True, [a, b]), (5, False, [a])]
+
+
 def test_cli_bag_make_from_image_and_label_folders(tmp_path, capsys):
     images, labels = tmp_path / "data" / "images", tmp_path / "data" / "masks"
     images.mkdir(parents=True)

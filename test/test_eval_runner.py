@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("rosbags", reason="bag evaluation needs the rosbags package (pip install '.[eval]')")
 
 from rpl_perception import AnomalySegmenter  # noqa: E402
+from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model  # noqa: E402
 from rpl_perception.cli import main  # noqa: E402
 from rpl_perception.eval.bags import BagFrame, ImageBagWriter, write_frames  # noqa: E402
 from rpl_perception.eval.metrics import ComponentMetricAccumulator, miou, pixel_metrics, to_float16  # noqa: E402
@@ -24,7 +25,9 @@ START_NS = 1_600_000_000_000_000_000
 
 @pytest.fixture(scope="module")
 def segmenter():
-    return AnomalySegmenter.from_pretrained(network_size=NETWORK_SIZE)
+    """The embedded segmenter without its RPL branch: the closed-set scores only."""
+    network, meta = load_model(DEFAULT_CHECKPOINT, with_branch=False)
+    return AnomalySegmenter(network, meta, network_size=NETWORK_SIZE)
 
 
 def blob_label(rng, height, width, void_rows=2):
@@ -225,7 +228,7 @@ def test_live_evaluation_through_the_node(tmp_path, segmenter, monkeypatch):
     frames = synthetic_frames(3, 48, 96, seed=11)
     write_frames(tmp_path / "bag", frames, start_ns=START_NS, rate_hz=2.0)
     result = evaluate_live(tmp_path / "bag", "/cam/image_raw", score="energy", meta=segmenter.meta,
-                           node_options=NodeOptions(network_size=NETWORK_SIZE), timeout_s=30.0,
+                           node_options=NodeOptions(score="energy", network_size=NETWORK_SIZE), timeout_s=30.0,
                            record=tmp_path / "recorded", progress=False)
     delivery = result.summary["delivery"]
     assert (delivery["frames_sent"], delivery["frames_delivered"]) == (3, 3)
@@ -256,8 +259,12 @@ def test_offline_eval_on_roadanomaly_dev(tmp_path, roadanomaly_dev, capsys):
 
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["num_labelled"] == 15
-    for name in ("energy", "max_logit", "max_softmax", "entropy"):
+    for name in ("rpl_energy", "energy", "max_logit", "max_softmax", "entropy"):
         assert {"ap", "fpr95", "auroc"} <= set(report["metrics"][name])
         assert f"| {name}" in table
     # closed-set energy AP measured at native label resolution (1280×720): 0.236 (float16 rounding: 0.2373)
     assert report["metrics"]["energy"]["ap"] == pytest.approx(0.236, abs=0.01)
+    # the embedded RPL branch (docs/rpl_training_udacity.md): AP 0.280, FPR95 0.501
+    assert report["primary_score"] == "rpl_energy"
+    assert report["metrics"]["rpl_energy"]["ap"] == pytest.approx(0.280, abs=0.005)
+    assert report["metrics"]["rpl_energy"]["fpr95"] == pytest.approx(0.501, abs=0.005)

@@ -29,7 +29,7 @@ def test_predict_returns_camera_resolution_outputs(small_segmenter):
     assert pred.labels.shape == (97, 203) and pred.labels.dtype == np.uint8
     assert pred.anomaly.shape == (97, 203) and pred.anomaly.dtype == np.float32
     assert pred.labels.max() <= 18
-    assert pred.score == "energy"  # no RPL weights in the embedded model yet: says so
+    assert pred.score == "rpl_energy"  # the embedded model carries a trained RPL branch
 
 
 def test_gray_and_rgba_inputs_match_their_rgb_equivalent(small_segmenter):
@@ -80,8 +80,9 @@ def test_network_size_must_be_a_multiple_of_32():
 
 
 def test_rpl_score_without_branch_is_refused_with_the_alternatives():
+    network, meta = load_model(DEFAULT_CHECKPOINT, with_branch=False)
     with pytest.raises(ValueError, match="needs RPL weights.*energy"):
-        AnomalySegmenter.from_pretrained(score="rpl_energy", network_size=SMALL)
+        AnomalySegmenter(network, meta, score="rpl_energy", network_size=SMALL)
 
 
 def test_closed_set_labels_identical_with_and_without_branch(roadanomaly_dev):
@@ -109,7 +110,7 @@ def test_real_road_scene_is_segmented_plausibly(roadanomaly_dev):
     assert (lower_centre == 0).mean() > 0.9  # road (train id 0) dominates in front of the car
     sky_rows = pred.labels[: h // 10]
     assert np.isin(sky_rows, [2, 8, 10]).mean() > 0.8  # building / vegetation / sky at the top
-    # even the closed-set energy scores the fox above the road it stands on
+    # the anomaly score (RPL energy) puts the fox above the road it stands on
     fox, road = pred.anomaly[label == 2], pred.anomaly[(label == 0) & (pred.labels == 0)]
     assert np.median(fox) > np.median(road)
 
@@ -127,4 +128,4 @@ def test_uncalibrated_model_falls_back_to_a_fixed_range_with_a_warning(caplog):
     with caplog.at_level("WARNING"):
         assert segmenter.display_range == (-20.0, 0.0)
         assert segmenter.anomaly_threshold == -10.0
-    assert "records no display range for score 'energy'" in caplog.text
+    assert "records no display range for score 'rpl_energy'" in caplog.text

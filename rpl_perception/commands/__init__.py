@@ -4,6 +4,9 @@ from pathlib import Path
 
 from ..checkpoint import DEFAULT_CHECKPOINT
 
+#: frames shipped with the package: images/ (stills; labels/ for the RoadAnomaly ones), drive/ (a clip)
+SAMPLES_ROOT = Path(__file__).resolve().parents[1] / "samples"
+
 
 def add_model_arguments(parser) -> None:
     """The options every command that runs the model shares."""

@@ -53,6 +53,9 @@ def register(subparsers):
                            "whole by the DDS; the delivered ratio shows it")
     live.add_argument("--rate-scale", type=float, default=1.0,
                       help="replay speed relative to the recorded rate (default: 1)")
+    live.add_argument("--lockstep", action="store_true",
+                      help="instead of the recorded rate, send each frame once the node has answered the "
+                           "previous one (or --timeout passed): every frame is served, on any machine")
     add_model_arguments(p)
     p.set_defaults(func=run)
 
@@ -90,7 +93,7 @@ def run(args) -> int:
                                       meta=segmenter.meta,
                                       node_options=runner.NodeOptions.from_args(args), launch=not args.no_launch,
                                       timeout_s=args.timeout, startup_timeout_s=args.startup_timeout,
-                                      record=args.record, rate_scale=args.rate_scale,
+                                      record=args.record, rate_scale=args.rate_scale, lockstep=args.lockstep,
                                       component_sizes=components, num_worst=args.worst)
     written = write_report(result, args.out)
     print(metrics_table(result.summary), end="")

@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from ..image import IMAGE_SUFFIXES
-from . import add_model_arguments, load_segmenter_from_args
+from . import SAMPLES_ROOT, add_model_arguments, load_segmenter_from_args
 
-SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples" / "images"
+SAMPLES_DIR = SAMPLES_ROOT / "images"
 
 
 def register(subparsers):

@@ -241,27 +241,36 @@ class StampedFrame(NamedTuple):
     complete: bool  # every required topic is present
 
 
-def match_by_stamp(images: Iterable[BagImage], required: Sequence[str], max_pending: int = 64
-                   ) -> Iterator[StampedFrame]:
+def match_by_stamp(images: Iterable[BagImage], required: Sequence[str], max_pending: int = 64,
+                   ordered: bool = False) -> Iterator[StampedFrame]:
     """Group messages by header stamp; yield a group as soon as every ``required`` topic has it.
 
     Groups still waiting when more than ``max_pending`` are open (the oldest first), or when the
     input ends, are yielded with ``complete=False``, so memory stays bounded however many outputs
     a recording lost. A second message of the same topic and stamp replaces the first.
+    ``ordered``: yield groups in the order their first message came (a complete group waits for
+    the older ones), e.g. camera frames of which only some carry ground truth, for replay.
     """
     pending: Dict[int, Dict[str, BagImage]] = {}  # insertion order = age
     required = set(required)
     for image in images:
         group = pending.setdefault(image.stamp_ns, {})
         group[image.topic] = image
-        if required <= group.keys():
+        if ordered:
+            while pending:
+                stamp, oldest = next(iter(pending.items()))
+                complete = required <= oldest.keys()
+                if not complete and len(pending) <= max_pending:
+                    break
+                yield StampedFrame(stamp, pending.pop(stamp), complete)
+        elif required <= group.keys():
             del pending[image.stamp_ns]
             yield StampedFrame(image.stamp_ns, group, True)
         elif len(pending) > max_pending:
             stamp = next(iter(pending))
             yield StampedFrame(stamp, pending.pop(stamp), False)
     for stamp, group in pending.items():
-        yield StampedFrame(stamp, group, False)
+        yield StampedFrame(stamp, group, required <= group.keys())
 
 
 def list_image_topics(path) -> List[str]:

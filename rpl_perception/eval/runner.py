@@ -286,7 +286,9 @@ def frames_from_bag(bag, image_topic: str, label_topic: Optional[str] = None) ->
 
     def frames():
         index = 0
-        for group in match_by_stamp(read_images(bag, wanted, rgb_topics=[topics.image]), wanted):
+        # in camera order (frames without ground truth wait for none), ground truth up to 8 frames late
+        for group in match_by_stamp(read_images(bag, wanted, rgb_topics=[topics.image]), wanted, max_pending=8,
+                                    ordered=True):
             if topics.image not in group.images:
                 log.warning("ground truth at stamp %d has no camera frame; skipped", group.stamp_ns)
                 continue
@@ -593,12 +595,15 @@ class _NodeProcess:
 
 def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, score: str = "node", meta=None,
                   node_options: Optional[NodeOptions] = None, launch: bool = True, timeout_s: float = 10.0,
-                  startup_timeout_s: float = 180.0, record=None, rate_scale: float = 1.0,
+                  startup_timeout_s: float = 180.0, record=None, rate_scale: float = 1.0, lockstep: bool = False,
                   component_sizes: Optional[Tuple[int, int]] = (500, 100), num_worst: int = 4,
                   domain_id: Optional[int] = None, progress: bool = True) -> EvaluationResult:
     """Replay a bag's camera frames over DDS, at the recorded rate and with their original stamps,
     to ``anomaly_node`` (started here unless ``launch`` is False), and score what comes back.
 
+    ``lockstep``: instead of the recorded rate, send each frame once the previous one's outputs
+    have come (or timed out): every frame is served whatever the machine's speed, so the metrics
+    cover every labelled frame; latency is then the node's unloaded latency.
     Outputs are matched to frames by header stamp; a frame whose ``anomaly`` output has not come
     ``timeout_s`` seconds after it was sent counts as lost (the node keeps only the newest frame,
     so a node slower than the camera drops frames by design: the delivered ratio shows it).
@@ -667,10 +672,17 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
         for frame in tqdm(frames, total=total, desc="eval live", unit="frame", disable=not progress):
             if first_stamp is None:
                 first_stamp, first_send = frame.stamp_ns, time.perf_counter()
-            due = first_send + (frame.stamp_ns - first_stamp) / 1e9 / rate_scale
-            while (now := time.perf_counter()) < due:
-                settle(now)
-                time.sleep(min(0.005, due - now))
+            if lockstep:  # the previous frame's outputs (or its timeout) first, then this one at once
+                while pending:
+                    if process is not None:
+                        process.check_alive()
+                    settle(time.perf_counter())
+                    time.sleep(0.005)
+            else:
+                due = first_send + (frame.stamp_ns - first_stamp) / 1e9 / rate_scale
+                while (now := time.perf_counter()) < due:
+                    settle(now)
+                    time.sleep(min(0.005, due - now))
             if process is not None:
                 process.check_alive()
             session.publish(frame.image, frame.stamp_ns, "camera")
@@ -702,7 +714,7 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
         mode="live", source=str(bag),
         settings={"score": score, "display_range": {score: display}, "threshold": {score: threshold},
                   "topics": vars(topics), "node": vars(node_options or NodeOptions()) if launch else "already running",
-                  "rate_scale": rate_scale, "timeout_s": timeout_s},
+                  "rate_scale": None if lockstep else rate_scale, "lockstep": lockstep, "timeout_s": timeout_s},
         delivery={"frames_sent": sent, "frames_delivered": delivered,
                   "delivered_ratio": delivered / sent if sent else None,
                   "latency": latency_summary(latencies), "latency_clock": "publish → anomaly received"},
