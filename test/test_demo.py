@@ -26,7 +26,7 @@ def test_sample_frames_are_the_drive_clip_then_the_stills():
 
 
 @pytest.mark.skipif(not all(importlib.util.find_spec(n) for n in ("rclpy", "sensor_msgs")),
-                    reason="the demo runs the ROS 2 node: needs rclpy and sensor_msgs (pip install '.[ros]')")
+                    reason="the demo runs the ROS 2 node: needs rclpy and sensor_msgs (pip install '.[ros,eval]')")
 def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ROS_DOMAIN_ID", str(60 + os.getpid() % 80))  # away from other tests and machines
     out = tmp_path / "demo"
@@ -60,4 +60,5 @@ def test_demo_without_ros_names_the_fix(monkeypatch, capsys):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rclpy" else real_find_spec(name, *a))
     assert main(["demo", "--out", "unused"]) == 2
-    assert "install the ros extra (pip install -e '.[ros]')" in capsys.readouterr().err
+    assert "needs rclpy, which cannot be imported: install the extras (pip install -e '.[ros,eval]'" \
+        in capsys.readouterr().err

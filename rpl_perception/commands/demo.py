@@ -50,13 +50,16 @@ def sample_frames():
         yield BagFrame(read_rgb(path), read_label(label, ROAD_ANOMALY_LABELS) if label.is_file() else None)
 
 
-def check_ros_available() -> None:
+def check_dependencies() -> None:
+    """Before any work: the node needs rclpy (extra 'ros' or a ROS 2 distribution), the bags and the
+    report need rosbags and matplotlib (extra 'eval')."""
     import importlib.util
 
-    missing = [name for name in ("rclpy", "sensor_msgs") if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("rclpy", "sensor_msgs", "rosbags", "matplotlib")
+               if importlib.util.find_spec(name) is None]
     if missing:
-        raise ValueError(f"the demo runs the ROS 2 node, but {', '.join(missing)} cannot be imported: "
-                         "install the ros extra (pip install -e '.[ros]') or source a ROS 2 distribution")
+        raise ValueError(f"the demo needs {', '.join(missing)}, which cannot be imported: install the extras "
+                         "(pip install -e '.[ros,eval]'; with a sourced ROS 2 distribution, '.[eval]')")
 
 
 def run(args) -> int:
@@ -70,7 +73,7 @@ def run(args) -> int:
     from ..eval.bags import write_frames
     from ..eval.report import metrics_table, write_report
 
-    check_ros_available()
+    check_dependencies()
     segmenter = load_segmenter_from_args(args)  # checks the model options before a node starts
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames must be >= 1; got {args.max_frames}")
