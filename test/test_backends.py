@@ -5,6 +5,7 @@ bench command's statistics, table and JSON."""
 import importlib.util
 import json
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -124,6 +125,21 @@ def test_auto_picks_onnxruntime_on_cpu_and_logs_why(segmenter, cache_dir, caplog
     assert "skipped tensorrt (cuda): backend 'tensorrt' needs NVIDIA TensorRT" in message
     assert "torch (cuda): torch" in message and "sees no CUDA GPU" in message
     assert [n for n, _ in AUTO_ORDER] == ["tensorrt", "onnxruntime", "torch", "onnxruntime", "torch"]
+
+
+def test_missing_onnx_packages_fall_back_to_torch_with_the_reason(segmenter, cache_dir, caplog, monkeypatch):
+    """A plain install (no [onnx] extra): 'auto' serves with PyTorch instead of failing in the export."""
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import fails, find_spec gives None
+    with caplog.at_level(logging.INFO, logger="rpl_perception.backends"):
+        backend = create_backend("auto", segmenter, device="cpu", cache_dir=cache_dir)
+    assert isinstance(backend, TorchBackend)
+    message = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backend auto")][-1]
+    assert "skipped onnxruntime (cpu): backend 'onnxruntime' runs the exported ONNX graph" in message
+    with pytest.raises(BackendUnavailable, match="exporting needs the onnx package: pip install onnx"):
+        create_backend("onnxruntime", segmenter, device="cpu", cache_dir=cache_dir)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BackendUnavailable, match="needs the onnxruntime package: pip install onnxruntime"):
+        create_backend("onnxruntime", segmenter, device="cpu", cache_dir=cache_dir)
 
 
 def test_create_backend_by_name(segmenter, cache_dir, small_onnx):

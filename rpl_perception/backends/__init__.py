@@ -13,14 +13,15 @@ A backend is called with a (B, H, W, 3) uint8 RGB numpy batch at the network siz
 """
 
 import hashlib
+import importlib.util
 import logging
 import os
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 from .common import BackendUnavailable
-from .onnxruntime_backend import OnnxRuntimeBackend
-from .tensorrt_backend import TensorRTBackend
+from .onnxruntime_backend import OnnxRuntimeBackend, onnxruntime_providers
+from .tensorrt_backend import TensorRTBackend, import_tensorrt
 from .torch_backend import TorchBackend
 
 __all__ = ["BACKENDS", "AUTO_ORDER", "BackendUnavailable", "TorchBackend", "OnnxRuntimeBackend",
@@ -110,8 +111,16 @@ def _build(name: str, device: str, source, *, size, precision, batch, onnx_path,
         model, _ = _model_and_size(source, size)
         return TorchBackend(model, device=device, fp16=precision == "fp16",
                             channels_last=device.startswith("cuda"))
+    # what the runtime needs, checked before the export (slow, and useless where it cannot run)
+    if name == "onnxruntime":
+        onnxruntime_providers(device)
+    elif name == "tensorrt":
+        import_tensorrt()
     path = Path(source) if is_path else None
     if path is None:
+        if importlib.util.find_spec("onnx") is None:
+            raise BackendUnavailable(f"backend '{name}' runs the exported ONNX graph, and exporting needs the onnx "
+                                     "package: pip install onnx (or this package's [onnx] extra)")
         model, model_size = _model_and_size(source, size)
         path = exported_onnx(model, model_size, batch=batch, onnx_path=onnx_path, cache_dir=cache_dir)
     if name == "onnxruntime":
