@@ -4,7 +4,6 @@ training/rpl_training/configs/udacity_coco_cpu.yaml (docs/rpl_training_udacity.m
 import re
 
 import numpy as np
-import pytest
 
 from rpl_perception import AnomalySegmenter
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model, read_checkpoint

@@ -14,8 +14,10 @@ from rpl_perception.eval.runner import frames_from_bag
 
 
 def test_sample_frames_are_the_drive_clip_then_the_stills():
-    frames = list(sample_frames())
-    assert len(frames) == 20
+    frames, count = sample_frames()
+    frames = list(frames)
+    assert len(frames) == count == 20
+    assert sample_frames(3)[1] == 3
     assert all(f.label is None for f in frames[:10])  # Udacity clip: unlabelled inliers
     labelled = [f for f in frames if f.label is not None]
     assert len(labelled) == 8  # RoadAnomaly scenes
@@ -44,7 +46,7 @@ def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
     for name in ("report.md", "pr_curve.png", "roc_curve.png", "worst_frames.png"):
         assert (out / "report" / name).stat().st_size > 0
     replayed, _ = frames_from_bag(out / "bag", "/cam/image_raw")  # in camera order, labelled or not
-    expected = [f.label is not None for f in sample_frames()]
+    expected = [f.label is not None for f in sample_frames()[0]]
     assert [f.label is not None for f in replayed] == expected
     recorded = bag_topics(out / "recorded")
     assert {topic: count for topic, (_, count) in recorded.items()} == {

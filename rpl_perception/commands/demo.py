@@ -38,16 +38,20 @@ def register(subparsers):
     p.set_defaults(func=run)
 
 
-def sample_frames():
-    """BagFrames of the bundled samples, in replay order: the drive clip, then the stills."""
+def sample_frames(max_frames=None):
+    """BagFrames of the bundled samples in replay order (the drive clip, then the stills), and their count."""
     from ..eval.bags import BagFrame
     from ..eval.datasets import ROAD_ANOMALY_LABELS, read_label, read_rgb
     from .predict import collect_images
 
-    files = collect_images([SAMPLES_ROOT / "drive", SAMPLES_ROOT / "images"])
-    for path in files:
-        label = SAMPLES_ROOT / "labels" / (path.stem + ".png")
-        yield BagFrame(read_rgb(path), read_label(label, ROAD_ANOMALY_LABELS) if label.is_file() else None)
+    files = collect_images([SAMPLES_ROOT / "drive", SAMPLES_ROOT / "images"])[:max_frames]
+
+    def frames():
+        for path in files:
+            label = SAMPLES_ROOT / "labels" / (path.stem + ".png")
+            yield BagFrame(read_rgb(path), read_label(label, ROAD_ANOMALY_LABELS) if label.is_file() else None)
+
+    return frames(), len(files)
 
 
 def check_dependencies() -> None:
@@ -63,7 +67,6 @@ def check_dependencies() -> None:
 
 
 def run(args) -> int:
-    import itertools
     import shutil
     import time
 
@@ -71,7 +74,8 @@ def run(args) -> int:
 
     from ..eval import runner
     from ..eval.bags import write_frames
-    from ..eval.report import metrics_table, write_report
+    from ..eval.report import write_report
+    from .evaluate import print_summary
 
     check_dependencies()
     segmenter = load_segmenter_from_args(args)  # checks the model options before a node starts
@@ -84,11 +88,8 @@ def run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     print(f"[1/3] writing {bag} from the bundled sample frames", flush=True)
-    total = len(list(SAMPLES_ROOT.glob("drive/*.jpg"))) + len(list(SAMPLES_ROOT.glob("images/*.jpg")))
-    frames = sample_frames() if args.max_frames is None else itertools.islice(sample_frames(), args.max_frames)
-    counts = write_frames(bag, tqdm(frames, total=min(total, args.max_frames or total), desc="bag make",
-                                    unit="frame"),
-                          image_topic=TOPIC, rate_hz=CAMERA_RATE_HZ, start_ns=round(time.time() * 1e9))
+    frames, total = sample_frames(args.max_frames)
+    counts = write_frames(bag, tqdm(frames, total=total, desc="bag make", unit="frame"), image_topic=TOPIC, rate_hz=CAMERA_RATE_HZ, start_ns=round(time.time() * 1e9))
     print("      " + ", ".join(f"{topic}: {count}" for topic, count in counts.items()))
 
     pace = "in lockstep with the node" if args.rate is None else f"at {args.rate:g}x of {CAMERA_RATE_HZ:g} Hz"
@@ -98,14 +99,9 @@ def run(args) -> int:
     node = runner.NodeOptions(args.model, args.score, args.size, args.smoothing_sigma, args.device, "reliable")
     result = runner.evaluate_live(bag, TOPIC, score=segmenter.score, meta=segmenter.meta, node_options=node,
                                   timeout_s=args.timeout, startup_timeout_s=args.startup_timeout,
-                                  record=recorded, rate_scale=args.rate or 1.0, lockstep=args.rate is None)
+                                  record=recorded, rate_scale=1.0 if args.rate is None else args.rate,
+                                  lockstep=args.rate is None)
 
     print(f"[3/3] writing the report into {report}", flush=True)
-    written = write_report(result, report)
-    print(metrics_table(result.summary), end="")
-    delivery = result.summary["delivery"]
-    latency = delivery["latency"]
-    print(f"delivered {delivery['frames_delivered']}/{delivery['frames_sent']} frames; latency p50 "
-          f"{latency['p50_ms'] or float('nan'):.0f} ms, p95 {latency['p95_ms'] or float('nan'):.0f} ms")
-    print(f"report: {written['report.md']}")
+    print_summary(result, write_report(result, report))
     return 0

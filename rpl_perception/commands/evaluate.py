@@ -62,7 +62,7 @@ def register(subparsers):
 
 def run(args) -> int:
     from ..eval import runner
-    from ..eval.report import metrics_table, write_report
+    from ..eval.report import write_report
 
     if args.dataset and args.mode != "offline":
         raise ValueError(f"--dataset works in offline mode only; {args.mode} mode needs --bag")
@@ -95,7 +95,14 @@ def run(args) -> int:
                                       timeout_s=args.timeout, startup_timeout_s=args.startup_timeout,
                                       record=args.record, rate_scale=args.rate_scale, lockstep=args.lockstep,
                                       component_sizes=components, num_worst=args.worst)
-    written = write_report(result, args.out)
+    print_summary(result, write_report(result, args.out))
+    return 0
+
+
+def print_summary(result, written) -> None:
+    """The metrics table, the delivery line of a live run, and where the report is."""
+    from ..eval.report import metrics_table
+
     print(metrics_table(result.summary), end="")
     delivery = result.summary.get("delivery")
     if delivery:
@@ -103,4 +110,3 @@ def run(args) -> int:
         print(f"delivered {delivery['frames_delivered']}/{delivery['frames_sent']} frames; latency p50 "
               f"{latency['p50_ms'] or float('nan'):.1f} ms, p95 {latency['p95_ms'] or float('nan'):.1f} ms")
     print(f"report: {written['report.md']}")
-    return 0
