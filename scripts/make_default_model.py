@@ -67,7 +67,8 @@ def main():
     args = parser.parse_args()
 
     network, meta = load_model(args.model)
-    segmenter = AnomalySegmenter(network, meta, score="energy")  # score only picks the label path; all are calibrated
+    # the score chosen here does not matter: MultiScorePredictor computes every score the model has
+    segmenter = AnomalySegmenter(network, meta, score="energy")
     scores = available_scores(segmenter)
     meta.display_range, meta.anomaly_threshold = calibrate_on_folder(segmenter, args.calibration)
     meta.score = scores[0]
