@@ -46,6 +46,8 @@ class CheckpointMeta:
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
     rpl_width: Optional[int] = None  # None: no RPL branch in the file
+    #: the branch design (``Architecture.rpl_designs``); None: the architecture's first design
+    rpl_design: Optional[str] = None
     score: str = "energy"  # default score of this model
     smoothing_sigma: float = 1.0
     #: per score, the (low, high) score range that heatmap colours span
@@ -186,7 +188,11 @@ def build_model(meta: CheckpointMeta, groups, source, with_branch: bool = True) 
     load_state_dict_strict(segmenter, groups["segmenter"], source, "segmenter")
     branch = None
     if with_branch and meta.rpl_width is not None:
-        branch = arch.build_rpl_branch(segmenter, meta.rpl_width)
+        design = meta.rpl_design or arch.rpl_designs[0]
+        if design not in arch.rpl_designs:
+            raise CheckpointError(f"{source}: RPL branch design {design!r} is unknown for {arch.name}; "
+                                  f"known: {', '.join(arch.rpl_designs)}")
+        branch = arch.build_rpl_branch(segmenter, meta.rpl_width, design)
         load_state_dict_strict(branch, groups["rpl"], source, "RPL branch")
     elif with_branch and groups["rpl"]:
         raise CheckpointError(f"{source}: holds rpl.* tensors but its metadata has no rpl_width")

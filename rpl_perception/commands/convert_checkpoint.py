@@ -66,7 +66,7 @@ def run(args) -> int:
         if network.has_branch:
             raise ValueError(f"{args.input}: already holds RPL weights; --init-rpl is for segmenter-only files")
         torch.manual_seed(args.seed)
-        branch = arch.build_rpl_branch(network.segmenter, arch.default_rpl_width)
+        branch = arch.build_rpl_branch(network.segmenter, arch.default_rpl_width, arch.rpl_designs[0])
         network = RPLSegmenter(network.segmenter, branch).eval()
         projector = coro_cl_projector(network)
         meta.rpl_width = arch.default_rpl_width

@@ -28,6 +28,9 @@ def register(subparsers):
                         help="a labelled dataset folder (offline mode only); KIND: auto, road_anomaly, "
                              "fishyscapes_lost_and_found, fishyscapes_static, smiyc_anomaly_track, "
                              "smiyc_obstacle_track, lost_and_found, cityscapes")
+    source.add_argument("--suite", type=Path,
+                        help="a suite file (YAML list of labelled sets, e.g. scripts/dev_suite.yaml): every set "
+                             "offline, one report per set and a summary table (suite.md) with the means over the sets")
     p.add_argument("--mode", choices=MODES, default="offline", help="default: offline")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--topic", default="/cam/image_raw", help="camera topic in the bag (default: /cam/image_raw)")
@@ -38,6 +41,9 @@ def register(subparsers):
     p.add_argument("--batch-size", type=int, default=1, help="offline: frames per network batch")
     p.add_argument("--worst", type=int, default=4, help="worst frames shown in the report")
     p.add_argument("--no-components", action="store_true", help="skip the component metrics (sIoU, PPV, F1)")
+    p.add_argument("--native-size", action="store_true",
+                   help="--dataset / --suite: run the network at each set's own image size (rounded up to the "
+                        "network's size divisor) instead of the model's input size")
     live = p.add_argument_group("live mode")
     live.add_argument("--no-launch", action="store_true",
                       help="use an anomaly_node that is already running (serving --topic) instead of starting one")
@@ -64,9 +70,22 @@ def run(args) -> int:
     from ..eval import runner
     from ..eval.report import write_report
 
-    if args.dataset and args.mode != "offline":
-        raise ValueError(f"--dataset works in offline mode only; {args.mode} mode needs --bag")
+    if (args.dataset or args.suite) and args.mode != "offline":
+        raise ValueError(f"--dataset and --suite work in offline mode only; {args.mode} mode needs --bag")
+    if args.native_size and not (args.dataset or args.suite):
+        raise ValueError("--native-size needs --dataset or --suite (a bag's frames have no single native size)")
+    if args.native_size and args.size:
+        raise ValueError("give --size or --native-size, not both")
+    if args.suite:
+        return run_suite(args)
     components = None if args.no_components else (500, 100)
+    if args.native_size:
+        from ..eval.datasets import open_dataset
+        from ..eval.suite import native_size
+
+        first = open_dataset(args.dataset[0], Path(args.dataset[1]))[0].image
+        divisor = getattr(load_segmenter_from_args(args).network.segmenter, "size_divisor", 1)
+        args.size = native_size((first.shape[1], first.shape[0]), divisor)
     if args.mode == "offline":
         segmenter = load_segmenter_from_args(args)
         if args.dataset:
@@ -96,6 +115,43 @@ def run(args) -> int:
                                       record=args.record, rate_scale=args.rate_scale, lockstep=args.lockstep,
                                       component_sizes=components, num_worst=args.worst)
     print_summary(result, write_report(result, args.out))
+    return 0
+
+
+def run_suite(args) -> int:
+    """Every set of the suite file: a report per set in --out/<set>/, suite.md / suite.json in --out."""
+    import json
+
+    from ..eval import suite
+    from ..eval.report import metrics_table, to_json_safe, write_report
+
+    sets = suite.load_suite(args.suite)
+
+    def load(size):
+        args.size = size
+        return load_segmenter_from_args(args)
+
+    scores = None if args.scores is None else [s.strip() for s in args.scores.split(",") if s.strip()]
+    result = suite.run_suite(load, sets, network_size="native" if args.native_size else args.size, scores=scores,
+                             batch_size=args.batch_size, num_worst=args.worst, components=not args.no_components)
+    lines = [f"# Evaluation suite `{args.suite}`", "", f"- model: `{args.model}`", ""]
+    for entry in sets:
+        written = write_report(result.results[entry.name], args.out / entry.slug, title=entry.name)
+        size = result.network_sizes[entry.name]
+        table = metrics_table(result.results[entry.name].summary)
+        print(f"\n{entry.name} ({result.results[entry.name].summary['num_labelled']} images, network "
+              f"{size[0]}x{size[1]}):\n{table}", end="")
+        lines += [f"## {entry.name}", "", f"network input {size[0]}×{size[1]}; report: "
+                  f"[{entry.slug}/report.md]({entry.slug}/report.md)", "", table]
+    overview = suite.suite_table(result)
+    print("\nAP / FPR95 in % per set, and the means over the sets:\n" + overview, end="")
+    lines += ["## Summary (AP / FPR95 in %)", "", overview]
+    (args.out / "suite.md").write_text("\n".join(lines), encoding="utf-8")
+    (args.out / "suite.json").write_text(json.dumps(to_json_safe(
+        {"suite": str(args.suite), "model": args.model, "native_size": args.native_size,
+         "network_sizes": result.network_sizes, "summary": suite.suite_summary(result)}), indent=2) + "\n",
+        encoding="utf-8")
+    print(f"report: {args.out / 'suite.md'}")
     return 0
 
 

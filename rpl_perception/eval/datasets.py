@@ -171,8 +171,31 @@ def _pair_or_raise(kind: str, root: Path, candidates: Sequence[Tuple[str, Path, 
     return [SampleFiles(name, image, label) for name, image, label in candidates]
 
 
+def _rpl_layout(kind: str, root: Path) -> LabelledImageDataset:
+    """The official RPL code's validation layout, shared by every anomaly set it reads:
+    ``images/NAME.(png|jpg|webp)`` + ``labels_masks/NAME.png`` (0 in, 1 anomaly, 255 void).
+
+    SMIYC's own release names its labels ``NAME_labels_semantic.png``; both namings are paired
+    from the label side (only validation frames have released labels)."""
+    _require_dirs(kind, root, "images", "labels_masks")
+    images = {p.stem: p for p in _images_in(root / "images")}
+    suffix = "_labels_semantic.png"
+    candidates = []
+    for label in sorted((root / "labels_masks").glob("*.png"), key=lambda p: _natural_key(p.name)):
+        name = label.name[:-len(suffix)] if label.name.endswith(suffix) else label.stem
+        candidates.append((name, images.get(name, root / "images" / f"{name}.(jpg|webp|png)"), label))
+    return LabelledImageDataset(kind, root, _pair_or_raise(kind, root, candidates, "image"), ANOMALY_LABELS_01)
+
+
+def _natural_key(name: str):
+    """'2.png' before '10.png': the RPL layout numbers its files."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def _fishyscapes(kind: str, subfolder: str) -> Callable[[Path], LabelledImageDataset]:
     def read(root: Path) -> LabelledImageDataset:
+        if (root / "labels_masks").is_dir():
+            return _rpl_layout(kind, root)
         if not (root / "original").is_dir() and (root / subfolder / "original").is_dir():
             root = root / subfolder  # the parent fishyscapes/ folder of LostAndFound/ and Static/
         _require_dirs(kind, root, "original", "labels")
@@ -182,17 +205,8 @@ def _fishyscapes(kind: str, subfolder: str) -> Callable[[Path], LabelledImageDat
 
 
 def _smiyc(kind: str) -> Callable[[Path], LabelledImageDataset]:
-    suffix = "_labels_semantic.png"
-
     def read(root: Path) -> LabelledImageDataset:
-        _require_dirs(kind, root, "images", "labels_masks")
-        images = {p.stem: p for p in _images_in(root / "images")}
-        # only the validation frames have released labels: pair from the label side
-        candidates = []
-        for label in sorted((root / "labels_masks").glob(f"*{suffix}")):
-            name = label.name[:-len(suffix)]
-            candidates.append((name, images.get(name, root / "images" / f"{name}.(jpg|webp|png)"), label))
-        return LabelledImageDataset(kind, root, _pair_or_raise(kind, root, candidates, "image"), ANOMALY_LABELS_01)
+        return _rpl_layout(kind, root)
     return read
 
 
@@ -261,18 +275,20 @@ class DatasetKind:
 
 DATASET_KINDS: Dict[str, DatasetKind] = {
     "fishyscapes_lost_and_found": DatasetKind(
-        "Fishyscapes Lost & Found", ("original/NAME.png", "labels/NAME.png   (0 in, 1 anomaly, 255 void)"),
+        "Fishyscapes Lost & Found", ("original/NAME.png", "labels/NAME.png   (0 in, 1 anomaly, 255 void)",
+                                     "or RPL layout: images/NAME.png + labels_masks/NAME.png"),
         _fishyscapes("fishyscapes_lost_and_found", "LostAndFound")),
     "fishyscapes_static": DatasetKind(
-        "Fishyscapes Static", ("original/NAME.png", "labels/NAME.png   (0 in, 1 anomaly, 255 void)"),
+        "Fishyscapes Static", ("original/NAME.png", "labels/NAME.png   (0 in, 1 anomaly, 255 void)",
+                               "or RPL layout: images/NAME.jpg + labels_masks/NAME.png"),
         _fishyscapes("fishyscapes_static", "Static")),
     "smiyc_anomaly_track": DatasetKind(
         "SMIYC AnomalyTrack",
-        ("images/NAME.jpg", "labels_masks/NAME_labels_semantic.png   (0 in, 1 anomaly, 255 void)"),
+        ("images/NAME.jpg", "labels_masks/NAME_labels_semantic.png (or NAME.png)   (0 in, 1 anomaly, 255 void)"),
         _smiyc("smiyc_anomaly_track")),
     "smiyc_obstacle_track": DatasetKind(
         "SMIYC ObstacleTrack",
-        ("images/NAME.webp", "labels_masks/NAME_labels_semantic.png   (0 road, 1 obstacle, 255 void)"),
+        ("images/NAME.webp", "labels_masks/NAME_labels_semantic.png (or NAME.png)   (0 road, 1 obstacle, 255 void)"),
         _smiyc("smiyc_obstacle_track"), component_sizes=(50, 10)),
     "road_anomaly": DatasetKind(
         "RoadAnomaly", ("frames/NAME.jpg", "frames/NAME.labels/labels_semantic.png   (0 normal, 2 anomaly)",
@@ -305,7 +321,11 @@ def detect_kind(root) -> str:
            if (root / d).is_dir()}
     if "frames" in has:
         return "road_anomaly"
-    if {"images", "labels_masks"} <= has:
+    if {"images", "labels_masks"} <= has:  # SMIYC, or any set in the official RPL layout
+        if "fishyscapes" in name or "static" in name:
+            return "fishyscapes_static"
+        if re.search(r"lost_?and_?found|laf", name):
+            return "fishyscapes_lost_and_found"
         obstacle = "obstacle" in name or any((root / "images").glob("*.webp"))
         return "smiyc_obstacle_track" if obstacle else "smiyc_anomaly_track"
     if {"original", "labels"} <= has:

@@ -15,7 +15,7 @@ from .anomaly import AnomalyModel, ImageNormalisation
 from .deeplabv3plus import (DeepLabV3PlusResNet, DeepLabV3PlusWRN38, deeplabv3plus_resnet50,
                             deeplabv3plus_resnet101, deeplabv3plus_rpl_branch, deeplabv3plus_wrn38)
 from .espnetv2 import EfficientPyrPool, ESPNetv2Segmentation, espnetv2_cityscapes
-from .rpl import RPLBranch, RPLOutput, RPLSegmenter
+from .rpl import RPLBranch, RPLOutput, RPLSegmenter, SeparableASPP
 
 __all__ = [
     "Architecture", "ARCHITECTURES", "CITYSCAPES_CLASSES", "register_architecture",
@@ -39,14 +39,17 @@ class Architecture:
 
     name: str
     build_segmenter: Callable[[], nn.Module]
-    #: (frozen segmenter, branch width) → RPLBranch, initialised as the official code does
-    build_rpl_branch: Callable[[nn.Module, int], RPLBranch]
+    #: (frozen segmenter, branch width, design) → RPLBranch, initialised as the official code does
+    build_rpl_branch: Callable[[nn.Module, int, str], RPLBranch]
     default_rpl_width: int
     input_size: Tuple[int, int]  # (width, height) the network was trained at
     class_names: Tuple[str, ...] = CITYSCAPES_CLASSES
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD
     extra: Dict[str, object] = field(default_factory=dict)
+    #: RPL branch designs ``build_rpl_branch`` knows; the first is the default (and the design of
+    #: model files that record none)
+    rpl_designs: Tuple[str, ...] = ("aspp",)
 
     @property
     def num_inlier(self) -> int:
@@ -70,15 +73,23 @@ def get_architecture(name: str) -> Architecture:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
 
 
-def espnetv2_rpl_branch(segmenter: ESPNetv2Segmentation, width: int = 64) -> RPLBranch:
-    """ESPNetv2's RPL branch: a pyramid-pooling context block on the level-4 feature.
+def espnetv2_rpl_branch(segmenter: ESPNetv2Segmentation, width: int = 64, design: str = "pyramid") -> RPLBranch:
+    """ESPNetv2's RPL branch on the level-4 feature (stride 16, 512 channels), in one of two designs.
 
-    The segmenter's own context module is ``bu_dec_l1`` (EfficientPyrPool 512 → 64); as the
-    official code copies DeepLabV3+'s ASPP, the branch starts as a copy of it when the widths match.
+    * ``pyramid``: a copy of the segmenter's own context module ``bu_dec_l1`` (EfficientPyrPool
+      512 → 10 → 64), as the official code copies DeepLabV3+'s ASPP; copied when the widths match.
+      Its first layer keeps only 10 of the 512 channels, the ones the decoder needs for Cityscapes.
+    * ``aspp``: :class:`SeparableASPP` (512 → ``width``, randomly initialised), which keeps the
+      whole feature, as the official branch keeps its 4096-channel input.
     """
-    context = EfficientPyrPool(segmenter.deep_channels, 10, width)
-    if width == segmenter.bu_dec_l1.merge_layer[3].out_channels:
-        context.load_state_dict(segmenter.bu_dec_l1.state_dict())
+    if design == "pyramid":
+        context = EfficientPyrPool(segmenter.deep_channels, 10, width)
+        if width == segmenter.bu_dec_l1.merge_layer[3].out_channels:
+            context.load_state_dict(segmenter.bu_dec_l1.state_dict())
+    elif design == "aspp":
+        context = SeparableASPP(segmenter.deep_channels, width)
+    else:
+        raise ValueError(f"unknown ESPNetv2 RPL branch design {design!r}; known: pyramid, aspp")
     return RPLBranch(context, width, segmenter.head_channels)
 
 
@@ -88,6 +99,7 @@ register_architecture(Architecture(
     build_rpl_branch=espnetv2_rpl_branch,
     default_rpl_width=64,
     input_size=(1024, 512),
+    rpl_designs=("pyramid", "aspp"),
 ))
 
 # DeepLabV3+ (19 Cityscapes classes, trained and evaluated on full 2048×1024 frames)

@@ -142,7 +142,7 @@ def _wrn38_groups_on_meta() -> Groups:
     arch = get_architecture(WRN38_ARCHITECTURE)
     with torch.device("meta"):  # shapes only: nothing is allocated or initialised
         segmenter = arch.build_segmenter()
-        branch = arch.build_rpl_branch(segmenter, arch.default_rpl_width)
+        branch = arch.build_rpl_branch(segmenter, arch.default_rpl_width, arch.rpl_designs[0])
         projector = torch.nn.Conv2d(branch.context_channels, segmenter.head_channels, 1, bias=True)
     return {"segmenter": segmenter.state_dict(), "rpl": branch.state_dict(),
             "projector": projector.state_dict()}

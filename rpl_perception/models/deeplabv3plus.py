@@ -124,6 +124,10 @@ class _DeepLabV3PlusBase(nn.Module):
     def extract_features(self, x):
         raise NotImplementedError
 
+    def extract_deep(self, x):
+        """Only the deep feature of :meth:`extract_features` (the trunk; the decoder is skipped)."""
+        raise NotImplementedError
+
     def head(self, feat):
         raise NotImplementedError
 
@@ -173,6 +177,9 @@ class DeepLabV3PlusWRN38(_DeepLabV3PlusBase, WiderResNetA2):
         m2, f7 = WiderResNetA2.forward(self, x)
         up = self.upsample(self.bot_aspp(self.aspp(f7)), m2.shape[-2:])
         return f7, torch.cat([self.bot_fine(m2), up], 1)
+
+    def extract_deep(self, x: torch.Tensor):
+        return WiderResNetA2.forward(self, x)[1]
 
     def head(self, feat: torch.Tensor) -> torch.Tensor:
         return self.final(feat)
@@ -228,6 +235,9 @@ class DeepLabV3PlusResNet(_DeepLabV3PlusBase):
         up = self.upsample(self.classifier.aspp(deep), fine.shape[-2:])
         return deep, torch.cat([fine, up], 1)
 
+    def extract_deep(self, x: torch.Tensor):
+        return self.backbone(x)[1]
+
     def head(self, feat: torch.Tensor) -> torch.Tensor:
         return self.classifier.classifier(feat)
 
@@ -253,9 +263,14 @@ class DeepLabRPLBranch(RPLBranch):
         init_kaiming_fan_in(self.residual)
         self.align_corners = align_corners
 
+    def residual_from(self, embedding: torch.Tensor, feat_size) -> torch.Tensor:
+        return self.residual(self._upsampled(embedding, feat_size))
+
+    def _upsampled(self, embedding: torch.Tensor, feat_size) -> torch.Tensor:
+        return F.interpolate(embedding, feat_size, mode="bilinear", align_corners=self.align_corners)
+
     def forward(self, deep: torch.Tensor, feat_size) -> tuple:
-        embedding = F.interpolate(self.context(deep), feat_size, mode="bilinear",
-                                  align_corners=self.align_corners)
+        embedding = self._upsampled(self.embed(deep), feat_size)
         return self.residual(embedding), embedding
 
 
@@ -277,12 +292,15 @@ def deeplabv3plus_resnet101(num_classes: int = 19, output_stride: int = 16) -> D
                                output_stride)
 
 
-def deeplabv3plus_rpl_branch(segmenter: _DeepLabV3PlusBase, width: int = ASPP_CHANNELS) -> DeepLabRPLBranch:
+def deeplabv3plus_rpl_branch(segmenter: _DeepLabV3PlusBase, width: int = ASPP_CHANNELS,
+                             design: str = "aspp") -> DeepLabRPLBranch:
     """The RPL branch, initialised as the official trainer does (fact sheet section 8a).
 
     The context starts as an exact copy of the segmenter's ASPP (and, for WRN38, ``bot_aspp``),
     trainable even when ``segmenter`` is already frozen; the 1×1 residual is fresh Kaiming-normal.
     """
+    if design != "aspp":
+        raise ValueError(f"the DeepLabV3+ RPL branch has one design, 'aspp' (a copy of its ASPP); got {design!r}")
     if width != ASPP_CHANNELS:
         raise ValueError(f"the DeepLabV3+ RPL branch copies the ASPP, so its width is "
                          f"{ASPP_CHANNELS}; got {width}")

@@ -283,6 +283,10 @@ class ESPNetv2Segmentation(nn.Module):
         feat = self.bu_br_l4(_upsample2x(d) + self.merge_enc_dec_l4(e1))
         return e4, feat
 
+    def extract_deep(self, img):
+        """Only the deep feature of :meth:`extract_features` (the encoder; the decoder is skipped)."""
+        return self.base_net(img)[3]
+
     def head(self, feat):
         """The closed-set classifier head (logits at the head's stride)."""
         return self.bu_dec_l4(feat)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RPLOutput", "RPLBranch", "RPLSegmenter", "init_kaiming_fan_in"]
+__all__ = ["RPLOutput", "RPLBranch", "RPLSegmenter", "SeparableASPP", "init_kaiming_fan_in"]
 
 
 class RPLOutput(NamedTuple):
@@ -29,6 +29,38 @@ def init_kaiming_fan_in(conv: nn.Conv2d) -> None:
     nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
+
+
+def _conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int = 1, dilation: int = 1, groups: int = 1):
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel_size, padding=dilation * (kernel_size // 2),
+                                   dilation=dilation, groups=groups, bias=False),
+                         nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+
+
+class SeparableASPP(nn.Module):
+    """Atrous spatial pyramid pooling (DeepLabV3) built from depth-wise separable convolutions.
+
+    The input is projected to ``width`` channels once (1×1); three atrous branches (depth-wise 3×3
+    at ``rates``, then a point-wise 1×1) and an image-pooling branch read it; the five
+    ``width``-channel maps are merged by a 1×1. This is the official RPL context block (a copy of
+    DeepLabV3+'s ASPP) made cheap enough for a small segmenter: it keeps every input channel's
+    information (no narrow projection) at a fraction of the full ASPP's cost.
+    """
+
+    def __init__(self, in_channels: int, width: int, rates=(2, 4, 8)):
+        super().__init__()
+        self.project = _conv_bn_relu(in_channels, width)
+        self.atrous = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width, width, 3, padding=r, dilation=r, groups=width, bias=False),
+                          _conv_bn_relu(width, width)) for r in rates)
+        # no BatchNorm on the pooled 1×1 map: its batch statistics would come from a handful of values
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(width, width, 1), nn.ReLU(inplace=True))
+        self.merge = _conv_bn_relu(width * (len(rates) + 2), width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.project(x)
+        pooled = self.pool(x).expand(-1, -1, *x.shape[-2:])
+        return self.merge(torch.cat([x, *(branch(x) for branch in self.atrous), pooled], 1))
 
 
 class RPLBranch(nn.Module):
@@ -47,18 +79,24 @@ class RPLBranch(nn.Module):
         self.residual = nn.Conv2d(context_channels, head_channels, 1, bias=True)
         init_kaiming_fan_in(self.residual)
 
+    def embed(self, deep: torch.Tensor) -> torch.Tensor:
+        """The context feature (the ``embedding`` CoroCL's projector reads)."""
+        return self.context(deep)
+
+    def residual_from(self, embedding: torch.Tensor, feat_size) -> torch.Tensor:
+        """The residual added to the head's input, at the head's resolution ``feat_size``."""
+        return F.interpolate(self.residual(embedding), feat_size, mode="bilinear", align_corners=True)
+
     def forward(self, deep: torch.Tensor, feat_size) -> tuple:
-        embedding = self.context(deep)
-        residual = F.interpolate(self.residual(embedding), feat_size, mode="bilinear",
-                                 align_corners=True)
-        return residual, embedding
+        embedding = self.embed(deep)
+        return self.residual_from(embedding, feat_size), embedding
 
 
 class RPLSegmenter(nn.Module):
     """A frozen closed-set segmenter with an optional RPL branch.
 
-    The segmenter must provide ``extract_features(x) -> (deep, feat)``, ``head(feat)`` and
-    ``upsample_logits(logits, size)`` (see :class:`~rpl_perception.models.espnetv2.ESPNetv2Segmentation`).
+    The segmenter must provide ``extract_features(x) -> (deep, feat)``, ``extract_deep(x) -> deep``
+    (for training), ``head(feat)`` and ``upsample_logits(logits, size)`` (see :class:`~rpl_perception.models.espnetv2.ESPNetv2Segmentation`).
     The segmenter stays in eval mode with frozen parameters whatever ``train()`` is called with:
     RPL never changes it, and its BatchNorm must keep using the running statistics.
     """

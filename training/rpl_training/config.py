@@ -18,13 +18,14 @@ that pasted objects keep the paper's size relative to the scene.
 import copy
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
 from .datasets import EXCLUDED_COCO_CLASSES
+from .transforms import OFFICIAL_OUTLIER_SCALES
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "merge_config", "parse_override"]
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "merge_config", "parse_override", "inlier_sources"]
 
 
 class ConfigError(ValueError):
@@ -38,24 +39,30 @@ DEFAULTS: Dict[str, Any] = {
         "segmenter": None,  # rpl_perception checkpoint or segmenter .pth; None = the embedded default
         "architecture": None,  # registry name; needed only for a plain .pth state dict
         "rpl_width": None,  # branch width; None = the architecture's default
+        "rpl_design": None,  # branch design (ESPNetv2: pyramid | aspp); None = the architecture's default
     },
     "data": {
+        # one inlier source, or a list of them (each with these keys) sampled by their weights
         "inlier": {
-            "kind": "cityscapes",  # cityscapes | frames
+            "kind": "cityscapes",  # cityscapes | frames | idd
             "root": None,
-            "split": "train",  # cityscapes only
+            "split": "train",  # cityscapes: one split; idd: one or a list
             "resize": [1024, 512],  # [width, height] before cropping; None keeps the size
             "video_stride": 1,  # frames only: use every n-th video frame
+            "include": None,  # frames only: glob patterns under root (default: every file, recursively)
+            "void_labels": [],  # label values that enter no loss term (e.g. IDD's living things: [2])
+            "weight": 1.0,  # sampling weight among several sources (share of each epoch)
+            "object_scale": None,  # pasted objects' relative scale in this source; None = outlier.relative_scale
         },
         "outlier": {
             "kind": "coco",  # coco | cutouts
-            "root": None,
-            "split": "train2017",  # coco only
+            "root": None,  # a folder, or a list of folders of the same kind
+            "split": "train2017",  # coco only: one split, a list, or "all" (every annotations/instances_*.json)
             "filter": "image",  # coco only: image (official) | object
             "min_size": 480,  # coco only: shortest side
             "excluded_classes": list(EXCLUDED_COCO_CLASSES),
             "max_images": 2975,  # random subset; the official code keeps len(Cityscapes train)
-            "scales": [0.25, 0.5, 0.5, 0.75, 0.1, 0.125],
+            "scales": list(OFFICIAL_OUTLIER_SCALES),
             "relative_scale": 0.5,  # applied to every outlier image first (scene resolution ratio)
             "paste_prob": 1.0,  # fraction of inlier crops that get an object
             "flip_prob": 0.0,  # object augmentation
@@ -72,6 +79,7 @@ DEFAULTS: Dict[str, Any] = {
         "lr": 7.5e-5,
         "residual_lr_factor": 10.0,  # lr multiplier of the branch's final 1×1 (trained from scratch)
         "lr_power": 0.9,
+        "warmup_iterations": 0,  # linear lr warm-up (the official recipe has none)
         "weight_decay": 0.0,
         "energy_weight": 0.05,
         "entropy_t": 1.0,
@@ -82,6 +90,7 @@ DEFAULTS: Dict[str, Any] = {
             "max_views": 512,
             "min_images": 2,  # per process, as the official trainer
         },
+        "compile": False,  # torch.compile the frozen segmenter (inference only; minutes to compile, then faster)
         "amp": True,  # CUDA only
         "sync_bn": True,  # CUDA + several processes only
         "device": "auto",  # auto | cpu | cuda
@@ -90,6 +99,8 @@ DEFAULTS: Dict[str, Any] = {
     },
     "validation": {
         "root": None,  # an anomaly set (rpl_perception.eval.datasets layouts); None = no validation
+        "suite": None,  # or a suite file of several sets (rpl_perception.eval.suite); the best
+                        # checkpoint is the one with the highest mean AP over its sets
         "kind": "auto",
         "every": 185,  # iterations; the official code validates every half epoch
         "max_images": None,
@@ -97,8 +108,22 @@ DEFAULTS: Dict[str, Any] = {
     },
 }
 
-_PATH_KEYS = (("model", "segmenter"), ("data", "inlier", "root"), ("data", "outlier", "root"),
-              ("validation", "root"), ("output_dir",))
+_PATH_KEYS = (("model", "segmenter"), ("data", "outlier", "root"), ("validation", "root"), ("validation", "suite"),
+              ("output_dir",))
+
+
+def inlier_sources(data_cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The inlier sources of a ``data`` section as a list (one mapping is one source)."""
+    inlier = data_cfg["inlier"]
+    return list(inlier) if isinstance(inlier, list) else [inlier]
+
+
+def _expand_path(value):
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_expand_path(v) for v in value]
+    return str(Path(os.path.expandvars(str(value))).expanduser())
 
 
 def merge_config(base: Dict[str, Any], update: Dict[str, Any], where: str = "") -> Dict[str, Any]:
@@ -108,7 +133,13 @@ def merge_config(base: Dict[str, Any], update: Dict[str, Any], where: str = "") 
         name = f"{where}{key}"
         if key not in base:
             raise ConfigError(f"unknown config key {name!r}; known keys here: {', '.join(sorted(base))}")
-        if isinstance(base[key], dict):
+        if name == "data.inlier" and isinstance(value, list):  # several sources, each over the defaults
+            if not value or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(f"config key {name!r} must be a mapping or a non-empty list of mappings")
+            merged[key] = [merge_config(DEFAULTS["data"]["inlier"], v, f"{name}[{i}].") for i, v in enumerate(value)]
+        elif name == "data.inlier" and isinstance(base[key], list) and isinstance(value, dict):
+            raise ConfigError(f"config key {name!r} lists several sources; override one with a whole list")
+        elif isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key {name!r} must be a mapping; got {value!r}")
             merged[key] = merge_config(base[key], value, f"{name}.")
@@ -142,12 +173,26 @@ def _check(cfg: Dict[str, Any]) -> None:
 
     data, train = cfg["data"], cfg["train"]
     data["crop_size"] = pair(data["crop_size"], "data.crop_size")
-    data["inlier"]["resize"] = pair(data["inlier"]["resize"], "data.inlier.resize")
     cfg["validation"]["network_size"] = pair(cfg["validation"]["network_size"], "validation.network_size")
     if data["crop_size"] is None:
         raise ConfigError("data.crop_size is required")
-    choices = {("data", "inlier", "kind"): ("cityscapes", "frames"),
-               ("data", "outlier", "kind"): ("coco", "cutouts"),
+    sources = inlier_sources(data)
+    for i, source in enumerate(sources):
+        where = "data.inlier" if len(sources) == 1 else f"data.inlier[{i}]"
+        source["resize"] = pair(source["resize"], f"{where}.resize")
+        if source["kind"] not in ("cityscapes", "frames", "idd"):
+            raise ConfigError(f"{where}.kind must be one of cityscapes, frames, idd; got {source['kind']!r}")
+        if not source["root"]:
+            raise ConfigError(f"{where}.root is required (the inlier dataset folder)")
+        if not isinstance(source["weight"], (int, float)) or source["weight"] <= 0:
+            raise ConfigError(f"{where}.weight must be a positive number; got {source['weight']!r}")
+        voids = source["void_labels"] or []
+        if not all(isinstance(v, int) and 0 <= v <= 255 for v in voids):
+            raise ConfigError(f"{where}.void_labels must be label values 0-255; got {voids!r}")
+        if source["object_scale"] is not None and not (isinstance(source["object_scale"], (int, float))
+                                                      and source["object_scale"] > 0):
+            raise ConfigError(f"{where}.object_scale must be a positive number or null; got {source['object_scale']!r}")
+    choices = {("data", "outlier", "kind"): ("coco", "cutouts"),
                ("data", "outlier", "filter"): ("image", "object"),
                ("train", "device"): ("auto", "cpu", "cuda")}
     for keys, allowed in choices.items():
@@ -156,12 +201,15 @@ def _check(cfg: Dict[str, Any]) -> None:
             node = node[k]
         if node[keys[-1]] not in allowed:
             raise ConfigError(f"{'.'.join(keys)} must be one of {', '.join(allowed)}; got {node[keys[-1]]!r}")
-    for name in ("inlier", "outlier"):
-        if not data[name]["root"]:
-            raise ConfigError(f"data.{name}.root is required (the {name} dataset folder)")
+    if not data["outlier"]["root"]:
+        raise ConfigError("data.outlier.root is required (the outlier dataset folder)")
     scales = data["outlier"]["scales"]
     if not scales or not all(isinstance(s, (int, float)) and s > 0 for s in scales):
         raise ConfigError(f"data.outlier.scales must be a non-empty list of positive numbers; got {scales!r}")
+    if cfg["validation"]["root"] and cfg["validation"]["suite"]:
+        raise ConfigError("give validation.root (one set) or validation.suite (a suite file), not both")
+    if not isinstance(train["warmup_iterations"], int) or train["warmup_iterations"] < 0:
+        raise ConfigError(f"train.warmup_iterations must be an integer >= 0; got {train['warmup_iterations']!r}")
     for key in ("batch_size", "epochs", "checkpoint_every", "log_every"):
         if not isinstance(train[key], int) or train[key] < 1:
             raise ConfigError(f"train.{key} must be a positive integer; got {train[key]!r}")
@@ -197,7 +245,8 @@ def load_config(path: Optional[Path] = None, overrides: Sequence[str] = (), **up
         node = cfg
         for k in keys[:-1]:
             node = node[k]
-        if node[keys[-1]] is not None:
-            node[keys[-1]] = str(Path(os.path.expandvars(str(node[keys[-1]]))).expanduser())
+        node[keys[-1]] = _expand_path(node[keys[-1]])
+    for source in inlier_sources(cfg["data"]):
+        source["root"] = _expand_path(source["root"])
     _check(cfg)
     return cfg

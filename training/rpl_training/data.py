@@ -11,16 +11,18 @@ each sample reports the files it skipped, and the training loop warns once per f
 them.
 """
 
-from typing import Dict, List, NamedTuple, Sequence
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .datasets import (CityscapesInliers, CocoOutliers, CutoutOutliers, DatasetLayoutError,
-                       FrameInliers, UnreadableImage)
+from .config import inlier_sources
+from .datasets import (CityscapesInliers, CocoOutliers, CutoutOutliers, DatasetLayoutError, FrameInliers,
+                       IDDInliers, UnreadableImage, VoidLabels)
 from .transforms import OutlierExposure
 
-__all__ = ["SampleKey", "OutlierExposureDataset", "IterationBatchSampler", "collate",
+__all__ = ["SampleKey", "ConcatSources", "OutlierExposureDataset", "IterationBatchSampler", "collate",
            "build_inliers", "build_outliers", "build_dataset", "make_loader", "worker_init"]
 
 
@@ -30,19 +32,66 @@ class SampleKey(NamedTuple):
     index: int  # inlier image index
 
 
+class ConcatSources:
+    """Several image sources (``len``, ``read``, ``describe``) as one; ``source_of(i)`` tells which."""
+
+    def __init__(self, sources: Sequence):
+        self.sources = list(sources)
+        self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def source_of(self, index: int) -> int:
+        return int(np.searchsorted(self.offsets, index, side="right") - 1)
+
+    def _locate(self, index: int):
+        which = self.source_of(index)
+        return self.sources[which], index - int(self.offsets[which])
+
+    def read(self, index: int):
+        source, local = self._locate(index)
+        return source.read(local)
+
+    def describe(self, index: int) -> str:
+        source, local = self._locate(index)
+        return source.describe(local)
+
+    def ranges(self) -> List[range]:
+        """The global indices of each source."""
+        return [range(int(a), int(b)) for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+
+
 class OutlierExposureDataset(torch.utils.data.Dataset):
     """``dataset[SampleKey]`` → dict of uint8 arrays ``image``, ``label``, ``context``,
     ``context_label`` (see :class:`~rpl_training.transforms.OutlierExposure`) and ``skipped``
-    (names of files that could not be read while building it)."""
+    (names of files that could not be read while building it).
 
-    def __init__(self, inliers, outliers, transform: OutlierExposure, seed: int):
-        self.inliers, self.outliers, self.transform, self.seed = inliers, outliers, transform, int(seed)
+    ``inliers`` may be a :class:`ConcatSources` of several sources, each with its own transform
+    (``transform`` is then a list, one per source: sources differ in resolution)."""
+
+    def __init__(self, inliers, outliers, transform, seed: int):
+        self.inliers, self.outliers, self.seed = inliers, outliers, int(seed)
+        self.transforms = list(transform) if isinstance(transform, (list, tuple)) else [transform]
+        self.transform = self.transforms[0]
 
     def __len__(self) -> int:
         return len(self.inliers)
 
+    def _transform_for(self, index: int) -> OutlierExposure:
+        if len(self.transforms) == 1:
+            return self.transforms[0]
+        return self.transforms[self.inliers.source_of(index)]
+
     @staticmethod
     def _read_first_readable(source, first: int, skipped: List[str], what: str):
+        # a skipped inlier is replaced by the next one of the same source (same resolution)
+        if isinstance(source, ConcatSources):
+            which = source.source_of(first)
+            offset = int(source.offsets[which])
+            image, label = OutlierExposureDataset._read_first_readable(
+                source.sources[which], first - offset, skipped, what)
+            return image, label
         for step in range(len(source)):
             index = (first + step) % len(source)
             try:
@@ -58,7 +107,7 @@ class OutlierExposureDataset(torch.utils.data.Dataset):
         outlier_index = int(rng.integers(len(self.outliers)))
         image, label = self._read_first_readable(self.inliers, int(index), skipped, "inlier")
         obj_image, obj_mask = self._read_first_readable(self.outliers, outlier_index, skipped, "outlier")
-        sample = self.transform(image, label, obj_image, obj_mask, rng)
+        sample = self._transform_for(int(index))(image, label, obj_image, obj_mask, rng)
         sample["skipped"] = skipped
         return sample
 
@@ -72,7 +121,8 @@ class IterationBatchSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, num_samples: int, batch_size: int, total: int, *, seed: int, start: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, sources: Optional[Sequence[range]] = None,
+                 weights: Optional[Sequence[float]] = None):
         if batch_size % world_size:
             raise ValueError(f"the batch size {batch_size} must be divisible by the number of processes {world_size}")
         if num_samples < batch_size:
@@ -81,11 +131,28 @@ class IterationBatchSampler(torch.utils.data.Sampler):
         self.start, self.rank, self.world_size = start, rank, world_size
         self.per_process = batch_size // world_size
         self.iterations_per_epoch = num_samples // batch_size
+        self.sources = None if sources is None or len(sources) < 2 else list(sources)
+        self.weights = None if self.sources is None else np.asarray(weights, dtype=np.float64)
         self._permutation = (None, None)
 
     def permutation(self, epoch: int) -> np.ndarray:
+        """The inlier indices of ``epoch`` in order: a permutation of all of them, or, with several
+        weighted sources, ``num_samples`` indices of which each source supplies its weight's share
+        (a source smaller than its share is repeated, a larger one sampled without repeats)."""
         if self._permutation[0] != epoch:
-            self._permutation = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_samples))
+            rng = np.random.default_rng([self.seed, epoch])
+            if self.sources is None:
+                order = rng.permutation(self.num_samples)
+            else:
+                counts = np.floor(self.num_samples * self.weights / self.weights.sum()).astype(int)
+                counts[: self.num_samples - counts.sum()] += 1  # the rounding remainder, first sources first
+                parts = []
+                for source, count in zip(self.sources, counts):
+                    repeats = -(-count // len(source))
+                    drawn = np.concatenate([rng.permutation(len(source)) for _ in range(repeats)])[:count]
+                    parts.append(np.asarray(source)[drawn])
+                order = rng.permutation(np.concatenate(parts))
+            self._permutation = (epoch, order)
         return self._permutation[1]
 
     def keys(self, iteration: int) -> List[SampleKey]:
@@ -111,16 +178,43 @@ def collate(samples: Sequence[Dict[str, object]]) -> Dict[str, object]:
 
 
 def build_inliers(cfg: Dict[str, object]):
+    """One inlier source from its config mapping (see ``DEFAULTS["data"]["inlier"]``)."""
     if cfg["kind"] == "cityscapes":
-        return CityscapesInliers(cfg["root"], cfg["split"])
-    return FrameInliers(cfg["root"], video_stride=cfg["video_stride"])
+        source = CityscapesInliers(cfg["root"], cfg["split"])
+    elif cfg["kind"] == "idd":
+        source = IDDInliers(cfg["root"], cfg["split"])
+    else:
+        source = FrameInliers(cfg["root"], video_stride=cfg["video_stride"], include=cfg.get("include"))
+    voids = cfg.get("void_labels") or []
+    return VoidLabels(source, voids) if voids else source
+
+
+def _coco_splits(root: Path, split) -> List[str]:
+    if split == "all":
+        return sorted(p.name[len("instances_"):-len(".json")] for p in (root / "annotations").glob("instances_*.json"))
+    return [split] if isinstance(split, str) else list(split)
 
 
 def build_outliers(cfg: Dict[str, object], seed: int):
-    if cfg["kind"] == "coco":
-        return CocoOutliers(cfg["root"], cfg["split"], filter=cfg["filter"], min_size=cfg["min_size"],
-                            excluded=cfg["excluded_classes"], max_images=cfg["max_images"], seed=seed)
-    return CutoutOutliers(cfg["root"])
+    """The outlier images of every folder in ``root`` (one or a list) and, for COCO, every split;
+    an image present in several folders (same file name) is used once."""
+    roots = cfg["root"] if isinstance(cfg["root"], list) else [cfg["root"]]
+    sources = []
+    if cfg["kind"] != "coco":
+        sources = [CutoutOutliers(root) for root in roots]
+    else:
+        seen = set()
+        for root in roots:
+            for split in _coco_splits(Path(root), cfg["split"]) or [str(cfg["split"])]:
+                coco = CocoOutliers(root, split, filter=cfg["filter"], min_size=cfg["min_size"],
+                                    excluded=cfg["excluded_classes"], max_images=cfg["max_images"], seed=seed)
+                names = [coco.coco.imgs[i]["file_name"] for i in coco.image_ids]
+                keep = [i for i, name in zip(coco.image_ids, names) if name not in seen]
+                seen.update(names)
+                if keep:
+                    coco.image_ids = keep
+                    sources.append(coco)
+    return sources[0] if len(sources) == 1 else ConcatSources(sources)
 
 
 def build_dataset(data_cfg: Dict[str, object], mean: Sequence[float], seed: int,
@@ -129,10 +223,14 @@ def build_dataset(data_cfg: Dict[str, object], mean: Sequence[float], seed: int,
     are reported together in one :class:`DatasetLayoutError`."""
     problems = []
     if inliers is None:
-        try:
-            inliers = build_inliers(data_cfg["inlier"])
-        except DatasetLayoutError as exc:
-            problems.append(f"inlier data ({data_cfg['inlier']['kind']}): {exc}")
+        built = []
+        for source_cfg in inlier_sources(data_cfg):
+            try:
+                built.append(build_inliers(source_cfg))
+            except DatasetLayoutError as exc:
+                problems.append(f"inlier data ({source_cfg['kind']}): {exc}")
+        if not problems:
+            inliers = built[0] if len(built) == 1 else ConcatSources(built)
     if outliers is None:
         try:
             outliers = build_outliers(data_cfg["outlier"], seed)
@@ -141,18 +239,21 @@ def build_dataset(data_cfg: Dict[str, object], mean: Sequence[float], seed: int,
     if problems:
         raise DatasetLayoutError("\n".join(problems))
     out = data_cfg["outlier"]
-    transform = OutlierExposure(
-        crop_size=tuple(data_cfg["crop_size"]),
-        pad_rgb=tuple(int(round(255 * m)) for m in mean),
-        inlier_size=tuple(data_cfg["inlier"]["resize"]) if data_cfg["inlier"]["resize"] else None,
-        flip_prob=float(data_cfg["flip_prob"]),
-        scales=tuple(float(s) for s in out["scales"]),
-        relative_scale=float(out["relative_scale"]),
-        paste_prob=float(out["paste_prob"]),
-        object_flip_prob=float(out["flip_prob"]),
-        object_colour_jitter=float(out["colour_jitter"]),
-    )
-    return OutlierExposureDataset(inliers, outliers, transform, seed)
+
+    def transform(source_cfg) -> OutlierExposure:
+        return OutlierExposure(
+            crop_size=tuple(data_cfg["crop_size"]),
+            pad_rgb=tuple(int(round(255 * m)) for m in mean),
+            inlier_size=tuple(source_cfg["resize"]) if source_cfg["resize"] else None,
+            flip_prob=float(data_cfg["flip_prob"]),
+            scales=tuple(float(s) for s in out["scales"]),
+            relative_scale=float(out["relative_scale"] if source_cfg.get("object_scale") is None
+                                 else source_cfg["object_scale"]),
+            paste_prob=float(out["paste_prob"]),
+            object_flip_prob=float(out["flip_prob"]),
+            object_colour_jitter=float(out["colour_jitter"]),
+        )
+    return OutlierExposureDataset(inliers, outliers, [transform(c) for c in inlier_sources(data_cfg)], seed)
 
 
 def worker_init(_worker_id: int) -> None:

@@ -8,7 +8,13 @@ than 254 / 255 is inlier; the RPL losses never read the class):
   official table), read through :func:`rpl_perception.eval.datasets.open_dataset`;
 * :class:`FrameInliers` — any folder of driving images and/or videos (or one video file); every
   pixel is inlier (label 0). This is legitimate because the in-distribution loss only uses the
-  frozen segmenter's pseudo-labels.
+  frozen segmenter's pseudo-labels;
+* :class:`IDDInliers` — the India Driving Dataset (IDD / IDD-Lite) layout
+  ``leftImg8bit/SPLIT/SEQ/NAME_image.jpg`` + ``gtFine/SPLIT/SEQ/NAME_label.png``, with its labels
+  (so that a class such as IDD's "living things" can be voided out of the in-distribution loss).
+
+Every inlier source takes ``void_labels``: label values that become 255 (void), so that they enter
+no loss term (see :class:`VoidLabels`).
 
 Outlier sources give ``(rgb, mask)``: mask 254 = object, 0 = background, 255 = void:
 
@@ -36,7 +42,7 @@ from rpl_perception.eval.datasets import DatasetLayoutError, open_dataset, read_
 
 __all__ = [
     "DatasetLayoutError", "UnreadableImage", "read_image", "decode_image", "CityscapesInliers",
-    "FrameInliers", "CocoOutliers", "CutoutOutliers", "EXCLUDED_COCO_CLASSES", "IMAGE_SUFFIXES",
+    "FrameInliers", "IDDInliers", "VoidLabels", "CocoOutliers", "CutoutOutliers", "EXCLUDED_COCO_CLASSES", "IMAGE_SUFFIXES",
     "VIDEO_SUFFIXES", "OBJECT", "BACKGROUND", "VOID",
 ]
 
@@ -127,14 +133,17 @@ class FrameInliers:
     LAYOUT = ("**/NAME.(png|jpg|…)   driving images, any sub-folders",
               "**/NAME.(mp4|avi|mov|mkv|webm)   videos, every video_stride-th frame is used")
 
-    def __init__(self, root, video_stride: int = 1, jpeg_quality: int = 95):
+    def __init__(self, root, video_stride: int = 1, jpeg_quality: int = 95, include: Optional[Sequence[str]] = None):
+        """``include``: glob patterns relative to ``root`` that select the files (default: all,
+        recursively), e.g. ``["train/*", "val/*"]`` to leave a dataset's label folders out."""
         self.root = Path(root)
         if int(video_stride) != video_stride or video_stride < 1:
             raise ValueError(f"video_stride must be a positive integer; got {video_stride!r}")
         if self.root.is_file() and self.root.suffix.lower() in VIDEO_SUFFIXES:
             images, videos = [], [self.root]
         elif self.root.is_dir():
-            files = sorted(p for p in self.root.rglob("*") if p.is_file())
+            found = {p for pattern in (include or ["**/*"]) for p in self.root.glob(pattern)}
+            files = sorted(p for p in found if p.is_file())
             images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
             videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
         else:
@@ -182,6 +191,70 @@ class FrameInliers:
         name, path, data = self.items[index]
         image = read_image(path) if data is None else decode_image(data, name)
         return image, np.zeros(image.shape[:2], np.uint8)
+
+
+class IDDInliers:
+    """India Driving Dataset frames with their labels: ``leftImg8bit/SPLIT/SEQ/NAME_image.jpg`` +
+    ``gtFine/SPLIT/SEQ/NAME_label.png`` (IDD-Lite level-1 ids 0–6, 255 unlabelled), for each of
+    ``splits``; only frames with a label file are used (IDD releases none for its test split)."""
+
+    LAYOUT = ("leftImg8bit/SPLIT/SEQ/NAME_image.jpg", "gtFine/SPLIT/SEQ/NAME_label.png")
+
+    def __init__(self, root, splits: Sequence[str] = ("train", "val")):
+        self.root = Path(root)
+        splits = [splits] if isinstance(splits, str) else list(splits)
+        problems = [f"missing folder {d}/{split}/" for split in splits for d in ("leftImg8bit", "gtFine")
+                    if not (self.root / d / split).is_dir()]
+        if problems:
+            raise _layout_error("IDD", self.root, problems, [line.replace("SPLIT", "|".join(splits))
+                                                             for line in self.LAYOUT])
+        self.pairs: List[Tuple[Path, Path]] = []
+        for split in splits:
+            for image in sorted((self.root / "leftImg8bit" / split).glob("*/*_image.jpg")):
+                label = self.root / "gtFine" / split / image.parent.name / image.name.replace("_image.jpg", "_label.png")
+                if label.is_file():
+                    self.pairs.append((image, label))
+        if not self.pairs:
+            raise _layout_error("IDD", self.root, ["no image with a label file found"], self.LAYOUT)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def describe(self, index: int) -> str:
+        return str(self.pairs[index][0])
+
+    def read(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        image_path, label_path = self.pairs[index]
+        image = read_image(image_path)
+        try:
+            label = read_label(label_path)
+        except (OSError, ValueError) as exc:
+            raise UnreadableImage(str(exc)) from None
+        if label.shape != image.shape[:2]:
+            raise UnreadableImage(f"{label_path}: label {label.shape} does not match image {image.shape[:2]}")
+        return image, label
+
+
+class VoidLabels:
+    """An inlier source whose label values ``void_labels`` become 255 (void: in no loss term).
+
+    For IDD's "living things" (people and animals in one class): animals on a road are anomalies
+    to a Cityscapes segmenter, so those pixels must not be taught as normal."""
+
+    def __init__(self, source, void_labels: Sequence[int]):
+        self.source = source
+        self.table = np.arange(256, dtype=np.uint8)
+        self.table[list(void_labels)] = VOID
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def describe(self, index: int) -> str:
+        return self.source.describe(index)
+
+    def read(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        image, label = self.source.read(index)
+        return image, self.table[label]
 
 
 # ----------------------------------------------------------------------------- outliers

@@ -28,10 +28,11 @@ from rpl_perception.image import resize_labels, resize_rgb
 
 from .datasets import OBJECT, VOID
 
-__all__ = ["OutlierExposure", "random_crop_pad", "pad_center_crop", "object_bbox", "paste_objects",
+__all__ = ["OFFICIAL_OUTLIER_SCALES", "OutlierExposure", "random_crop_pad", "pad_center_crop", "object_bbox", "paste_objects",
            "jitter_colour", "scale_pair"]
 
-PAPER_SCALES = (0.1, 0.125, 0.25, 0.5, 0.75)
+#: the official ``ood_train_scale_array`` (0.5 twice: drawn twice as often)
+OFFICIAL_OUTLIER_SCALES = (0.25, 0.5, 0.5, 0.75, 0.1, 0.125)
 
 
 def _pad(image: np.ndarray, label: np.ndarray, size_hw, pad_rgb):
@@ -139,7 +140,7 @@ class OutlierExposure:
     pad_rgb: Tuple[int, int, int]
     inlier_size: Optional[Tuple[int, int]] = None
     flip_prob: float = 0.5
-    scales: Sequence[float] = PAPER_SCALES
+    scales: Sequence[float] = OFFICIAL_OUTLIER_SCALES
     relative_scale: float = 1.0
     paste_prob: float = 1.0
     object_flip_prob: float = 0.0

@@ -1,0 +1,153 @@
+"""What is trained: the RPL branch (and the CoroCL projector) on a frozen segmenter, its optimiser
+and one step's losses."""
+
+import dataclasses
+from pathlib import Path
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, CheckpointMeta, load_model
+from rpl_perception.models import ImageNormalisation, RPLSegmenter, get_architecture
+from rpl_perception.models.rpl import init_kaiming_fan_in
+
+from .losses import OOD_LABEL, VOID_LABEL, corocl_loss, rpl_losses
+
+__all__ = ["TrainingOutput", "RPLTrainingModel", "build_network", "build_optimizer", "poly_schedule",
+           "forward_losses"]
+
+
+class TrainingOutput(NamedTuple):
+    closed: torch.Tensor  # ỹ (B, C, H, W) of the mixed images, without autograd
+    rpl: torch.Tensor  # ŷ, same shape
+    projected: torch.Tensor  # CoroCL embedding of the mixed images (B, C', h, w)
+    context_projected: Optional[torch.Tensor]  # that of the context images; None without them
+
+
+class RPLTrainingModel(nn.Module):
+    """uint8 (B,H,W,3) RGB → ỹ, ŷ and the projected embeddings, for training.
+
+    Normalises exactly as :meth:`rpl_perception.models.AnomalyModel.normalise` (x · 1/(255σ) − μ/σ).
+    The projector (CoroCL, paper Fig. 6: one 1×1 conv to the head's input width) reads the
+    branch's context feature; its output is bilinearly resized to the head's resolution, where the
+    official code projects (1×1 and bilinear resizing commute, as in :class:`RPLBranch`).
+
+    The frozen segmenter runs without autograd. The context images of CoroCL only need the
+    branch's embedding, so they go through the encoder and the branch's context block, never the
+    decoder or the heads; the context block sees mixed and context images as one batch, as in the
+    official code (its BatchNorm statistics are those of the whole batch).
+    """
+
+    def __init__(self, network: RPLSegmenter, projector: nn.Conv2d, mean: Sequence[float], std: Sequence[float],
+                 compile_frozen: bool = False):
+        super().__init__()
+        if not network.has_branch:
+            raise ValueError("RPLTrainingModel needs an RPLSegmenter with a branch")
+        self.network = network
+        self.projector = projector
+        self.normalise = ImageNormalisation(mean, std)
+        seg = network.segmenter
+        # the frozen segmenter is pure inference: torch.compile fuses its many small BatchNorm /
+        # PReLU / add kernels (several times faster on a CPU; minutes of compilation per input shape)
+        self._features = torch.compile(seg.extract_features, dynamic=False) if compile_frozen else seg.extract_features
+        self._deep = torch.compile(seg.extract_deep, dynamic=False) if compile_frozen else seg.extract_deep
+
+    def _project(self, embedding: torch.Tensor, input_hw) -> torch.Tensor:
+        projected = self.projector(embedding)
+        stride = getattr(self.network.segmenter, "head_stride", None)
+        if stride:
+            size = (-(-input_hw[0] // stride), -(-input_hw[1] // stride))
+            projected = F.interpolate(projected, size, mode="bilinear", align_corners=True)
+        return projected
+
+    def forward(self, images: torch.Tensor, context: Optional[torch.Tensor] = None) -> TrainingOutput:
+        seg, branch = self.network.segmenter, self.network.branch
+        x = self.normalise(images)
+        size = x.shape[-2:]
+        with torch.no_grad():
+            deep, feat = self._features(x)
+            closed = seg.upsample_logits(seg.head(feat), size)
+            if context is not None:
+                deep = torch.cat([deep, self._deep(self.normalise(context))])
+        embedding = branch.embed(deep)
+        n = images.shape[0]
+        residual = branch.residual_from(embedding[:n], feat.shape[-2:])
+        rpl = seg.upsample_logits(seg.head(feat + residual), size)
+        projected = self._project(embedding, size)
+        return TrainingOutput(closed, rpl, projected[:n], projected[n:] if context is not None else None)
+
+
+def build_network(model_cfg: Dict[str, object]) -> Tuple[RPLSegmenter, nn.Conv2d, CheckpointMeta]:
+    """Frozen segmenter from ``model.segmenter`` + a fresh RPL branch + the CoroCL projector.
+
+    Initialisation as the official code: the branch's context block starts as a copy of the
+    segmenter's own context module where the architectures match (the registry's
+    ``build_rpl_branch``); the branch's final 1×1 and the projector are Kaiming-normal (fan-in)
+    with zero bias.
+    """
+    path = Path(model_cfg["segmenter"]) if model_cfg["segmenter"] else DEFAULT_CHECKPOINT
+    frozen, meta = load_model(path, architecture=model_cfg["architecture"], with_branch=False)
+    arch = get_architecture(meta.architecture)
+    width = int(model_cfg["rpl_width"] or arch.default_rpl_width)
+    design = model_cfg.get("rpl_design") or arch.rpl_designs[0]
+    if design not in arch.rpl_designs:
+        raise ValueError(f"model.rpl_design {design!r} is unknown for {arch.name}; known: {', '.join(arch.rpl_designs)}")
+    segmenter = frozen.segmenter
+    branch = arch.build_rpl_branch(segmenter, width, design)
+    projector = nn.Conv2d(branch.context_channels, segmenter.head_channels, kernel_size=1, bias=True)
+    init_kaiming_fan_in(projector)
+    meta = dataclasses.replace(meta, rpl_width=width, rpl_design=design, score="rpl_energy")
+    if "source" not in meta.provenance:
+        meta.provenance = {**meta.provenance, "source": str(path)}
+    return RPLSegmenter(segmenter, branch), projector, meta
+
+
+def build_optimizer(network: RPLSegmenter, projector: nn.Module, train_cfg: Dict[str, object]) -> torch.optim.Adam:
+    """Adam: the branch's final 1×1 at ``residual_lr_factor`` × lr, everything else trained at lr."""
+    residual = list(network.branch.residual.parameters())
+    ids = {id(p) for p in residual}
+    others = [p for p in list(network.branch.parameters()) + list(projector.parameters()) if id(p) not in ids]
+    lr = float(train_cfg["lr"])
+    return torch.optim.Adam([{"params": others, "lr": lr},
+                             {"params": residual, "lr": lr * float(train_cfg["residual_lr_factor"])}],
+                            lr=lr, weight_decay=float(train_cfg["weight_decay"]))
+
+
+def poly_schedule(optimizer, total: int, power: float, warmup: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """lr_i = lr_0 · (1 − i / total)^power at iteration i (the official ``WarmUpPolyLR``), after a
+    linear warm-up over the first ``warmup`` iterations (0: none, as the official config)."""
+    def factor(i: int) -> float:
+        poly = max(0.0, 1.0 - i / total) ** power
+        return poly * (i + 1) / warmup if i < warmup else poly
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def forward_losses(model: nn.Module, batch: Dict[str, torch.Tensor], *, use_corocl: bool, num_inlier: int,
+                   train_cfg: Dict[str, object], generator: Optional[torch.Generator] = None,
+                   amp: bool = False) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Forward one batch (tensors on the model's device) → (loss, detached terms).
+
+    Only the first ``num_inlier`` logit channels enter the losses, as they enter the score.
+    """
+    images, labels = batch["image"], batch["label"].long()
+    with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
+        out = model(images, batch["context"] if use_corocl else None)
+    closed, rpl = out.closed[:, :num_inlier].float(), out.rpl[:, :num_inlier].float()
+    terms = rpl_losses(rpl, closed, labels, ood_label=OOD_LABEL, void_label=VOID_LABEL,
+                       t=float(train_cfg["entropy_t"]), energy_weight=float(train_cfg["energy_weight"]))
+    corocl_cfg = train_cfg["corocl"]
+    if use_corocl:
+        with_objects = (labels == OOD_LABEL).flatten(1).any(dim=1)
+        contrastive = corocl_loss(out.projected[with_objects].float(), labels[with_objects],
+                                  out.context_projected[with_objects].float(),
+                                  batch["context_label"][with_objects].long(),
+                                  tau=float(corocl_cfg["tau"]), max_views=int(corocl_cfg["max_views"]),
+                                  generator=generator)
+    else:
+        contrastive = torch.zeros((), device=images.device)
+    loss = terms["total"] + float(corocl_cfg["weight"]) * contrastive
+    detached = {k: v.detach() for k, v in terms.items()}
+    detached["corocl"] = contrastive.detach()
+    return loss, detached
