@@ -78,3 +78,31 @@ def test_corrupt_and_foreign_files_are_clear_errors(tmp_path):
     torch.save({"model": torch.nn.Linear(2, 2)}, pickled)  # a pickled module, not a state dict
     with pytest.raises(CheckpointError, match="object.pth"):
         load_model(pickled)
+
+
+def test_branch_design_is_recorded_and_rebuilt(tmp_path):
+    import dataclasses
+
+    from rpl_perception.models.rpl import SeparableASPP
+
+    torch.manual_seed(0)
+    network, meta = load_model(DEFAULT_CHECKPOINT, with_branch=False)
+    arch = get_architecture(meta.architecture)
+    model = RPLSegmenter(network.segmenter, arch.build_rpl_branch(network.segmenter, 32, "aspp"))
+    aspp_meta = dataclasses.replace(meta, rpl_width=32, rpl_design="aspp", score="rpl_energy")
+    path = save_checkpoint(tmp_path / "aspp.safetensors", aspp_meta, model)
+    loaded, loaded_meta = load_model(path)
+    assert loaded_meta.rpl_design == "aspp" and isinstance(loaded.branch.context, SeparableASPP)
+    for key, value in model.branch.state_dict().items():
+        assert torch.equal(loaded.branch.state_dict()[key], value), key
+    # files written before designs existed record none: they hold the architecture's first design
+    pyramid = RPLSegmenter(network.segmenter, arch.build_rpl_branch(network.segmenter, 32, "pyramid"))
+    old = save_checkpoint(tmp_path / "old.safetensors", dataclasses.replace(aspp_meta, rpl_design=None), pyramid)
+    assert type(load_model(old)[0].branch.context).__name__ == "EfficientPyrPool"
+    # weights of one design under the other's name: the error names the file and the keys
+    wrong = save_checkpoint(tmp_path / "wrong.safetensors", dataclasses.replace(aspp_meta, rpl_design="pyramid"), model)
+    with pytest.raises(CheckpointError, match=r"wrong\.safetensors: the RPL branch weights do not match"):
+        load_model(wrong)
+    unknown = save_checkpoint(tmp_path / "unknown.safetensors", dataclasses.replace(aspp_meta, rpl_design="wide"), model)
+    with pytest.raises(CheckpointError, match=r"unknown\.safetensors: RPL branch design 'wide' is unknown.*pyramid, aspp"):
+        load_model(unknown)

@@ -191,3 +191,34 @@ def test_real_road_anomaly_dev(roadanomaly_dev):
     assert image.shape == (720, 1280, 3) and label.shape == (720, 1280)
     np.testing.assert_array_equal(label, (raw == 2).astype(np.uint8))  # 0 normal, 2 anomaly → 1, no void
     assert 0 < label.mean() < 0.5
+
+
+def test_rpl_validation_layout_pairs_by_stem_in_numeric_order(tmp_path):
+    """The official RPL code's layout: images/N.ext + labels_masks/N.png, read by every anomaly kind."""
+    root = tmp_path / "anomaly_val"
+    sets = {"road_anomaly21": ("smiyc_anomaly_track", ".png"), "road_obstacle21": ("smiyc_obstacle_track", ".webp"),
+            "fishyscapes_static": ("fishyscapes_static", ".jpg"), "fs_lost_and_found": ("fishyscapes_lost_and_found", ".png")}
+    for folder, (kind, suffix) in sets.items():
+        for name in ("10", "2", "1"):
+            write_image(root / folder / "images" / f"{name}{suffix}")
+            write_label(root / folder / "labels_masks" / f"{name}.png", [0, 1, 255, 9])
+        assert detect_kind(root / folder) == kind, folder
+        dataset = open_dataset("auto", root / folder)
+        assert dataset.kind == kind and dataset.names == ["1", "2", "10"]
+        assert first_values(dataset[2].label, 4) == [0, 1, 255, 255]
+        assert dataset[0].image.shape == (H, W, 3)
+    write_label(root / "road_anomaly21" / "labels_masks" / "11.png", [1])
+    with pytest.raises(DatasetLayoutError, match=r"no image images/11\.\(jpg\|webp\|png\) for 11"):
+        open_dataset("smiyc_anomaly_track", root / "road_anomaly21")
+
+
+def test_real_anomaly_validation_sets(shared_dir):
+    expected = {"road_anomaly21": ("smiyc_anomaly_track", 10, (720, 1280)),
+                "road_obstacle21": ("smiyc_obstacle_track", 30, (1080, 1920)),
+                "fishyscapes_static": ("fishyscapes_static", 30, (1024, 2048))}
+    for folder, (kind, count, shape) in expected.items():
+        dataset = open_dataset("auto", shared_dir / "data" / "anomaly_val" / folder)
+        assert dataset.kind == kind and len(dataset) == count
+        sample = dataset[1]
+        assert sample.image.shape == shape + (3,) and sample.label.shape == shape
+        assert set(np.unique(sample.label)) <= {0, 1, 255}

@@ -80,3 +80,39 @@ def test_segmenter_stays_frozen_in_eval_mode_when_training_the_branch():
 def test_unknown_architecture_lists_known_ones():
     with pytest.raises(ValueError, match="espnetv2_cityscapes"):
         get_architecture("no_such_net")
+
+
+def test_separable_aspp_branch_keeps_every_deep_channel():
+    """The aspp design reads all 512 level-4 channels (the pyramid copy projects them to 10 first)."""
+    torch.manual_seed(0)
+    arch = get_architecture("espnetv2_cityscapes")
+    seg = load_segmenter(DEFAULT_CHECKPOINT)
+    assert arch.rpl_designs == ("pyramid", "aspp")
+    branch = arch.build_rpl_branch(seg, 128, "aspp")
+    context = branch.context
+    assert context.project[0].in_channels == 512 and context.project[0].out_channels == 128
+    assert [b[0].dilation[0] for b in context.atrous] == [2, 4, 8]
+    assert all(b[0].groups == 128 for b in context.atrous)  # depth-wise
+    assert context.merge[0].in_channels == 5 * 128  # projection, three atrous, image pooling
+    assert sum(p.numel() for p in branch.parameters()) == 221_984
+    network = RPLSegmenter(seg, branch).eval()
+    x = torch.randn(2, 3, 128, 256)
+    with torch.no_grad():
+        out = network(x)
+        plain = seg(x)
+    assert out.embedding.shape == (2, 128, 8, 16) and out.rpl.shape == (2, 20, 128, 256)
+    assert torch.equal(out.closed, plain)
+    # the image-pooling branch gives every position of an image the same global context
+    with torch.no_grad():
+        pooled = context.pool(context.project(seg.extract_deep(x)))
+    assert pooled.shape == (2, 128, 1, 1)
+    with pytest.raises(ValueError, match="unknown ESPNetv2 RPL branch design 'wide'"):
+        arch.build_rpl_branch(seg, 64, "wide")
+
+
+def test_extract_deep_is_the_deep_feature_of_extract_features():
+    seg = load_segmenter(DEFAULT_CHECKPOINT)
+    x = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        deep, _ = seg.extract_features(x)
+        assert torch.equal(seg.extract_deep(x), deep)

@@ -175,13 +175,17 @@ def _rpl_layout(kind: str, root: Path) -> LabelledImageDataset:
     """The official RPL code's validation layout, shared by every anomaly set it reads:
     ``images/NAME.(png|jpg|webp)`` + ``labels_masks/NAME.png`` (0 in, 1 anomaly, 255 void).
 
-    SMIYC's own release names its labels ``NAME_labels_semantic.png``; both namings are paired
-    from the label side (only validation frames have released labels)."""
+    SMIYC's own release names its labels ``NAME_labels_semantic.png`` (beside colour previews);
+    where such files exist only they are read. Pairs are made from the label side (only validation
+    frames have released labels)."""
     _require_dirs(kind, root, "images", "labels_masks")
     images = {p.stem: p for p in _images_in(root / "images")}
     suffix = "_labels_semantic.png"
+    labels = sorted((root / "labels_masks").glob("*.png"), key=lambda p: _natural_key(p.name))
+    if any(label.name.endswith(suffix) for label in labels):
+        labels = [label for label in labels if label.name.endswith(suffix)]
     candidates = []
-    for label in sorted((root / "labels_masks").glob("*.png"), key=lambda p: _natural_key(p.name)):
+    for label in labels:
         name = label.name[:-len(suffix)] if label.name.endswith(suffix) else label.stem
         candidates.append((name, images.get(name, root / "images" / f"{name}.(jpg|webp|png)"), label))
     return LabelledImageDataset(kind, root, _pair_or_raise(kind, root, candidates, "image"), ANOMALY_LABELS_01)
