@@ -31,13 +31,15 @@ def _tensorrt_usable() -> bool:
 HAS_TENSORRT = _tensorrt_usable()
 
 
-def write_onnx(path, batch="batch"):
-    """A tiny graph with the exported model's I/O: images (B,64,128,3) uint8 → labels, anomaly."""
+def write_onnx(path, batch="batch", scope="scoring"):
+    """A tiny graph with the exported model's I/O: images (B,64,128,3) uint8 → labels, anomaly,
+    its nodes named in ``scope`` as the exported scoring head's are (None: unnamed)."""
     images = helper.make_tensor_value_info("images", TensorProto.UINT8, [batch, 64, 128, 3])
     labels = helper.make_tensor_value_info("labels", TensorProto.UINT8, [batch, 64, 128])
     anomaly = helper.make_tensor_value_info("anomaly", TensorProto.FLOAT, [batch, 64, 128])
-    nodes = [helper.make_node("ReduceMax", ["images"], ["labels"], axes=[3], keepdims=0),
-             helper.make_node("Cast", ["labels"], ["anomaly"], to=TensorProto.FLOAT)]
+    names = [f"/{scope}/ReduceMax", f"/{scope}/Cast"] if scope else ["", ""]
+    nodes = [helper.make_node("ReduceMax", ["images"], ["labels"], axes=[3], keepdims=0, name=names[0]),
+             helper.make_node("Cast", ["labels"], ["anomaly"], to=TensorProto.FLOAT, name=names[1])]
     graph = helper.make_graph(nodes, "g", [images], [labels, anomaly])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
