@@ -195,6 +195,6 @@ def test_calibrated_threshold_flags_five_percent_and_says_so():
     labels = (rng.random(100_000) < 0.1).astype(np.uint8)
     _, threshold = calibrate(scores, labels)
     assert (scores[labels == 0] > threshold).mean() == pytest.approx(0.05, abs=1e-3)
-    doc = calibration.calibrate.__doc__
+    doc = " ".join(calibration.calibrate.__doc__.split())
     assert "5 % of them flagged" in doc and "conservative" not in doc
     assert "sensitive" in doc
