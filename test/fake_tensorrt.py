@@ -92,6 +92,7 @@ def make_tensorrt(gpu: FakeGpu, version: str = "10.13.0.35", **failures) -> type
     trt.DataType = DataType
     trt.float32, trt.float16, trt.uint8 = DataType.FLOAT, DataType.HALF, DataType.UINT8
     trt.nptype = lambda dtype: _NUMPY[dtype]
+    trt.Dims = tuple
     trt.TensorIOMode = types.SimpleNamespace(INPUT=_Enum("INPUT", 1), OUTPUT=_Enum("OUTPUT", 2))
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(
         EXPLICIT_BATCH=_Enum("EXPLICIT_BATCH", 0), STRONGLY_TYPED=_Enum("STRONGLY_TYPED", 1))

@@ -2,7 +2,6 @@
 log, the export cache, the TensorRT runtime (skipped without TensorRT and a GPU), and the
 bench command's statistics, table and JSON."""
 
-import importlib.util
 import json
 import logging
 import sys
@@ -15,24 +14,13 @@ from rpl_perception import AnomalySegmenter
 from rpl_perception.backends import (AUTO_ORDER, BackendUnavailable, OnnxRuntimeBackend,
                                      TorchBackend, create_backend, exported_onnx)
 from rpl_perception.backends.common import check_batch, run_in_batches
-from rpl_perception.backends.tensorrt_build import import_tensorrt
+from rpl_perception.backends.tensorrt_build import tensorrt_available
 from rpl_perception.cli import main as cli_main
 from rpl_perception.commands.bench import format_table, parse_spec, percentile_ms
 from rpl_perception.export import export_onnx, sample_batch
 
 SMALL = (256, 128)
-
-
-def _tensorrt_usable() -> bool:
-    """Real TensorRT (tensorrt-stubs alone installs an importable, empty 'tensorrt' folder)."""
-    try:
-        import_tensorrt()
-        return True
-    except BackendUnavailable:
-        return False
-
-
-HAS_TENSORRT = _tensorrt_usable()
+HAS_TENSORRT = tensorrt_available()  # not find_spec: tensorrt-stubs install an empty 'tensorrt'
 HAS_CUDA = torch.cuda.is_available()
 
 

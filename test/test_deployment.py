@@ -3,8 +3,6 @@ CLI options, resolved file names, the ONNX cache key, float32 scores under reduc
 evaluation through the deployed backend (one forward, every score), a PyTorch backend that
 leaves the caller's model alone, and the honest description of the default threshold."""
 
-import dataclasses
-import logging
 from pathlib import Path
 
 import numpy as np

@@ -16,19 +16,9 @@ from rpl_perception.backends.common import BackendUnavailable
 from rpl_perception.backends.engine_cache import (EngineCache, EngineKey, InputProfile, compare_io,
                                                   images_sha256, onnx_io)
 from rpl_perception.backends.tensorrt_backend import _input_profile, cuda_runtime, import_tensorrt
+from rpl_perception.backends.tensorrt_build import tensorrt_available
 
-
-
-def _tensorrt_usable() -> bool:
-    """Real TensorRT (tensorrt-stubs alone installs an importable, empty 'tensorrt' folder)."""
-    try:
-        import_tensorrt()
-        return True
-    except BackendUnavailable:
-        return False
-
-
-HAS_TENSORRT = _tensorrt_usable()
+HAS_TENSORRT = tensorrt_available()  # not find_spec: tensorrt-stubs install an empty 'tensorrt'
 
 
 def write_onnx(path, batch="batch", scope="scoring"):

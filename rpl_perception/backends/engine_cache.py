@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["PRECISIONS", "InputProfile", "EngineKey", "EngineCache", "EngineNotBuildable", "onnx_io",
            "compare_io", "images_sha256", "engine_file_name", "write_atomic"]
@@ -213,7 +213,8 @@ class EngineCache:
     onnx_path: Path
     key: EngineKey
     cache_dir: Optional[Path] = None
-    engine_path: Optional[Path] = None  # type: ignore[assignment]  # resolved in __post_init__
+    #: given, or resolved in __post_init__ (None in the constructor means "the default name")
+    engine_path: Path = None  # type: ignore[assignment]
     meta_path: Path = field(init=False)
 
     def __post_init__(self):
@@ -285,8 +286,8 @@ class EngineCache:
                 "same settings, then copy the .engine and .engine.json files) or point cache_dir / "
                 "engine_path at a writable folder")
 
-    def load_or_build(self, build: Callable[[], bytes], deserialize: Callable[[bytes], object],
-                      describe_io: Callable[[object], IODescription],
+    def load_or_build(self, build: Callable[[], bytes], deserialize: Callable[[bytes], Any],
+                      describe_io: Callable[[Any], IODescription],
                       expected_io: Optional[IODescription] = None, *, force: bool = False,
                       can_build: Optional[str] = None):
         """→ ``(engine, built)``: the cached engine if valid, else a fresh build (stored).

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 __all__ = ["default_cache_dir", "exported_onnx", "export_settings"]
 

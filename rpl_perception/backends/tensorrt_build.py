@@ -37,7 +37,7 @@ from .engine_cache import (PRECISIONS, EngineCache, EngineKey, InputProfile, ima
 if TYPE_CHECKING:
     import tensorrt as trt
 
-__all__ = ["BuiltEngine", "build_engine", "engine_cache_for", "engine_io", "import_tensorrt",
+__all__ = ["BuiltEngine", "build_engine", "engine_cache_for", "engine_io", "import_tensorrt", "tensorrt_available",
            "trt_logger", "SUPPORTED_TENSORRT", "DEFAULT_WORKSPACE_GB"]
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,15 @@ def import_tensorrt():
     return tensorrt
 
 
+def tensorrt_available() -> bool:
+    """Whether a supported NVIDIA TensorRT imports here (not just its type stubs)."""
+    try:
+        import_tensorrt()
+    except BackendUnavailable:
+        return False
+    return True
+
+
 _LOGGERS: Dict[int, object] = {}
 
 
@@ -104,7 +113,8 @@ def engine_io(engine: "trt.ICudaEngine") -> Dict[str, Dict[str, object]]:
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         mode = "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "output"
-        io[name] = {"mode": mode, "shape": list(engine.get_tensor_shape(name)),
+        shape = engine.get_tensor_shape(name)
+        io[name] = {"mode": mode, "shape": [int(shape[i]) for i in range(len(shape))],
                     "dtype": np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name}
     return io
 
@@ -212,7 +222,7 @@ def _build_serialized(onnx_path: Path, key: EngineKey, *, workspace_bytes: int,
     profile = builder.create_optimization_profile()
     dynamic = any(p.min != p.max for p in key.profile)
     for p in key.profile:
-        profile.set_shape(p.name, p.min, p.opt, p.max)
+        profile.set_shape(p.name, trt.Dims(list(p.min)), trt.Dims(list(p.opt)), trt.Dims(list(p.max)))
     if dynamic:
         config.add_optimization_profile(profile)
     if key.precision == "int8":
@@ -242,7 +252,8 @@ def _input_profile(onnx_path: Path, batch: Optional[Sequence[int]]) -> Tuple[Inp
     if len(inputs) != 1:
         raise ValueError(f"{onnx_path}: expected one image input, found {[n for n, _ in inputs]}")
     name, spec = inputs[0]
-    n, *frame = spec["shape"]  # type: ignore[misc]
+    shape: List[int] = list(spec["shape"])  # type: ignore[call-overload]
+    n, frame = shape[0], shape[1:]
     if any(d < 0 for d in frame):
         raise ValueError(f"{onnx_path}: the image size must be static, got {spec['shape']}")
     if n >= 0:
