@@ -156,12 +156,15 @@ def test_evaluation_runs_every_score_in_one_forward_on_onnxruntime(segmenter, tm
     assert deployed._backend is None
 
 
-def test_eval_command_takes_backend_and_precision():
+def test_eval_command_takes_backend_and_precision_and_passes_them_to_a_live_node():
     from rpl_perception.cli import build_parser
+    from rpl_perception.eval.runner import NodeOptions
 
     args = build_parser().parse_args(["eval", "--bag", "b", "--out", "o", "--backend", "onnxruntime",
                                       "--precision", "fp16", "--cache-dir", "/tmp/c"])
     assert (args.backend, args.precision, args.cache_dir) == ("onnxruntime", "fp16", Path("/tmp/c"))
+    command = " ".join(NodeOptions.from_args(args).command("/cam/image_raw"))
+    assert "-p backend:=onnxruntime -p precision:=fp16 -p cache_dir:=/tmp/c" in command
 
 
 # --- the PyTorch backend leaves the caller's model alone ------------------------------------------

@@ -72,7 +72,7 @@ def load_segmenter_from_args(args):
     is the one they name (created on first use), else PyTorch on ``--device``."""
     from ..segmenter import AnomalySegmenter
 
-    if getattr(args, "backend", None) is not None and hasattr(args, "precision"):
+    if isinstance(getattr(args, "backend", None), str):  # (bench's --backend is a list of its own)
         return AnomalySegmenter.from_spec(deployment_spec_from_args(args))
     return AnomalySegmenter.from_checkpoint(model_path(args.model), score=args.score,
                                             smoothing_sigma=args.smoothing_sigma,

@@ -38,14 +38,22 @@ class ImageNormalisation(nn.Module):
         return images.permute(0, 3, 1, 2).to(self.scale.dtype) * self.scale + self.shift
 
 
+def _negative_logsumexp(logits: torch.Tensor, maximum: torch.Tensor) -> torch.Tensor:
+    """−logsumexp over dim 1 given its max: −(m + log Σ exp(x − m)), PyTorch's own formula without
+    its handling of infinite maxima (finite network logits), ~25 % faster on the CPU."""
+    shifted = torch.exp(logits - maximum.unsqueeze(1)).sum(dim=1)
+    return -(maximum + torch.log(shifted))
+
+
 class AnomalyScoring(nn.Module):
     """Closed-set logits ỹ (and the branch's ŷ) → labels uint8 and score map(s), in float32.
 
     ``scores`` one name: the map is (B, H, W); several (``stacked``): (B, S, H, W) in that order,
     each computed exactly as it would be alone. Eager PyTorch takes the labels from ``max(dim)``
-    (one pass, ~7× faster than ``argmax`` over the channel axis on the CPU) and reuses that maximum
-    in the closed-set logsumexp; while tracing for export the plain ``argmax`` / ``logsumexp``
-    are kept, which :class:`rpl_perception.export.ExportForms` turns into the same one-reduction form.
+    (one pass, ~7× faster than ``argmax`` over the channel axis on the CPU), reuses that maximum
+    in the closed-set logsumexp and spells logsumexp out; while tracing for export the plain
+    ``argmax`` / ``logsumexp`` are kept, which :class:`rpl_perception.export.ExportForms` turns
+    into the same one-reduction form.
     """
 
     def __init__(self, num_inlier: int, scores: Sequence[str], smoothing_sigma: float, stacked: bool):
@@ -57,12 +65,13 @@ class AnomalyScoring(nn.Module):
 
     def _score(self, name: str, closed: torch.Tensor, closed_max: Optional[torch.Tensor],
                rpl: Optional[torch.Tensor]) -> torch.Tensor:
+        eager = closed_max is not None  # not tracing: the export keeps the library calls
         if name == "rpl_energy":
-            return closed_set_score(rpl, "energy")
-        if name == "energy" and closed_max is not None:  # −logsumexp, reusing the labels' max
-            shifted = torch.exp(closed - closed_max.unsqueeze(1)).sum(dim=1)
-            return -(closed_max + torch.log(shifted))
-        if name == "max_logit" and closed_max is not None:
+            assert rpl is not None
+            return _negative_logsumexp(rpl, rpl.amax(dim=1)) if eager else closed_set_score(rpl, "energy")
+        if name == "energy" and eager:  # reusing the labels' max
+            return _negative_logsumexp(closed, closed_max)
+        if name == "max_logit" and eager:
             return -closed_max
         return closed_set_score(closed, name)
 
