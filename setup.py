@@ -42,7 +42,8 @@ setup(
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
         "eval": ["rosbags>=0.9.20", "matplotlib>=3.7"],
         "test": ["pytest>=7", "scikit-learn>=1.3", "pycocotools>=2.0.7", "onnx>=1.14",
-                 "onnxruntime>=1.16", "rosbags>=0.9.20", "matplotlib>=3.7"],
+                 "onnxruntime>=1.16", "rosbags>=0.9.20", "matplotlib>=3.7",
+                 "mypy>=1.10"],  # the TensorRT API check (.ci/run adds tensorrt-stubs)
     },
     zip_safe=False,  # weights and samples are read as files next to the modules
     entry_points={

@@ -45,7 +45,7 @@ class AnomalySegmenter:
 
     def __init__(self, network: RPLSegmenter, meta: CheckpointMeta, *, score: Optional[str] = None,
                  smoothing_sigma: Optional[float] = None, network_size: Optional[Tuple[int, int]] = None,
-                 device: str = "cpu", backend=None):
+                 device: str = "cpu", backend=None, deployment=None):
         self.meta = meta
         self.network = network
         self._warned_uncalibrated = False
@@ -58,10 +58,24 @@ class AnomalySegmenter:
             raise ValueError(f"network size {w}×{h} must be positive multiples of {divisor}")
         self.model = AnomalyModel(network, num_inlier=meta.num_inlier, mean=meta.mean, std=meta.std,
                                   score=self.score, smoothing_sigma=self.smoothing_sigma).eval()
-        if backend is None:
+        #: the DeploymentSpec the backend comes from (None: PyTorch on ``device``, or ``backend``)
+        self.deployment = deployment
+        if backend is None and deployment is None:
             from .backends import TorchBackend
             backend = TorchBackend(self.model, device=device)
-        self.backend = backend
+        self._backend = backend
+
+    @property
+    def backend(self):
+        """What runs the network: given, or created from :attr:`deployment` on first use (an
+        export or engine build can take a while; evaluation never needs this one)."""
+        if self._backend is None:
+            self._backend = self.deployment.create_backend(self)
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend) -> None:
+        self._backend = backend
 
     @staticmethod
     def _choose_score(score, has_branch, meta):
@@ -78,6 +92,14 @@ class AnomalySegmenter:
         """Load a model file (see :mod:`rpl_perception.checkpoint`); kwargs as ``__init__``."""
         network, meta = load_model(Path(path))
         return cls(network, meta, **kwargs)
+
+    @classmethod
+    def from_spec(cls, spec) -> "AnomalySegmenter":
+        """The model a :class:`~rpl_perception.backends.DeploymentSpec` names, with its backend
+        (created on first use of :attr:`backend`)."""
+        network, meta = load_model(spec.model_file)
+        return cls(network, meta, score=spec.score, smoothing_sigma=spec.smoothing_sigma,
+                   network_size=spec.network_size, deployment=spec)
 
     @classmethod
     def from_pretrained(cls, **kwargs) -> "AnomalySegmenter":

@@ -14,8 +14,9 @@ is training-only and left out), the training provenance (data, config, commit, m
 (a RoadAnomaly-style folder: images/ + labels/, 0 normal, 2 anomaly):
 - ``display_range``: the 1st and 99th percentile of the score over all pixels, so heatmap colours
   span the scores that occur on real roads and mean the same in every frame;
-- ``anomaly_threshold``: the score at which 5 % of the normal pixels are flagged (a conservative
-  operating point for the binary mask; users override it with the node's ``anomaly_threshold``).
+- ``anomaly_threshold``: the score at which 5 % of the normal pixels are flagged (a sensitive
+  operating point for the binary mask, favouring recall over false alarms; users raise it with the
+  node's ``anomaly_threshold`` for fewer false alarms).
 """
 
 import argparse

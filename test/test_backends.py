@@ -2,7 +2,6 @@
 log, the export cache, the TensorRT runtime (skipped without TensorRT and a GPU), and the
 bench command's statistics, table and JSON."""
 
-import importlib.util
 import json
 import logging
 import sys
@@ -14,13 +13,14 @@ import torch
 from rpl_perception import AnomalySegmenter
 from rpl_perception.backends import (AUTO_ORDER, BackendUnavailable, OnnxRuntimeBackend,
                                      TorchBackend, create_backend, exported_onnx)
-from rpl_perception.backends.common import check_batch, run_in_fixed_batches
+from rpl_perception.backends.common import check_batch, run_in_batches
+from rpl_perception.backends.tensorrt_build import tensorrt_available
 from rpl_perception.cli import main as cli_main
 from rpl_perception.commands.bench import format_table, parse_spec, percentile_ms
 from rpl_perception.export import export_onnx, sample_batch
 
 SMALL = (256, 128)
-HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+HAS_TENSORRT = tensorrt_available()  # not find_spec: tensorrt-stubs install an empty 'tensorrt'
 HAS_CUDA = torch.cuda.is_available()
 
 
@@ -55,7 +55,7 @@ def test_check_batch_names_what_is_wrong():
         check_batch(np.zeros((1, 64, 256, 3), np.uint8), SMALL)
 
 
-def test_run_in_fixed_batches_chunks_and_pads():
+def test_run_in_batches_chunks_and_pads():
     calls = []
 
     def run(chunk):  # "labels" = the frame's id, "anomaly" = twice it
@@ -64,13 +64,23 @@ def test_run_in_fixed_batches_chunks_and_pads():
         return ids.copy(), 2.0 * ids
 
     batch = np.arange(5, dtype=np.uint8).reshape(5, 1, 1, 1) * np.ones((1, 2, 2, 3), np.uint8)
-    labels, anomaly = run_in_fixed_batches(run, batch, fixed=2)
+    labels, anomaly = run_in_batches(run, batch, 2, 2)
     assert calls == [2, 2, 2]  # the last chunk padded to the static batch
     np.testing.assert_array_equal(labels, np.arange(5))
     np.testing.assert_array_equal(anomaly, 2.0 * np.arange(5))
     calls.clear()
-    run_in_fixed_batches(run, batch, fixed=None)
+    run_in_batches(run, batch, 1, 8)
     assert calls == [5]
+    calls.clear()
+    # a dynamic range 2..4: 5 frames = 4 + a remainder of 1, padded up to the minimum of 2
+    labels, _ = run_in_batches(run, batch, 2, 4)
+    assert calls == [4, 2]
+    np.testing.assert_array_equal(labels, np.arange(5))
+    calls.clear()
+    run_in_batches(run, batch[:1], 3, 4)  # a short batch padded to the minimum
+    assert calls == [3]
+    with pytest.raises(ValueError, match="1 <= min <= max"):
+        run_in_batches(run, batch, 3, 2)
 
 
 # --- ONNX Runtime -------------------------------------------------------------------------------

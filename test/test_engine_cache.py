@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import sys
 
 import onnx
 import pytest
@@ -15,17 +16,20 @@ from rpl_perception.backends.common import BackendUnavailable
 from rpl_perception.backends.engine_cache import (EngineCache, EngineKey, InputProfile, compare_io,
                                                   images_sha256, onnx_io)
 from rpl_perception.backends.tensorrt_backend import _input_profile, cuda_runtime, import_tensorrt
+from rpl_perception.backends.tensorrt_build import tensorrt_available
 
-HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+HAS_TENSORRT = tensorrt_available()  # not find_spec: tensorrt-stubs install an empty 'tensorrt'
 
 
-def write_onnx(path, batch="batch"):
-    """A tiny graph with the exported model's I/O: images (B,64,128,3) uint8 → labels, anomaly."""
+def write_onnx(path, batch="batch", scope="scoring"):
+    """A tiny graph with the exported model's I/O: images (B,64,128,3) uint8 → labels, anomaly,
+    its nodes named in ``scope`` as the exported scoring head's are (None: unnamed)."""
     images = helper.make_tensor_value_info("images", TensorProto.UINT8, [batch, 64, 128, 3])
     labels = helper.make_tensor_value_info("labels", TensorProto.UINT8, [batch, 64, 128])
     anomaly = helper.make_tensor_value_info("anomaly", TensorProto.FLOAT, [batch, 64, 128])
-    nodes = [helper.make_node("ReduceMax", ["images"], ["labels"], axes=[3], keepdims=0),
-             helper.make_node("Cast", ["labels"], ["anomaly"], to=TensorProto.FLOAT)]
+    names = [f"/{scope}/ReduceMax", f"/{scope}/Cast"] if scope else ["", ""]
+    nodes = [helper.make_node("ReduceMax", ["images"], ["labels"], axes=[3], keepdims=0, name=names[0]),
+             helper.make_node("Cast", ["labels"], ["anomaly"], to=TensorProto.FLOAT, name=names[1])]
     graph = helper.make_graph(nodes, "g", [images], [labels, anomaly])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
@@ -245,8 +249,8 @@ def test_calibration_digest_follows_content(tmp_path):
 # --- without TensorRT ---------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(HAS_TENSORRT, reason="checks the message shown when TensorRT is missing")
-def test_missing_tensorrt_names_what_to_install():
+def test_missing_tensorrt_names_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails, as without TensorRT
     with pytest.raises(BackendUnavailable, match=r"pip install tensorrt .*pycuda"):
         import_tensorrt()
 
@@ -263,10 +267,9 @@ def test_no_gpu_runtime_names_what_to_install():
         cuda_runtime("cpu")
 
 
-def test_build_engine_command_without_tensorrt(onnx_file, capsys):
-    if HAS_TENSORRT:
-        pytest.skip("TensorRT is installed here")
+def test_build_engine_command_without_tensorrt(onnx_file, capsys, monkeypatch):
     from rpl_perception.cli import main as cli_main
 
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert cli_main(["build-engine", str(onnx_file), "--precision", "fp16"]) == 2
     assert "needs NVIDIA TensorRT" in capsys.readouterr().err

@@ -4,7 +4,6 @@ Each session talks on its own random ROS_DOMAIN_ID, localhost only, so parallel 
 The network runs at 256×128 to keep the file fast on two CPU cores.
 """
 
-import importlib.util
 import os
 import random
 import shutil
@@ -19,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
+from rpl_perception.backends.tensorrt_build import tensorrt_available
 from rpl_perception.ros.frame_buffer import LatestFrameBuffer
 from rpl_perception.ros.stats import ERROR, OK, WARN, CameraStats
 from rpl_perception.ros.topics import check_topics, output_topics, sibling_topic
@@ -427,8 +427,7 @@ def test_diagnostics_report_each_camera_and_the_model(graph):
     ({"device": "gpu"}, "device 'gpu' is unknown"),
     pytest.param({"backend": "tensorrt", "network_width": 256, "network_height": 128},
                  "no backend 'tensorrt' can run here",
-                 marks=pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
-                                          reason="TensorRT is installed here")),
+                 marks=pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed here")),
     ({"qos_reliability": "sometimes"}, "qos_reliability 'sometimes' is unknown"),
     ({"model": "/no/such/model.safetensors"}, "model file '/no/such/model.safetensors' does not exist"),
     ({"overlay_alpha": 1.5}, "parameter overlay_alpha: .*out of range"),

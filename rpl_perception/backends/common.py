@@ -1,17 +1,22 @@
-"""What every backend shares: the batch contract, fixed-batch chunking, and the missing-package error."""
+"""What every backend shares: the batch contract, batch chunking, and the missing-package error."""
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import numpy as np
 
-__all__ = ["BackendUnavailable", "check_batch", "run_in_fixed_batches"]
+__all__ = ["BackendUnavailable", "check_batch", "run_in_batches", "describe_exception"]
 
 
 class BackendUnavailable(RuntimeError):
     """A backend cannot run here (a package or a GPU is missing); the message says what to install."""
 
 
-def check_batch(batch, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+def describe_exception(exc: BaseException) -> str:
+    """``message`` for our own BackendUnavailable, ``Type: message`` for anything else."""
+    return str(exc) if isinstance(exc, BackendUnavailable) else f"{type(exc).__name__}: {exc}"
+
+
+def check_batch(batch, size=None) -> np.ndarray:
     """Validate a backend input: (B, H, W, 3) uint8 numpy, at ``size`` = (width, height) if given."""
     if not isinstance(batch, np.ndarray):
         raise ValueError(f"expected a (B, H, W, 3) uint8 numpy batch, got {type(batch).__name__}")
@@ -24,20 +29,24 @@ def check_batch(batch, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
     return np.ascontiguousarray(batch)
 
 
-def run_in_fixed_batches(run: Callable[[np.ndarray], Tuple[np.ndarray, ...]], batch: np.ndarray,
-                         fixed: Optional[int]) -> Tuple[np.ndarray, ...]:
-    """Call ``run`` on chunks of exactly ``fixed`` frames (a static-batch graph), padding the last.
+def run_in_batches(run: Callable[[np.ndarray], Tuple[np.ndarray, ...]], batch: np.ndarray,
+                   low: int, high: int) -> Tuple[np.ndarray, ...]:
+    """Call ``run`` on chunks of ``low``..``high`` frames (what the graph or engine accepts).
 
-    ``fixed`` None (dynamic batch) or equal to the batch size: one call. Outputs are concatenated
-    along the batch axis and cut back to the input's batch size.
+    Chunks take up to ``high`` frames; one shorter than ``low`` (a short batch, or the remainder
+    of a long one) is padded by repeating its last frame, and the padding's outputs dropped. A
+    static batch is ``low == high``. Outputs are concatenated along the batch axis.
     """
+    if not 1 <= low <= high:
+        raise ValueError(f"batch range must satisfy 1 <= min <= max, got {low}..{high}")
     n = batch.shape[0]
-    if fixed is None or fixed == n:
+    if low <= n <= high:
         return run(batch)
-    chunks = []
-    for start in range(0, n, fixed):
-        chunk = batch[start:start + fixed]
-        if len(chunk) < fixed:  # repeat the last frame: any valid frame will do
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - len(chunk), axis=0)])
-        chunks.append(run(chunk))
-    return tuple(np.concatenate(parts)[:n] for parts in zip(*chunks))
+    parts = []
+    for start in range(0, n, high):
+        chunk = batch[start:start + high]
+        count = len(chunk)
+        if count < low:  # any valid frame will do as padding
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], low - count, axis=0)])
+        parts.append(tuple(out[:count] for out in run(chunk)))
+    return tuple(np.concatenate(outputs) for outputs in zip(*parts))

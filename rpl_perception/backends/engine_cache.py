@@ -3,13 +3,17 @@
 An engine is only valid for the ONNX file, TensorRT version, GPU model and compute capability,
 precision and input profile it was built for (and, in int8, its calibration images). These make
 up the :class:`EngineKey`. The cache keeps one engine per ONNX file, precision and batch
-profile, ``<onnx stem>.<precision>.b<batch>.engine``, beside the ONNX file with a JSON sidecar
-(``….engine.json``) holding the key, the engine's sha256 and its I/O tensors.
+profile, ``<onnx stem>.<precision>.b<batch>.engine`` (:func:`engine_file_name`), beside the ONNX
+file or at an explicit path, with a JSON sidecar (``….engine.json``) holding the key, the
+engine's sha256 and its I/O tensors.
 
 :meth:`EngineCache.load_or_build` uses the cached engine when the key matches, the file is
 intact, TensorRT deserialises it and its I/O tensors match the ONNX graph's; otherwise it logs
-why (cached vs current) and rebuilds. The TensorRT calls (build, deserialise, describe I/O)
-come in as functions, so all of this is testable without TensorRT.
+why (cached vs current) and rebuilds. Loading only reads: an engine in a read-only folder (a
+vehicle image) loads; only a build creates the folder and takes the build lock, and a build
+into a folder that cannot be written fails with a message saying how to pre-build. The TensorRT
+calls (build, deserialise, describe I/O) come in as functions, so all of this is testable
+without TensorRT.
 """
 
 import contextlib
@@ -17,13 +21,14 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["PRECISIONS", "InputProfile", "EngineKey", "EngineCache", "onnx_io", "compare_io",
-           "images_sha256"]
+__all__ = ["PRECISIONS", "InputProfile", "EngineKey", "EngineCache", "EngineNotBuildable", "onnx_io",
+           "compare_io", "images_sha256", "engine_file_name", "write_atomic"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,20 @@ class InputProfile:
         return cls(name, (min_batch,) + frame, (opt_batch,) + frame, (max_batch,) + frame)
 
 
+def batch_tag(low: int, opt: int, high: int) -> str:
+    """``b1`` (static batch 1) or ``b1-4-8`` (batch min-opt-max), for file names."""
+    return f"b{low}" if low == opt == high else f"b{low}-{opt}-{high}"
+
+
+def engine_file_name(onnx_path, precision: str, batch: Sequence[int]) -> str:
+    """``<onnx stem>.<precision>.<batch tag>.engine``: the one name every command resolves."""
+    return f"{Path(onnx_path).stem}.{precision}.{batch_tag(*batch)}.engine"
+
+
+class EngineNotBuildable(RuntimeError):
+    """No usable engine is cached and none can be built here (read-only folder, no calibration)."""
+
+
 def _profile_text(profile: Sequence[InputProfile]) -> str:
     return "; ".join(f"{p.name} {p.min}/{p.opt}/{p.max}" for p in profile)
 
@@ -74,7 +93,9 @@ class EngineKey:
     compute_capability: str  # "8.6"
     precision: str  # fp32 | fp16 | int8
     profile: Tuple[InputProfile, ...]
-    calibration_sha256: str = ""  # int8 only: the calibration images (see images_sha256)
+    #: int8 only: the calibration images (see images_sha256). None in a key used only to load:
+    #: any calibration of a cached int8 engine is accepted (its folder is not needed then)
+    calibration_sha256: Optional[str] = ""
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -84,9 +105,7 @@ class EngineKey:
     def file_tag(self) -> str:
         """``fp16.b1`` (static batch 1) or ``fp16.b1-4-8`` (batch min-opt-max) for file names."""
         batches = {(p.min[0], p.opt[0], p.max[0]) for p in self.profile} or {(1, 1, 1)}
-        low, opt, high = max(batches)
-        tag = f"b{low}" if low == opt == high else f"b{low}-{opt}-{high}"
-        return f"{self.precision}.{tag}"
+        return f"{self.precision}.{batch_tag(*max(batches))}"
 
     def to_json(self) -> Dict[str, object]:
         return asdict(self)
@@ -101,6 +120,8 @@ class EngineKey:
         out = []
         for name in self.__dataclass_fields__:
             old, new = getattr(self, name), getattr(current, name)
+            if name == "calibration_sha256" and new is None:
+                continue  # loading without the calibration images: any calibration will do
             if old != new:
                 if name == "profile":
                     old, new = _profile_text(old), _profile_text(new)
@@ -174,26 +195,34 @@ def _exclusive(lock_path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file and a rename: a reader never sees half a file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
 
 
 @dataclass
 class EngineCache:
-    """The cached engine of one ONNX file for one key (``cache_dir``: default the ONNX file's folder)."""
+    """The cached engine of one ONNX file for one key.
+
+    The engine goes to ``engine_path`` when given, else into ``cache_dir`` (default: the ONNX
+    file's folder) under :func:`engine_file_name`.
+    """
 
     onnx_path: Path
     key: EngineKey
     cache_dir: Optional[Path] = None
-    engine_path: Path = field(init=False)
+    #: given, or resolved in __post_init__ (None in the constructor means "the default name")
+    engine_path: Path = None  # type: ignore[assignment]
     meta_path: Path = field(init=False)
 
     def __post_init__(self):
         self.onnx_path = Path(self.onnx_path)
-        folder = Path(self.cache_dir) if self.cache_dir is not None else self.onnx_path.parent
-        self.engine_path = folder / f"{self.onnx_path.stem}.{self.key.file_tag()}.engine"
+        if self.engine_path is None:
+            folder = Path(self.cache_dir) if self.cache_dir is not None else self.onnx_path.parent
+            self.engine_path = folder / f"{self.onnx_path.stem}.{self.key.file_tag()}.engine"
+        self.engine_path = Path(self.engine_path)
         self.meta_path = self.engine_path.with_name(self.engine_path.name + ".json")
 
     def stale_reason(self) -> Optional[str]:
@@ -217,14 +246,14 @@ class EngineCache:
 
     def write(self, engine: bytes, io: IODescription, build_seconds: float) -> None:
         self.engine_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.engine_path, engine)
+        write_atomic(self.engine_path, engine)
         meta = {"key": self.key.to_json(), "engine_sha256": _sha256_bytes(engine), "io": io,
                 "onnx_file": self.onnx_path.name, "build_seconds": round(build_seconds, 1),
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _write_atomic(self.meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
+        write_atomic(self.meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
 
     def _try_cached(self, deserialize, describe_io, expected_io):
-        """(engine, None) if the cached engine is usable, else (None, reason)."""
+        """(engine, None) if the cached engine is usable, else (None, reason). Reads only."""
         reason = self.stale_reason()
         if reason is not None:
             return None, reason
@@ -239,28 +268,60 @@ class EngineCache:
             return None, "I/O differs from the ONNX graph: " + "; ".join(problems)
         return engine, None
 
-    def load_or_build(self, build: Callable[[], bytes], deserialize: Callable[[bytes], object],
-                      describe_io: Callable[[object], IODescription],
-                      expected_io: Optional[IODescription] = None, *, force: bool = False):
+    def _file_state(self):
+        try:
+            stat = self.engine_path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def _check_writable(self, reason: str) -> None:
+        """Refuse a build that could not be stored, before spending minutes on it."""
+        folder = self.engine_path.parent
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise EngineNotBuildable(
+                f"TensorRT engine {self.engine_path} needs a build ({reason}), but {existing} is not "
+                "writable: build it where it may be written (rpl-perception build-engine with the "
+                "same settings, then copy the .engine and .engine.json files) or point cache_dir / "
+                "engine_path at a writable folder")
+
+    def load_or_build(self, build: Callable[[], bytes], deserialize: Callable[[bytes], Any],
+                      describe_io: Callable[[Any], IODescription],
+                      expected_io: Optional[IODescription] = None, *, force: bool = False,
+                      can_build: Optional[str] = None):
         """→ ``(engine, built)``: the cached engine if valid, else a fresh build (stored).
 
         ``build()`` returns serialized engine bytes, ``deserialize(bytes)`` an engine (None or
         an exception on failure), ``describe_io(engine)`` its :data:`IODescription`, which must
         match ``expected_io`` (default: the ONNX graph's). ``force`` rebuilds regardless.
+        ``can_build``: a reason why no build is possible here (e.g. int8 without calibration
+        images), raised as :class:`EngineNotBuildable` when the cached engine is not usable.
+        A valid cached engine is loaded without writing anything.
         """
         expected_io = onnx_io(self.onnx_path) if expected_io is None else expected_io
+        reason = "rebuild forced"
+        seen = self._file_state()
+        if not force:
+            engine, reason = self._try_cached(deserialize, describe_io, expected_io)
+            if engine is not None:
+                log.info("using cached TensorRT engine %s", self.engine_path)
+                return engine, False
+        if can_build is not None:
+            raise EngineNotBuildable(f"TensorRT engine {self.engine_path} needs a build ({reason}), "
+                                     f"which is not possible here: {can_build}")
+        self._check_writable(reason)
         self.engine_path.parent.mkdir(parents=True, exist_ok=True)
         lock = self.engine_path.with_name(self.engine_path.name + ".lock")
         with _exclusive(lock):
-            if not force:
+            if not force and self._file_state() != seen:  # another process built it meanwhile
                 engine, reason = self._try_cached(deserialize, describe_io, expected_io)
                 if engine is not None:
-                    log.info("using cached TensorRT engine %s", self.engine_path)
+                    log.info("using TensorRT engine %s (built by another process)", self.engine_path)
                     return engine, False
-                log_level = logging.INFO if reason == "no cached engine" else logging.WARNING
-                log.log(log_level, "building TensorRT engine %s: %s", self.engine_path, reason)
-            else:
-                log.info("building TensorRT engine %s: rebuild forced", self.engine_path)
+            log_level = logging.INFO if reason in ("no cached engine", "rebuild forced") else logging.WARNING
+            log.log(log_level, "building TensorRT engine %s: %s (this takes minutes; "
+                    "'rpl-perception build-engine' prepares it ahead)", self.engine_path, reason)
             started = time.perf_counter()
             data = bytes(build())
             seconds = time.perf_counter() - started

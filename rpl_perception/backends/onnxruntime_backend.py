@@ -1,8 +1,9 @@
 """ONNX Runtime backend: runs the graph written by :func:`rpl_perception.export.export_onnx`.
 
-CPU by default; on a GPU the CUDA execution provider (optionally with ONNX Runtime's TensorRT
-provider in front), with the input and outputs bound on the device so that normalisation,
-argmax and scoring run there and only the uint8 batch and the two maps cross the bus.
+CPU by default; on a GPU the CUDA execution provider, with the input and outputs bound on the
+device so that normalisation, argmax and scoring run there and only the uint8 batch and the two
+maps cross the bus. (TensorRT runs through our own :mod:`.tensorrt_backend`, whose engines are
+cached and validated, not through ONNX Runtime's TensorRT provider.)
 """
 
 import logging
@@ -12,15 +13,12 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .common import BackendUnavailable, check_batch, run_in_fixed_batches
+from .common import BackendUnavailable, check_batch, run_in_batches
 
 __all__ = ["OnnxRuntimeBackend", "onnxruntime_providers"]
 
 log = logging.getLogger(__name__)
 
-#: ONNX Runtime's name for each of our provider choices
-_PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                   "tensorrt": "TensorrtExecutionProvider"}
 
 
 def _import_onnxruntime():
@@ -45,45 +43,25 @@ def _device_index(device: str) -> int:
     return int(index) if index else 0
 
 
-def onnxruntime_providers(device: str = "cpu", tensorrt: bool = False, *,
-                          cache_dir: Optional[Path] = None, fp16: bool = False):
-    """The provider list for ``device`` ('cpu' or 'cuda[:N]'); raises BackendUnavailable if absent.
-
-    On CUDA, ``tensorrt`` puts ONNX Runtime's TensorRT provider first (its engines are cached in
-    ``cache_dir``); the CUDA and CPU providers follow for anything it does not take.
-    """
+def onnxruntime_providers(device: str = "cpu"):
+    """The provider list for ``device`` ('cpu' or 'cuda[:N]'); raises BackendUnavailable if absent."""
     ort = _import_onnxruntime()
-    available = set(ort.get_available_providers())
     if device == "cpu":
-        if tensorrt:
-            raise ValueError("ONNX Runtime's TensorRT provider needs a CUDA device, got 'cpu'")
         return ["CPUExecutionProvider"]
     if not device.startswith("cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
-    wanted = ["tensorrt", "cuda"] if tensorrt else ["cuda"]
-    missing = [_PROVIDER_NAMES[p] for p in wanted if _PROVIDER_NAMES[p] not in available]
-    if missing:
+    available = set(ort.get_available_providers())
+    if "CUDAExecutionProvider" not in available:
         raise BackendUnavailable(
-            f"onnxruntime {ort.__version__} here has no {', '.join(missing)} (available: "
-            f"{', '.join(sorted(available))}): install onnxruntime-gpu built for your CUDA "
-            "(and TensorRT for its TensorRT provider)")
-    index = _device_index(device)
-    providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-    if tensorrt:
-        options = {"device_id": index, "trt_fp16_enable": fp16, "trt_engine_cache_enable": True,
-                   "trt_timing_cache_enable": True}
-        if cache_dir is not None:
-            options["trt_engine_cache_path"] = str(cache_dir)
-            options["trt_timing_cache_path"] = str(cache_dir)
-        providers.insert(0, ("TensorrtExecutionProvider", options))
-    return providers
+            f"onnxruntime {ort.__version__} here has no CUDAExecutionProvider (available: "
+            f"{', '.join(sorted(available))}): install onnxruntime-gpu built for your CUDA")
+    return [("CUDAExecutionProvider", {"device_id": _device_index(device)}), "CPUExecutionProvider"]
 
 
 class OnnxRuntimeBackend:
     """Run an exported model with ONNX Runtime: ``backend(batch) → (labels, anomaly)``.
 
-    ``device`` is 'cpu' or 'cuda[:N]'; ``tensorrt`` adds ONNX Runtime's TensorRT provider on
-    CUDA (``fp16`` lets it use half precision). ``threads`` sets the intra-op thread count
+    ``device`` is 'cpu' or 'cuda[:N]' (the graph runs in float32). ``threads`` sets the intra-op thread count
     (None: one per CPU this process may run on; ONNX Runtime's own default pins its threads to
     cores, which measured ~15 % slower here on a shared 2-core machine). A static-batch graph
     accepts any batch size (run in chunks of its batch); frames must be at the graph's size.
@@ -91,14 +69,14 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path, device: str = "cpu", *, tensorrt: bool = False,
-                 fp16: bool = False, threads: Optional[int] = None):
+    def __init__(self, onnx_path, device: str = "cpu", *, threads: Optional[int] = None,
+                 max_batch: Optional[int] = None):
         ort = _import_onnxruntime()
         self.onnx_path = Path(onnx_path)
         if not self.onnx_path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {self.onnx_path}")
         self.device = device
-        providers = onnxruntime_providers(device, tensorrt, cache_dir=self.onnx_path.parent, fp16=fp16)
+        providers = onnxruntime_providers(device)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = int(threads) if threads is not None else _cpu_count()
@@ -118,6 +96,9 @@ class OnnxRuntimeBackend:
         self.size = (width, height)
         #: the graph's static batch, None when dynamic
         self.fixed_batch = batch if isinstance(batch, int) else None
+        #: frames per run: the static batch, or 1..max_batch
+        self.batch_range = ((batch, batch) if self.fixed_batch is not None
+                            else (1, max_batch if max_batch else 1 << 30))
         self.output_names = ["labels", "anomaly"]
         self.on_gpu = device != "cpu"
         self._device_index = _device_index(device) if self.on_gpu else 0
@@ -165,4 +146,4 @@ class OnnxRuntimeBackend:
 
     def __call__(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         batch = check_batch(batch, self.size)
-        return run_in_fixed_batches(self._run_fixed, batch, self.fixed_batch)
+        return run_in_batches(self._run_fixed, batch, *self.batch_range)

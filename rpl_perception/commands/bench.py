@@ -21,7 +21,8 @@ import json
 import time
 from pathlib import Path
 
-from . import add_model_arguments, load_segmenter_from_args, parse_size
+from . import (add_deployment_arguments, add_model_arguments, deployment_spec_from_args,
+               load_segmenter_from_args, parse_size)
 
 STAGES = ("preprocess", "upload", "network", "in_graph_prepost", "download", "postprocess")
 STAGE_LABELS = {
@@ -45,7 +46,8 @@ def register(subparsers):
                     "rpl_perception.commands.bench for what each stage covers.")
     p.add_argument("--backend", nargs="+", default=["torch", "onnxruntime"], metavar="SPEC",
                    help="backends to compare: NAME[@DEVICE][/PRECISION], NAME one of torch, "
-                        "onnxruntime, tensorrt, auto; DEVICE defaults to --device; e.g. "
+                        "onnxruntime, tensorrt, auto; DEVICE defaults to --device, PRECISION to "
+                        "--precision; e.g. "
                         "torch@cuda/fp16 onnxruntime@cuda tensorrt@cuda/int8 "
                         "(default: torch onnxruntime)")
     p.add_argument("--batch", type=int, default=1, help="frames per batch (default 1)")
@@ -62,20 +64,19 @@ def register(subparsers):
                    help="ONNX Runtime CPU threads (default: one per available CPU)")
     p.add_argument("--no-split", action="store_true",
                    help="skip measuring the in-graph pre/post share (saves a second export/engine)")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="where exported ONNX files and engines go (default ~/.cache/rpl_perception)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     add_model_arguments(p)
+    add_deployment_arguments(p, backend=False)
     p.set_defaults(func=run)
 
 
-def parse_spec(spec: str, default_device: str = "cpu"):
+def parse_spec(spec: str, default_device: str = "cpu", default_precision: str = "fp32"):
     """``NAME[@DEVICE][/PRECISION]`` → (name, device, precision)."""
     from ..backends import BACKENDS, PRECISIONS
 
     rest, _, precision = spec.partition("/")
     name, _, device = rest.partition("@")
-    precision = precision or "fp32"
+    precision = precision or default_precision
     device = device or ("cuda" if name == "tensorrt" else default_device)
     if name not in BACKENDS:
         raise ValueError(f"backend spec {spec!r}: unknown backend {name!r} ({', '.join(BACKENDS)})")
@@ -129,7 +130,8 @@ def peak_rss_mb():
 
 
 def reset_peak_gpu():
-    """Restart PyTorch's CUDA peak-memory count (its tensors back the torch and TensorRT buffers)."""
+    """Restart PyTorch's CUDA peak-memory count (the torch backend's figure; TensorRT reports what
+    its engine holds, ONNX Runtime nothing)."""
     import torch
 
     if torch.cuda.is_available():
@@ -251,13 +253,13 @@ class Measurement:
         }
 
 
-def _make_backend(spec, segmenter, args, model=None):
-    from ..backends import create_backend
-
+def _make_backend(spec, segmenter, args, model=None, **overrides):
+    """The backend of one ``--backend`` entry, through the same deployment spec as the node."""
     name, device, precision = spec
-    return create_backend(name, segmenter if model is None else model, device=device,
-                          precision=precision, size=segmenter.network_size, batch=args.batch,
-                          cache_dir=args.cache_dir, threads=args.threads)
+    deployment = deployment_spec_from_args(args, backend=name, device=device, precision=precision,
+                                           max_batch=args.batch, **overrides)
+    return deployment.create_backend(segmenter.model if model is None else model,
+                                     size=segmenter.network_size)
 
 
 def run(args) -> int:
@@ -274,7 +276,7 @@ def run(args) -> int:
         raise ValueError("--batch, --frames and --rounds must be >= 1, --warmup >= 0")
     if args.rounds > args.frames:
         raise ValueError(f"--rounds {args.rounds} exceeds --frames {args.frames}")
-    specs = [parse_spec(s, args.device) for s in args.backend]
+    specs = [parse_spec(s, args.device, args.precision) for s in args.backend]
     bgr = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
     if bgr is None:
         raise FileNotFoundError(f"not a readable image: {args.image}")
@@ -293,8 +295,8 @@ def run(args) -> int:
                 if not args.no_split:
                     # the backend actually chosen ('auto' resolved), on a throw-away cache folder
                     stub = _make_backend((backend.name, str(backend.device), spec[2]), segmenter,
-                                         argparse_copy(args, cache_dir=Path(stub_dir)),
-                                         model=_network_stub(segmenter))
+                                         args, model=_network_stub(segmenter),
+                                         cache_dir=Path(stub_dir), engine=None, onnx_path=None)
                 measurements.append(Measurement(text, backend, stub))
         except BackendUnavailable as exc:
             print(f"rpl-perception bench: error: {text}: {exc}", file=sys.stderr)
@@ -319,12 +321,6 @@ def run(args) -> int:
     }
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
-
-
-def argparse_copy(args, **changes):
-    import argparse
-
-    return argparse.Namespace(**{**vars(args), **changes})
 
 
 def _cell(value, fmt="{:.1f}"):

@@ -62,7 +62,7 @@ def register(subparsers):
     live.add_argument("--lockstep", action="store_true",
                       help="instead of the recorded rate, send each frame once the node has answered the "
                            "previous one (or --timeout passed): every frame is served, on any machine")
-    add_model_arguments(p)
+    add_model_arguments(p, deployment=True)
     p.set_defaults(func=run)
 
 

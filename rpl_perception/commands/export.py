@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from . import add_model_arguments, load_segmenter_from_args
+from . import add_model_arguments, deployment_spec_from_args, load_segmenter_from_args
 
 
 def register(subparsers):
@@ -14,9 +14,15 @@ def register(subparsers):
                     "size; outputs 'labels' (B,H,W) uint8, 'anomaly' (B,H,W) float32 and, with "
                     "--logits, 'logits' (B,C,H,W). Shapes are static unless --dynamic-batch; the "
                     "image size is always static for ESPNetv2 (its pyramid pooling is a different "
-                    "operator per size: export one file per --size). After writing, the graph is "
-                    "checked against PyTorch on a real image with ONNX Runtime.")
-    p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+                    "operator per size: export one file per --size). Without --out the file goes "
+                    "where the node, bench, eval and build-engine look for it with the same "
+                    "settings (--cache-dir, --max-batch). After writing, the graph is checked "
+                    "against PyTorch on a real image with ONNX Runtime.")
+    p.add_argument("--out", type=Path, default=None,
+                   help="ONNX file to write (default: the deployment cache's file, as the node uses it)")
+    p.add_argument("--max-batch", type=int, default=1,
+                   help="without --out: most frames per batch (the node's cameras); > 1 exports a "
+                        "dynamic batch")
     p.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
     p.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
     p.add_argument("--dynamic-size", action="store_true",
@@ -24,6 +30,8 @@ def register(subparsers):
     p.add_argument("--logits", action="store_true", help="also output the closed-set logits")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check with PyTorch")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="without --out: the deployment cache folder (default ~/.cache/rpl_perception)")
     add_model_arguments(p)
     p.set_defaults(func=run)
 
@@ -35,13 +43,19 @@ def run(args) -> int:
     if args.device != "cpu":
         raise ValueError("export traces on the CPU; drop --device")
     segmenter = load_segmenter_from_args(args)
-    path = export_onnx(segmenter.model, args.out, segmenter.network_size, batch=args.batch,
-                       dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size,
-                       return_logits=args.logits, opset=args.opset or DEFAULT_OPSET,
-                       metadata={"architecture": segmenter.meta.architecture,
-                                 "class_names": segmenter.class_names,
-                                 "display_range": list(segmenter.display_range),
-                                 "anomaly_threshold": segmenter.anomaly_threshold})
+    if args.out is None:  # the file the deployment spec resolves, exactly as the node would export it
+        spec = deployment_spec_from_args(args)
+        path = spec.onnx_file(segmenter.model, segmenter.network_size)
+        print(f"deployment graph: {path} (batch {'1..' + str(spec.batch[2]) if spec.dynamic_batch else 1})")
+        args.dynamic_batch, args.batch = spec.dynamic_batch, 1
+    else:
+        path = export_onnx(segmenter.model, args.out, segmenter.network_size, batch=args.batch,
+                           dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size,
+                           return_logits=args.logits, opset=args.opset or DEFAULT_OPSET,
+                           metadata={"architecture": segmenter.meta.architecture,
+                                     "class_names": segmenter.class_names,
+                                     "display_range": list(segmenter.display_range),
+                                     "anomaly_threshold": segmenter.anomaly_threshold})
     w, h = segmenter.network_size
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {w}x{h}, batch "
           f"{'dynamic' if args.dynamic_batch else args.batch}, score {segmenter.score}")

@@ -1,10 +1,11 @@
 """Anomaly evaluation of the segmenter on a bag or a dataset, in three modes.
 
 * **offline** (:func:`evaluate_offline`): frames from a bag (:func:`frames_from_bag`) or a dataset
-  (:func:`frames_from_dataset`) go straight into the core, as fast as it runs. The network runs
+  (:func:`frames_from_dataset`) go straight into the core, as fast as it runs, on the backend
+  that deploys (PyTorch, ONNX Runtime or TensorRT at the chosen precision). The network runs
   once per batch and every score of :data:`rpl_perception.scoring.SCORES` the model supports is
-  computed from the same logits (:class:`MultiScorePredictor`), so the RPL score and the
-  closed-set baselines are compared on identical network outputs.
+  computed from the same logits in the same graph (:class:`MultiScorePredictor`), so the RPL
+  score and the closed-set baselines are compared on identical network outputs.
 * **live** (:func:`evaluate_live`): the bag is replayed over DDS at its recorded rate to a running
   ``anomaly_node`` (rclpy, imported only here); accuracy of what came back, plus the
   delivered-frame ratio and the latency a user gets on the vehicle.
@@ -16,7 +17,7 @@ a few numbers per frame (latency, the sIoU / PPV of each component) and a fixed 
 downscaled worst frames for the report (``scripts/bench_eval_memory.py`` measures it).
 Scores are compared at the ground truth's resolution: the core resizes scores bilinearly to the
 camera size, which is the label size in every dataset here. Only :class:`MultiScorePredictor`
-needs torch; reading bags and scoring recorded outputs do not.
+runs a model; reading bags and scoring recorded outputs do not.
 """
 
 import heapq
@@ -77,15 +78,19 @@ def score_settings(meta, score: str) -> Tuple[Optional[Tuple[float, float]], Opt
 
 
 class MultiScorePredictor:
-    """Several anomaly scores from one network pass per batch.
+    """Every requested anomaly score from one forward pass per batch, on the deployed backend.
 
-    The same steps as :class:`~rpl_perception.models.AnomalyModel` (normalise, network, inlier
-    channels, score, Gaussian smoothing with the segmenter's σ) on the segmenter's own torch model,
-    for each score in turn; frames are resized by the segmenter's ``preprocess`` and the outputs
-    back with the core's helpers. For the segmenter's own score the map equals ``predict`` exactly.
+    The segmenter's model is extended to output all scores at once
+    (:meth:`~rpl_perception.models.AnomalyModel.with_scores`: one network pass, each score
+    computed exactly as the single-score model computes it), and that graph runs on the backend
+    the segmenter's :class:`~rpl_perception.backends.DeploymentSpec` names (``spec`` overrides
+    it): ``eval --backend onnxruntime`` measures ONNX Runtime, ``--backend tensorrt --precision
+    fp16`` a TensorRT fp16 engine. A segmenter without a spec runs in PyTorch on its backend's
+    device. Frames are resized by the segmenter's ``preprocess`` and the outputs back with the
+    core's helpers; for the segmenter's own score the map equals ``predict`` on the same backend.
     """
 
-    def __init__(self, segmenter, scores: Optional[Sequence[str]] = None):
+    def __init__(self, segmenter, scores: Optional[Sequence[str]] = None, *, spec=None):
         supported = available_scores(segmenter)
         scores = tuple(supported if scores is None else scores)
         unknown = [s for s in scores if s not in supported]
@@ -95,29 +100,31 @@ class MultiScorePredictor:
                                                           else " (rpl_energy needs RPL weights)"))
         self.segmenter = segmenter
         self.scores = scores
-        self.device = next(segmenter.model.network.parameters()).device
+        self.model = segmenter.model.with_scores(scores).eval()
+        spec = spec if spec is not None else segmenter.deployment
+        if spec is None:
+            from ..backends import TorchBackend
+
+            device = str(getattr(segmenter.backend, "device", "cpu"))
+            self.backend = TorchBackend(self.model, device=device if device.startswith("cuda") else "cpu")
+        else:
+            self.backend = spec.create_backend(self.model, size=segmenter.network_size)
+
+    def describe(self) -> str:
+        return self.backend.describe()
 
     def predict_batch(self, images: Sequence[np.ndarray], sizes: Optional[Sequence[Tuple[int, int]]] = None
                       ) -> List[Tuple[np.ndarray, Dict[str, np.ndarray]]]:
         """Frames → [(labels H×W uint8, {score: H×W float32})] at each frame's ``sizes`` (w, h),
         default the camera size."""
-        import torch
-
-        from ..scoring import closed_set_score, gaussian_smooth
-
         batch, camera_sizes = self.segmenter.preprocess(images)
         sizes = camera_sizes if sizes is None else sizes
-        model = self.segmenter.model
-        with torch.inference_mode():
-            out = model.network(model.normalise(torch.from_numpy(batch).to(self.device)))
-            closed = out.closed[:, : model.num_inlier]
-            labels = closed.argmax(dim=1).to(torch.uint8).cpu().numpy()
-            maps = {}
-            for name in self.scores:
-                logits = out.rpl[:, : model.num_inlier] if name == "rpl_energy" else closed
-                score = gaussian_smooth(closed_set_score(logits.float(), name), self.segmenter.smoothing_sigma)
-                maps[name] = score.float().cpu().numpy()
-        return [(resize_labels(labels[i], size), {name: resize_scores(maps[name][i], size) for name in self.scores})
+        labels, anomaly = self.backend(batch)  # anomaly: (B, S, H, W), one channel per score
+        if anomaly.ndim != 4 or anomaly.shape[1] != len(self.scores):
+            raise RuntimeError(f"the backend returned score maps of shape {anomaly.shape}; expected "
+                               f"(batch, {len(self.scores)}, H, W) for {', '.join(self.scores)}")
+        return [(resize_labels(labels[i], size),
+                 {name: resize_scores(anomaly[i, k], size) for k, name in enumerate(self.scores)})
                 for i, size in enumerate(sizes)]
 
 
@@ -362,7 +369,7 @@ def evaluate_offline(segmenter, frames: Iterable[EvalFrame], *, total: Optional[
     n = max(evaluation.num_frames, 1)
     return evaluation.result(
         mode="offline", source=source,
-        settings=_model_settings(segmenter, settings, batch_size=batch_size),
+        settings=_model_settings(segmenter, settings, batch_size=batch_size, backend=predictor.describe()),
         timing={"wall_s": elapsed, "frames_per_s": evaluation.num_frames / elapsed if elapsed else None,
                 "predict_ms_per_frame": 1e3 * network_s / n})
 
@@ -457,12 +464,18 @@ class NodeOptions:
     device: str = "cpu"
     #: the node's input QoS reliability (best_effort or reliable); None: the node's default
     qos_reliability: Optional[str] = None
+    #: the node's backend, precision and cache folder (None: the node's defaults)
+    backend: Optional[str] = None
+    precision: Optional[str] = None
+    cache_dir: Optional[str] = None
 
     @classmethod
     def from_args(cls, args) -> "NodeOptions":
         """From the options of :func:`rpl_perception.commands.add_model_arguments` (and ``--node-qos``)."""
+        cache_dir = getattr(args, "cache_dir", None)
         return cls(args.model, args.score, args.size, args.smoothing_sigma, args.device,
-                   getattr(args, "node_qos", None))
+                   getattr(args, "node_qos", None), getattr(args, "backend", None),
+                   getattr(args, "precision", None), None if cache_dir is None else str(cache_dir))
 
     def command(self, image_topic: str) -> List[str]:
         """The node's command line: this Python, ``--ros-args`` with one ``-p`` per parameter."""
@@ -477,6 +490,9 @@ class NodeOptions:
             params["smoothing_sigma"] = float(self.smoothing_sigma)
         if self.qos_reliability is not None:
             params["qos_reliability"] = self.qos_reliability
+        for name in ("backend", "precision", "cache_dir"):
+            if getattr(self, name) is not None:
+                params[name] = getattr(self, name)
         command = [sys.executable, "-m", "rpl_perception.ros.node", "--ros-args"]
         for name, value in params.items():
             command += ["-p", f"{name}:={value}"]

@@ -36,7 +36,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.validate_full_topic_name import validate_full_topic_name
 from sensor_msgs.msg import CompressedImage, Image
 
-from ..backends import BACKENDS, BackendUnavailable, create_backend
+from ..backends import BACKENDS, PRECISIONS, BackendUnavailable, DeploymentSpec
 from ..commands import model_path
 from ..image import MAX_IMAGE_SIDE, as_rgb
 from ..scoring import SCORES
@@ -44,6 +44,7 @@ from ..segmenter import AnomalySegmenter
 from ..visualize import colorize_labels, overlay
 from .codec import compressed_to_rgb, fill_image, image_to_rgb
 from .frame_buffer import LatestFrameBuffer
+from .log_bridge import forward_python_logging
 from .stats import ERROR, OK, CameraStats, StatusReport
 from .topics import check_topics, is_compressed, output_topics
 
@@ -53,6 +54,7 @@ NODE_NAME = "rpl_anomaly"
 RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 DIAGNOSTICS_PERIOD_S = 1.0
 LOG_THROTTLE_S = 5.0
+WORKER_JOIN_TIMEOUT_S = 10.0
 #: outputs are reliable so that bags and RViz (reliable by default) both receive them
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -108,6 +110,17 @@ PARAMETERS = (
     ParameterSpec("qos_reliability", "best_effort",
                   "input QoS reliability (best_effort: REP-2003 for sensor data)", "best_effort or reliable"),
     ParameterSpec("qos_depth", 5, "input QoS history depth (keep last)", "", (1, 1000)),
+    # deployment (DeploymentSpec.from_settings reads these; `rpl-perception build-engine` takes the same)
+    ParameterSpec("precision", "fp32", "network precision; scores are float32 in every case",
+                  "one of " + ", ".join(PRECISIONS) + " (fp16: TensorRT, PyTorch on CUDA; int8: TensorRT)"),
+    ParameterSpec("max_batch", 0, "most frames per network batch (dynamic 1..max_batch); 0: one per camera",
+                  "", (0, 64)),
+    ParameterSpec("cache_dir", "", "folder of exported ONNX files and TensorRT engines; "
+                  "empty: ~/.cache/rpl_perception. May be read-only when the engine is pre-built"),
+    ParameterSpec("engine_path", "", "TensorRT engine file to load (or build there); empty: in cache_dir"),
+    ParameterSpec("calibration_images", "", "folder of images for an int8 TensorRT build; "
+                  "empty: int8 only loads an engine built before"),
+    ParameterSpec("build_only", False, "export the graph and build the TensorRT engine, then exit 0"),
 )
 
 
@@ -124,6 +137,7 @@ class Settings:
     anomaly_threshold: Optional[float]
     overlay_alpha: float
     qos: QoSProfile
+    deployment: DeploymentSpec
 
     @classmethod
     def from_values(cls, values: Dict[str, object]) -> "Settings":
@@ -154,6 +168,10 @@ class Settings:
         if not path.is_file():
             raise ParameterError(f"model file {str(path)!r} does not exist; give a model file or 'default'")
         threshold = values["anomaly_threshold"]
+        try:
+            deployment = DeploymentSpec.from_settings(values, cameras=len(topics))
+        except ValueError as exc:
+            raise ParameterError(str(exc)) from None
         return cls(
             image_topics=topics, model=values["model"], backend=backend, device=device,
             network_size=(width, height) if width else None, score=score,
@@ -162,19 +180,16 @@ class Settings:
             overlay_alpha=values["overlay_alpha"],
             qos=QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=values["qos_depth"],
                            reliability=RELIABILITY[reliability]),
+            deployment=deployment,
         )
 
 
 def load_segmenter(settings: Settings) -> AnomalySegmenter:
-    """The segmenter with the chosen backend, its static batch one frame per camera (the most
-    the worker ever batches)."""
+    """The segmenter with the backend of the deployment parameters (dynamic batch 1..max_batch)."""
     try:
-        segmenter = AnomalySegmenter.from_checkpoint(
-            model_path(settings.model), score=settings.score, smoothing_sigma=settings.smoothing_sigma,
-            network_size=settings.network_size, device="cpu")
-        segmenter.backend = create_backend(settings.backend, segmenter, device=settings.device,
-                                           batch=len(settings.image_topics))
-    except (ValueError, BackendUnavailable) as exc:  # e.g. a size the model cannot take, no GPU
+        segmenter = AnomalySegmenter.from_spec(settings.deployment)
+        segmenter.backend  # noqa: B018 - created now: export / engine load or build, at start
+    except (ValueError, BackendUnavailable, OSError) as exc:  # e.g. a bad size, no GPU, no engine
         raise ParameterError(str(exc)) from None
     return segmenter
 
@@ -214,10 +229,15 @@ class AnomalyNode(Node):
         self._buffer = LatestFrameBuffer()
         self._worker: Optional[threading.Thread] = None
         self.segmenter: Optional[AnomalySegmenter] = None
+        self._log_bridge = forward_python_logging(self.get_logger())  # export/engine progress, fallbacks
         try:
             self.settings = Settings.from_values(self._declare_parameters())
             self._check_topic_names()
+            self.get_logger().info(f"preparing {self.settings.deployment.describe()}")
             self.segmenter = load_segmenter(self.settings)
+            if self.settings.deployment.build_only:
+                self.get_logger().info(f"build_only: ready ({self.segmenter.backend.describe()}); exiting")
+                return
             self.threshold = (self.segmenter.anomaly_threshold if self.settings.anomaly_threshold is None
                               else self.settings.anomaly_threshold)
             self.display_range = self.segmenter.display_range
@@ -397,7 +417,11 @@ class AnomalyNode(Node):
         """Stop the worker (after its current batch), release the model and GPU memory."""
         self._buffer.close()
         if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join()
+            self._worker.join(timeout=WORKER_JOIN_TIMEOUT_S)
+            if self._worker.is_alive():  # stuck in a batch (e.g. a hung GPU): do not hang shutdown
+                self.get_logger().warning(f"inference worker still busy after {WORKER_JOIN_TIMEOUT_S:.0f} s; "
+                                          "shutting down without it")
+        self._log_bridge.close()
         self.segmenter = None
         gc.collect()
         torch = sys.modules.get("torch")
@@ -412,7 +436,8 @@ def main(args=None) -> int:
     node = None
     try:
         node = AnomalyNode()
-        rclpy.spin(node)
+        if not node.settings.deployment.build_only:
+            rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ParameterError as exc:
