@@ -70,8 +70,9 @@ def run(args) -> int:
     from ..eval import runner
     from ..eval.report import write_report
 
-    if (args.dataset or args.suite) and args.mode != "offline":
-        raise ValueError(f"--dataset and --suite work in offline mode only; {args.mode} mode needs --bag")
+    for option, given in (("--dataset", args.dataset), ("--suite", args.suite)):
+        if given and args.mode != "offline":
+            raise ValueError(f"{option} works in offline mode only; {args.mode} mode needs --bag")
     if args.native_size and not (args.dataset or args.suite):
         raise ValueError("--native-size needs --dataset or --suite (a bag's frames have no single native size)")
     if args.native_size and args.size:
