@@ -104,5 +104,5 @@ def test_branch_design_is_recorded_and_rebuilt(tmp_path):
     with pytest.raises(CheckpointError, match=r"wrong\.safetensors: the RPL branch weights do not match"):
         load_model(wrong)
     unknown = save_checkpoint(tmp_path / "unknown.safetensors", dataclasses.replace(aspp_meta, rpl_design="wide"), model)
-    with pytest.raises(CheckpointError, match=r"unknown\.safetensors: RPL branch design 'wide' is unknown.*pyramid, aspp"):
+    with pytest.raises(CheckpointError, match=r"unknown\.safetensors: RPL branch design 'wide' is unknown.*pyramid, aspp, aspp_fine"):
         load_model(unknown)

@@ -87,7 +87,7 @@ def test_separable_aspp_branch_keeps_every_deep_channel():
     torch.manual_seed(0)
     arch = get_architecture("espnetv2_cityscapes")
     seg = load_segmenter(DEFAULT_CHECKPOINT)
-    assert arch.rpl_designs == ("pyramid", "aspp")
+    assert arch.rpl_designs == ("pyramid", "aspp", "aspp_fine")
     branch = arch.build_rpl_branch(seg, 128, "aspp")
     context = branch.context
     assert context.project[0].in_channels == 512 and context.project[0].out_channels == 128
@@ -116,3 +116,28 @@ def test_extract_deep_is_the_deep_feature_of_extract_features():
     with torch.no_grad():
         deep, _ = seg.extract_features(x)
         assert torch.equal(seg.extract_deep(x), deep)
+
+
+def test_fine_branch_reads_the_heads_input_at_its_resolution():
+    """aspp_fine: the residual follows the head's input feature pixel by pixel (a stride-16 residual
+    cannot), and the closed-set output stays the segmenter's own."""
+    from rpl_perception.models.rpl import FineRPLBranch
+
+    torch.manual_seed(0)
+    arch = get_architecture("espnetv2_cityscapes")
+    seg = load_segmenter(DEFAULT_CHECKPOINT)
+    branch = arch.build_rpl_branch(seg, 64, "aspp_fine").eval()
+    assert isinstance(branch, FineRPLBranch) and branch.residual.in_channels == 32
+    x = torch.randn(1, 3, 128, 256)
+    with torch.no_grad():
+        deep, feat = seg.extract_features(x)
+        embedding = branch.embed(deep)
+        residual = branch.residual_from(embedding, feat)
+        assert residual.shape == feat.shape == (1, 32, 64, 128)
+        poked = feat.clone()
+        poked[..., 30, 70] += 5.0
+        changed = (branch.residual_from(embedding, poked) - residual).abs().sum(dim=1)[0]
+        assert changed[30, 70] > 0 and changed.count_nonzero() == 1  # exactly where the feature changed
+        network = RPLSegmenter(seg, branch).eval()
+        out = network(x)
+        assert torch.equal(out.closed, seg(x)) and out.rpl.shape == (1, 20, 128, 256)

@@ -15,7 +15,7 @@ from .anomaly import AnomalyModel, ImageNormalisation
 from .deeplabv3plus import (DeepLabV3PlusResNet, DeepLabV3PlusWRN38, deeplabv3plus_resnet50,
                             deeplabv3plus_resnet101, deeplabv3plus_rpl_branch, deeplabv3plus_wrn38)
 from .espnetv2 import EfficientPyrPool, ESPNetv2Segmentation, espnetv2_cityscapes
-from .rpl import RPLBranch, RPLOutput, RPLSegmenter, SeparableASPP
+from .rpl import FineRPLBranch, RPLBranch, RPLOutput, RPLSegmenter, SeparableASPP
 
 __all__ = [
     "Architecture", "ARCHITECTURES", "CITYSCAPES_CLASSES", "register_architecture",
@@ -81,15 +81,19 @@ def espnetv2_rpl_branch(segmenter: ESPNetv2Segmentation, width: int = 64, design
       Its first layer keeps only 10 of the 512 channels, the ones the decoder needs for Cityscapes.
     * ``aspp``: :class:`SeparableASPP` (512 → ``width``, randomly initialised), which keeps the
       whole feature, as the official branch keeps its 4096-channel input.
+    * ``aspp_fine``: the ``aspp`` context, and a residual that also reads the head's input feature
+      (:class:`FineRPLBranch`): sharp enough for small obstacles.
     """
     if design == "pyramid":
         context = EfficientPyrPool(segmenter.deep_channels, 10, width)
         if width == segmenter.bu_dec_l1.merge_layer[3].out_channels:
             context.load_state_dict(segmenter.bu_dec_l1.state_dict())
-    elif design == "aspp":
+    elif design in ("aspp", "aspp_fine"):
         context = SeparableASPP(segmenter.deep_channels, width)
     else:
-        raise ValueError(f"unknown ESPNetv2 RPL branch design {design!r}; known: pyramid, aspp")
+        raise ValueError(f"unknown ESPNetv2 RPL branch design {design!r}; known: pyramid, aspp, aspp_fine")
+    if design == "aspp_fine":
+        return FineRPLBranch(context, width, segmenter.head_channels)
     return RPLBranch(context, width, segmenter.head_channels)
 
 
@@ -99,7 +103,7 @@ register_architecture(Architecture(
     build_rpl_branch=espnetv2_rpl_branch,
     default_rpl_width=64,
     input_size=(1024, 512),
-    rpl_designs=("pyramid", "aspp"),
+    rpl_designs=("pyramid", "aspp", "aspp_fine"),
 ))
 
 # DeepLabV3+ (19 Cityscapes classes, trained and evaluated on full 2048×1024 frames)

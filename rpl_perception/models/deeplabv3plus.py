@@ -263,14 +263,14 @@ class DeepLabRPLBranch(RPLBranch):
         init_kaiming_fan_in(self.residual)
         self.align_corners = align_corners
 
-    def residual_from(self, embedding: torch.Tensor, feat_size) -> torch.Tensor:
-        return self.residual(self._upsampled(embedding, feat_size))
+    def residual_from(self, embedding: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+        return self.residual(self._upsampled(embedding, feat.shape[-2:]))
 
     def _upsampled(self, embedding: torch.Tensor, feat_size) -> torch.Tensor:
         return F.interpolate(embedding, feat_size, mode="bilinear", align_corners=self.align_corners)
 
-    def forward(self, deep: torch.Tensor, feat_size) -> tuple:
-        embedding = self._upsampled(self.embed(deep), feat_size)
+    def forward(self, deep: torch.Tensor, feat: torch.Tensor) -> tuple:
+        embedding = self._upsampled(self.embed(deep), feat.shape[-2:])
         return self.residual(embedding), embedding
 
 

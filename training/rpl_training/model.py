@@ -73,7 +73,7 @@ class RPLTrainingModel(nn.Module):
                 deep = torch.cat([deep, self._deep(self.normalise(context))])
         embedding = branch.embed(deep)
         n = images.shape[0]
-        residual = branch.residual_from(embedding[:n], feat.shape[-2:])
+        residual = branch.residual_from(embedding[:n], feat)
         rpl = seg.upsample_logits(seg.head(feat + residual), size)
         projected = self._project(embedding, size)
         return TrainingOutput(closed, rpl, projected[:n], projected[n:] if context is not None else None)
