@@ -8,6 +8,7 @@ publisher joins that the current reliability would not match. Callbacks get the 
 (``raw``): deserialising is left to the camera's decoder thread, for the frames that are not replaced.
 """
 
+import copy
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
@@ -50,7 +51,8 @@ class Camera:
         self.lock = threading.Lock()  # throttle and frame_id, from the decoder and worker threads
         self.frame_id = ""
         self.publishers: Dict[str, object] = {
-            name: node.create_publisher(Image, out, output_qos,
+            # a copy each: rclpy writes the qos_overrides into the profile it is given
+            name: node.create_publisher(Image, out, copy.copy(output_qos),
                                         qos_overriding_options=QoSOverridingOptions.with_default_policies())
             for name, out in output_topics(self.topic).items()}
         self._on_message = on_message

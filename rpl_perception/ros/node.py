@@ -27,8 +27,8 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import NameValidationException, ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.logging import get_logger
@@ -36,17 +36,19 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from rclpy.validate_full_topic_name import validate_full_topic_name
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage
 
 from ..backends import BACKENDS, BackendUnavailable, create_backend
 from ..commands import model_path
 from ..image import as_rgb
 from ..scoring import SCORES
 from ..segmenter import AnomalySegmenter
-from ..visualize import colorize_labels, overlay
 from .camera import AUTO, Camera
-from .codec import DEFAULT_MAX_PIXELS, compressed_to_rgb, fill_image, image_to_rgb
+from .codec import DEFAULT_MAX_PIXELS, compressed_to_rgb, image_to_rgb
 from .dds import profile_environment
+from .outputs import publish_outputs
+from .parameters import ParameterSpec
+from .diagnostics import diagnostics_message
 from .pipeline import FramePipeline
 from .stats import ERROR, OK, StatusReport
 from .topics import check_topics, output_topics
@@ -67,28 +69,6 @@ QOS_RELIABILITY = {"auto": AUTO, "best_effort": "best_effort", "reliable": "reli
 
 class ParameterError(ValueError):
     """A parameter value the node cannot start with."""
-
-
-@dataclass(frozen=True)
-class ParameterSpec:
-    name: str
-    default: object
-    description: str
-    constraints: str = ""
-    integer_range: Optional[Tuple[int, int]] = None
-    float_range: Optional[Tuple[float, float]] = None
-    dynamic: bool = False  # may be set while the node runs; the others are read once, at start
-
-    def descriptor(self) -> ParameterDescriptor:
-        descriptor = ParameterDescriptor(name=self.name, description=self.description,
-                                         additional_constraints=self.constraints, read_only=not self.dynamic)
-        if self.integer_range:
-            descriptor.integer_range = [IntegerRange(from_value=self.integer_range[0],
-                                                     to_value=self.integer_range[1], step=1)]
-        if self.float_range:
-            descriptor.floating_point_range = [FloatingPointRange(from_value=self.float_range[0],
-                                                                  to_value=self.float_range[1], step=0.0)]
-        return descriptor
 
 
 PARAMETERS = (
@@ -203,11 +183,6 @@ def load_segmenter(settings: Settings) -> AnomalySegmenter:
     except (ValueError, BackendUnavailable) as exc:  # e.g. a size the model cannot take, no GPU
         raise ParameterError(str(exc)) from None
     return segmenter
-
-
-def anomaly_mask(anomaly: np.ndarray, threshold: float) -> np.ndarray:
-    """0/255 mono8 mask, with the rule of the overlay's contour: score > threshold."""
-    return (anomaly > threshold).astype(np.uint8) * np.uint8(255)
 
 
 class Frame(NamedTuple):
@@ -357,7 +332,8 @@ class AnomalyNode(Node):
             if self._pipeline.stopping.is_set():
                 return  # shutting down: the publishers are going away
             try:
-                self._publish(camera, decoded, prediction)
+                publish_outputs(camera.publishers, decoded.header, decoded.rgb, prediction, self.threshold,
+                                self.display_range, self.overlay_alpha)
             except Exception as exc:  # noqa: BLE001 - one camera's failure must not hide the others
                 if self._pipeline.stopping.is_set() or not self.context.ok():
                     return
@@ -374,24 +350,6 @@ class AnomalyNode(Node):
         for camera in cameras:
             camera.stats.on_failed(repr(exc))
             self._log_problem(camera, f"processing failed: {exc!r}")
-
-    def _publish(self, camera: Camera, decoded: Decoded, prediction) -> None:
-        publishers = camera.publishers
-
-        def send(name, pixels, encoding):
-            publishers[name].publish(fill_image(Image(header=decoded.header), pixels, encoding))
-
-        threshold = self.threshold
-        send("anomaly", prediction.anomaly, "32FC1")
-        send("anomaly_mask", anomaly_mask(prediction.anomaly, threshold), "mono8")
-        send("semantic", prediction.labels, "mono8")
-        # the colour images cost time and bandwidth: only for a viewer that is listening
-        if publishers["semantic_color"].get_subscription_count():
-            send("semantic_color", colorize_labels(prediction.labels), "rgb8")
-        if publishers["overlay"].get_subscription_count():
-            low, high = self.display_range
-            send("overlay", overlay(decoded.rgb, prediction.anomaly, low, high, threshold,
-                                    alpha=self.overlay_alpha), "rgb8")
 
     def _latency(self, decoded: Decoded) -> float:
         """Seconds from the header stamp (receipt where the stamp is zero) to now, on this node's clock."""
@@ -413,36 +371,17 @@ class AnomalyNode(Node):
 
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
-        prefix = self.get_fully_qualified_name()  # unique in the graph, also across namespaces
-        diagnostics = DiagnosticArray()
-        diagnostics.header.stamp = self.get_clock().now().to_msg()
-        for camera in self.cameras:
-            report = camera.stats.report(now, camera.problems(now))
-            report.values.append(("input reliability", camera.reliability))
-            with camera.lock:
-                frame_id = camera.frame_id
-            diagnostics.status.append(self._status(f"{prefix}: {camera.topic}", frame_id, report))
-        diagnostics.status.append(self._status(f"{prefix}: model", "", self._model_report()))
-        self._diagnostics.publish(diagnostics)
-
-    def _model_report(self) -> StatusReport:
-        segmenter = self.segmenter
-        values = [("model", self.settings.model), ("backend", segmenter.backend.name),
-                  ("backend details", segmenter.backend.describe()),
-                  ("score", segmenter.score),
-                  ("network size", "{}x{}".format(*segmenter.network_size)),
-                  ("anomaly threshold", f"{self.threshold:.6g}"),
-                  ("display range", "{:.6g} {:.6g}".format(*self.display_range)),
-                  ("max image pixels", str(self.settings.max_image_pixels))]
-        if self._pipeline is None or not self._pipeline.working:
-            return StatusReport(ERROR, "inference worker is not running", values)
-        return StatusReport(OK, f"{segmenter.score} anomaly score", values)
-
-    @staticmethod
-    def _status(name: str, hardware_id: str, report: StatusReport) -> DiagnosticStatus:
-        return DiagnosticStatus(level=bytes([report.level]), name=name, message=report.message,
-                                hardware_id=hardware_id,
-                                values=[KeyValue(key=k, value=v) for k, v in report.values])
+        model_values = [("model", self.settings.model), ("backend", self.segmenter.backend.name),
+                        ("backend details", self.segmenter.backend.describe()),
+                        ("score", self.segmenter.score),
+                        ("network size", "{}x{}".format(*self.segmenter.network_size)),
+                        ("anomaly threshold", f"{self.threshold:.6g}"),
+                        ("display range", "{:.6g} {:.6g}".format(*self.display_range)),
+                        ("max image pixels", str(self.settings.max_image_pixels))]
+        model = (StatusReport(OK, f"{self.segmenter.score} anomaly score", model_values) if self._pipeline.working
+                 else StatusReport(ERROR, "inference worker is not running", model_values))
+        self._diagnostics.publish(diagnostics_message(
+            self.get_fully_qualified_name(), self.get_clock().now().to_msg(), self.cameras, model, now))
 
     # -- shutdown --------------------------------------------------------------------------------
 
