@@ -105,11 +105,12 @@ class Spinner:
 
     def __init__(self, threads=1):
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=threads, context=self.context)
+        self.executor = (SingleThreadedExecutor(context=self.context) if threads == 1
+                         else MultiThreadedExecutor(num_threads=threads, context=self.context))
         self._thread = None
 
     def spin(self, *nodes):
