@@ -37,6 +37,23 @@ if editable_wheel is not None:
 
     cmdclass["editable_wheel"] = EditableWheelWithData
 
+try:  # setuptools < 80 has `setup.py develop`, which colcon --symlink-install runs
+    from setuptools.command.develop import VersionlessRequirement, develop
+    from setuptools.command.easy_install import ScriptWriter
+except ImportError:
+    develop = None
+if develop is not None:
+    class DevelopWithPortableScripts(develop):
+        """``develop`` writes the Python running it into its scripts' first line and ignores setup.cfg's
+        [build_scripts] executable, which ``install`` honours: make both write the same line."""
+
+        def install_wrapper_scripts(self, dist):
+            header = ScriptWriter.get_header("", self.get_finalized_command("build_scripts").executable)
+            for args in ScriptWriter.best().get_args(VersionlessRequirement(dist), header):
+                self.write_script(*args)
+
+    cmdclass["develop"] = DevelopWithPortableScripts
+
 setup(
     name=package_name,
     version="0.1.0",
@@ -58,6 +75,7 @@ setup(
     install_requires=[
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
+        "pillow>=9.2",  # reads compressed images' headers (their size) without decoding them
         "safetensors>=0.4",
         "torch>=2.1",  # CPU-only machines: install torch==2.13.0 first (see README)
         "tqdm>=4.60",
@@ -65,12 +83,14 @@ setup(
     extras_require={
         # rclpy and messages from PyPI for machines without a ROS 2 distribution. Where one is
         # sourced, its PYTHONPATH entries come before site-packages, so it wins over these.
-        "ros": ["ros-rclpy", "ros-sensor-msgs", "ros-std-msgs", "ros-diagnostic-msgs",
+        "ros": ["ros-rclpy", "ros-sensor-msgs", "ros-diagnostic-msgs",
                 "ros-rmw-fastrtps-cpp"],
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
         "eval": ["rosbags>=0.9.20", "matplotlib>=3.7"],
         "test": ["pytest>=7", "scikit-learn>=1.3", "pycocotools>=2.0.7", "onnx>=1.14",
-                 "onnxruntime>=1.16", "rosbags>=0.9.20", "matplotlib>=3.7"],
+                 "onnxruntime>=1.16", "rosbags>=0.9.20", "matplotlib>=3.7",
+                 # the packaging tests build with colcon and resolve rosdep keys, as ROS users do
+                 "colcon-core", "colcon-ros", "rosdep"],
     },
     zip_safe=False,  # weights and samples are read as files next to the modules
     entry_points={

@@ -24,8 +24,8 @@ FASTDDS_RMWS = ("rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp")
 
 LARGE_FRAME_HINT = ("best-effort frames larger than the publisher's Fast DDS shared-memory segment (512 KiB "
                     "by default) are dropped; start the camera driver with "
-                    "FASTDDS_DEFAULT_PROFILES_FILE=<rpl_perception share>/config/fastdds.xml "
-                    "(README: Camera frames from other processes)")
+                    "FASTDDS_DEFAULT_PROFILES_FILE=<rpl_perception share>/config/fastdds.xml (Cyclone DDS: "
+                    "a larger socket receive buffer; README: Camera frames from other processes)")
 
 
 def find_profile() -> Optional[Path]:
