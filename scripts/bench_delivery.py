@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     watcher = NodeWatcher()
     try:
         deadline = time.monotonic() + 180
-        while watcher.totals()["reliability"] == "?" and time.monotonic() < deadline:
+        while not watcher.values and time.monotonic() < deadline:  # the node's first diagnostics
             if node.poll() is not None:
                 break
             time.sleep(0.2)
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
             os.killpg(node.pid, signal.SIGKILL)
         watcher.close()
 
-    header = ("receiver", "size", "camera QoS", "camera profile", "node input QoS", "published", "received",
+    header = ("receiver", "size", "camera QoS", "camera profile", "node input QoS", "published", "at [Hz]", "received",
               "DDS lost", "missing", "delivered %", "replaced (policy)", "inferred", "BE out")
     print(f"\nnode started with {how}; {args.rate:g} Hz; node qos_reliability {args.node_qos}; "
           "CPU shared with other work (2 cores)\n")
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     for receiver, size, qos, profile, reliability, camera, d in rows:
         published = camera["published"]
         missing = published - d["received"] - d["lost"]
-        cells = [receiver, size, qos, profile, reliability, published, d["received"], d["lost"], missing,
+        cells = [receiver, size, qos, profile, reliability, published, camera["rate"], d["received"], d["lost"], missing,
                  f"{100 * d['received'] / published:.1f}", d.get("replaced", ""), d.get("inferred", ""),
                  f"{d['be_outputs']}/{d['inferred']}" if "be_outputs" in d else ""]
         print("| " + " | ".join(str(c) for c in cells) + " |")

@@ -567,3 +567,17 @@ def test_shutdown_is_bounded_with_a_frame_in_flight_and_silent_after(ros_env):
         release.set()
         spinner.executor.shutdown()
         probe.node.destroy_node()
+
+
+def test_bytes_that_are_no_message_are_rejected_not_failed(graph):
+    """Any DDS writer can send bytes under the type's name; the node deserialises them itself."""
+    node, probe = graph
+    stats = node.cameras[0].stats
+    before = vars(stats.total).copy()
+    probe.publishers[CAM_A].publish(b"\x00\x01\x00\x00" + b"\xff" * 40)  # CDR header, then garbage
+    wait_until(lambda: stats.total.rejected == before["rejected"] + 1, "the rejection")
+    assert stats.total.failed == before["failed"]
+    wait_until(lambda: "bytes are not a Image message" in probe.values(f"/rpl_anomaly: {CAM_A}").get(
+        "last rejection", ""), "diagnostics naming the problem")
+    header = probe.publish(CAM_A, image_msg(sample_rgb(), "rgb8"))
+    probe.outputs(CAM_A, header, ["anomaly"])

@@ -44,11 +44,11 @@ from ..image import as_rgb
 from ..scoring import SCORES
 from ..segmenter import AnomalySegmenter
 from .camera import AUTO, Camera
-from .codec import DEFAULT_MAX_PIXELS, compressed_to_rgb, image_to_rgb
+from .codec import DEFAULT_MAX_PIXELS, ImageDecodeError, compressed_to_rgb, image_to_rgb
 from .dds import profile_environment
+from .diagnostics import diagnostics_message
 from .outputs import publish_outputs
 from .parameters import ParameterSpec
-from .diagnostics import diagnostics_message
 from .pipeline import FramePipeline
 from .stats import ERROR, OK, StatusReport
 from .topics import check_topics, output_topics
@@ -196,6 +196,15 @@ class Decoded(NamedTuple):
     received_ns: int
 
 
+def deserialise(raw: bytes, msg_type):
+    """The message from its CDR bytes; ImageDecodeError for bytes that are not one (any DDS writer can
+    send those under the type's name)."""
+    try:
+        return deserialize_message(raw, msg_type)
+    except Exception as exc:  # noqa: BLE001 - the typesupport raises several kinds
+        raise ImageDecodeError(f"{len(raw)} bytes are not a {msg_type.__name__} message: {exc}") from None
+
+
 class AnomalyNode(Node):
     """Semantic mask and anomaly heatmap for every camera in ``image_topics``, one shared model.
 
@@ -307,7 +316,7 @@ class AnomalyNode(Node):
     def _decode(self, camera: Camera, frame: Frame) -> Optional[Decoded]:
         max_pixels = self.settings.max_image_pixels
         try:
-            msg = deserialize_message(frame.message, camera.msg_type)
+            msg = deserialise(frame.message, camera.msg_type)
             if camera.msg_type is CompressedImage:
                 rgb = compressed_to_rgb(msg, max_pixels)
             else:
