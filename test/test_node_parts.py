@@ -239,3 +239,9 @@ def test_the_profile_is_applied_only_where_the_user_configured_nothing(tmp_path)
         assert profile_environment({name: "x"}, profile) == {}
     assert profile_environment({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}, profile) == {}
     assert find_profile() is not None and find_profile().name == "fastdds.xml"
+
+
+def test_the_cyclone_dds_set_up_asks_for_a_large_socket_receive_buffer():
+    root = ET.parse(REPO / "config" / "cyclonedds.xml").getroot()
+    buffer = root.find(".//{https://cdds.io/config}SocketReceiveBufferSize")
+    assert buffer is not None and buffer.get("min") == "16MB"
