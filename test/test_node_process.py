@@ -56,6 +56,36 @@ def test_the_executable_serves_and_stops_cleanly(ros_env, stop, backend):
     assert "[ERROR]" in output and f"{topic}: skipped a message: encoding 'yuv444' is not supported" in output
 
 
+def test_ctrl_c_with_a_frame_in_flight_ends_the_process_within_two_seconds(ros_env):
+    """A large network makes inference take seconds on a CPU: Ctrl-C in the middle of it must neither
+    wait for it nor crash the interpreter's teardown (C++ terminate) nor log after ROS is gone."""
+    import time
+
+    topic = "/inflight/image_raw"
+    process = Process([venv_executable("anomaly_node"), "--ros-args", "-p", f"image_topics:=[{topic}]",
+                       "-p", "backend:=torch", "-p", "network_width:=2048", "-p", "network_height:=1024"], ros_env)
+    spinner = Spinner()
+    probe = Probe(spinner.context, [topic])
+    spinner.spin(probe.node)
+    try:
+        wait_until(lambda: probe.publishers[topic].get_subscription_count() or not process.alive(),
+                   "the node to subscribe", timeout=120)
+        header = probe.publish(topic, image_msg(sample_rgb(1024, 512), "rgb8"))
+        time.sleep(0.5)  # the frame is decoded and inside inference (seconds at 2048×1024)
+        start = time.monotonic()
+        process.signal_group(signal.SIGINT)
+        code = process.wait(timeout=30)
+        took = time.monotonic() - start
+        output = process.output()
+    finally:
+        process.kill()
+        spinner.close(probe.node)
+    assert code == 0, output
+    assert took <= 2.0, f"the node took {took:.1f} s to stop"
+    assert "terminate" not in output and "Traceback" not in output, output
+    assert (topic.replace("image_raw", "anomaly"), header.stamp.sec, header.stamp.nanosec) not in probe.received
+
+
 def test_the_executable_exits_with_a_clear_error_on_bad_parameters(ros_env):
     result = subprocess.run([venv_executable("anomaly_node"), "--ros-args",
                              "-p", "image_topics:=[/a/image, /a/image2]"],

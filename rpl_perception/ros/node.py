@@ -59,7 +59,7 @@ NODE_NAME = "rpl_anomaly"
 DIAGNOSTICS_PERIOD_S = 1.0
 GRAPH_PERIOD_S = 0.5
 #: destroy_node waits at most this long for a batch in flight (it then finishes unpublished)
-SHUTDOWN_WAIT_S = 1.5
+SHUTDOWN_WAIT_S = 1.0
 #: outputs are reliable so that bags and RViz (reliable by default) both receive them
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 #: the largest max_image_pixels accepted: 8192² (such a frame costs tens of seconds on a CPU)
@@ -217,6 +217,7 @@ class AnomalyNode(Node):
         self.segmenter: Optional[AnomalySegmenter] = None
         self._pipeline: Optional[FramePipeline] = None
         self.cameras: List[Camera] = []
+        self.stopped_cleanly = True  # False once destroy_node left a batch running in a daemon thread
         try:
             self.settings = Settings.from_values(self._declare_parameters())
             self._check_topic_names()
@@ -397,8 +398,8 @@ class AnomalyNode(Node):
     def destroy_node(self) -> None:
         """Stop the threads, waiting at most SHUTDOWN_WAIT_S for a batch in flight (it then
         finishes without publishing or logging), release the model and GPU memory."""
-        if self._pipeline is not None:
-            self._pipeline.stop(SHUTDOWN_WAIT_S)  # a batch still in flight checks `stopping` before ROS
+        if self._pipeline is not None:  # a batch still in flight checks `stopping` before ROS
+            self.stopped_cleanly = self._pipeline.stop(SHUTDOWN_WAIT_S)
         self.segmenter = None
         gc.collect()
         torch = sys.modules.get("torch")
@@ -441,6 +442,13 @@ def main(args=None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+    if node is not None and not node.stopped_cleanly:
+        # A batch is still inside the inference library in a daemon thread: the interpreter's teardown
+        # would pull the library's threads from under it (C++ terminate, SIGABRT). ROS is shut down and
+        # nothing else is pending: end the process here.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 
