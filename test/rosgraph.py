@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -206,3 +207,40 @@ class Process:
                 pass
             self.popen.wait(timeout=10)
         os.unlink(self.log.name)
+
+
+@contextmanager
+def serving(command, topics, env, name="probe"):
+    """The node started by ``command`` (anomaly_node, ros2 launch ...) and a probe publishing to
+    ``topics``, once the node subscribes to all of them; yields (process, probe)."""
+    process = Process(command, env)
+    spinner = Spinner()
+    probe = Probe(spinner.context, topics, name=name)
+    spinner.spin(probe.node)
+    try:
+        wait_until(lambda: all(probe.publishers[t].get_subscription_count() for t in topics)
+                   or not process.alive(), "the node to subscribe", timeout=120)
+        assert process.alive(), process.output()
+        yield process, probe
+    finally:
+        spinner.close(probe.node)
+        process.kill()
+
+
+@contextmanager
+def blocked_inference(segmenter, seconds=30.0):
+    """``segmenter.predict_batch`` waits (up to ``seconds``) until released; yields (entered, release)."""
+    entered, release = threading.Event(), threading.Event()
+    predict = segmenter.predict_batch
+
+    def blocked(images):
+        entered.set()
+        release.wait(seconds)
+        return predict(images)
+
+    segmenter.predict_batch = blocked
+    try:
+        yield entered, release
+    finally:
+        release.set()
+        segmenter.predict_batch = predict

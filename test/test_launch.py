@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from rosgraph import Process, Probe, Spinner, image_msg, sample_rgb, venv_executable, wait_until
+from rosgraph import Process, Probe, Spinner, image_msg, sample_rgb, serving, venv_executable, wait_until
 
 from rpl_perception.ros.topics import sibling_topic
 
@@ -175,15 +175,9 @@ def test_ros2_launch_ends_cleanly_on_a_terminal_ctrl_c(launch_tools, small_param
     (SIGINT to the whole process group: the node gets it from the terminal and again from launch):
     exit code 0, no traceback, no process left behind."""
     topic = "/term/image_raw"
-    process = Process([launch_tools, "launch", "rpl_perception", "anomaly.launch.py", f"image_topics:=[{topic}]",
-                       f"params_file:={small_params}", "use_rviz:=true"], ros_env)
-    spinner = Spinner()
-    probe = Probe(spinner.context, [topic], name="terminal_probe")
-    spinner.spin(probe.node)
-    try:
-        wait_until(lambda: probe.publishers[topic].get_subscription_count() or not process.alive(),
-                   "the launched node", 120)
-        assert process.alive(), process.output()
+    command = [launch_tools, "launch", "rpl_perception", "anomaly.launch.py", f"image_topics:=[{topic}]",
+               f"params_file:={small_params}", "use_rviz:=true"]
+    with serving(command, [topic], ros_env, name="terminal_probe") as (process, probe):
         header = probe.publish(topic, image_msg(sample_rgb(), "rgb8"))
         probe.outputs(topic, header, ["anomaly"])
         pids = started_pids(process.output())
@@ -191,9 +185,6 @@ def test_ros2_launch_ends_cleanly_on_a_terminal_ctrl_c(launch_tools, small_param
         process.signal_group(signal.SIGINT)
         code = process.wait(timeout=30)
         output = process.output()
-    finally:
-        spinner.close(probe.node)
-        process.kill()
     assert code == 0, output
     assert "Traceback" not in output, output
     assert "rviz2 is not installed here" in output

@@ -13,7 +13,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from rosgraph import Probe, Spinner, as_array, image_msg, png_msg, sample_rgb, wait_until
+from rosgraph import Probe, Spinner, as_array, blocked_inference, image_msg, png_msg, sample_rgb, wait_until
 
 from rpl_perception.ros.stats import ERROR, OK, WARN
 from rpl_perception.ros.topics import check_topics, output_topics, sibling_topic
@@ -403,23 +403,14 @@ def test_frames_replaced_during_inference_are_never_deserialised(graph, monkeypa
     real_deserialise = node_module.deserialize_message
     monkeypatch.setattr(node_module, "deserialize_message",
                         lambda raw, kind: deserialised.append(len(raw)) or real_deserialise(raw, kind))
-    entered, release = threading.Event(), threading.Event()
-    predict = node.segmenter.predict_batch
-
-    def slow_predict(images):
-        entered.set()
-        release.wait(20)
-        return predict(images)
-
-    monkeypatch.setattr(node.segmenter, "predict_batch", slow_predict)
     stats = node.cameras[0].stats
-    probe.publish(CAM_A, image_msg(sample_rgb(), "rgb8"))
-    assert entered.wait(10)
-    before = vars(stats.total).copy()
-    deserialised.clear()
-    headers = [probe.publish(CAM_A, image_msg(sample_rgb(), "rgb8")) for _ in range(20)]
-    wait_until(lambda: stats.total.received - before["received"] == 20, "20 frames received")
-    release.set()
+    with blocked_inference(node.segmenter) as (entered, release):
+        probe.publish(CAM_A, image_msg(sample_rgb(), "rgb8"))
+        assert entered.wait(10)
+        before = vars(stats.total).copy()
+        deserialised.clear()
+        headers = [probe.publish(CAM_A, image_msg(sample_rgb(), "rgb8")) for _ in range(20)]
+        wait_until(lambda: stats.total.received - before["received"] == 20, "20 frames received")
     probe.outputs(CAM_A, headers[-1], ["anomaly"])
     assert len(deserialised) == 1, "frames replaced by newer ones were deserialised"
     assert stats.total.dropped - before["dropped"] == 19
@@ -535,36 +526,28 @@ def test_shutdown_is_bounded_with_a_frame_in_flight_and_silent_after(ros_env):
         Parameter("network_width", value=NETWORK[0]), Parameter("network_height", value=NETWORK[1])])
     probe = Probe(spinner.context, [topic], name="halt_probe")
     spinner.spin(node, probe.node)
-    entered, release = threading.Event(), threading.Event()
-    predict = node.segmenter.predict_batch
-
-    def stuck_predict(images):
-        entered.set()
-        release.wait(30)
-        return predict(images)
-
-    node.segmenter.predict_batch = stuck_predict
     lines = []
     try:
-        wait_until(lambda: probe.publishers[topic].get_subscription_count(), "the node to subscribe")
-        probe.publish(topic, image_msg(sample_rgb(), "rgb8"))
-        assert entered.wait(15), "the frame never reached inference"
-        stats = node.cameras[0].stats
-        node.get_logger = lambda: type("Logger", (), {"error": lines.append, "info": lines.append,
-                                                      "warning": lines.append})()
-        rclpy.try_shutdown(context=spinner.context)  # as rclpy's SIGINT handler does, first
-        destroyer = threading.Thread(target=node.destroy_node)
-        start = time.monotonic()
-        destroyer.start()
-        destroyer.join(timeout=10)
-        took = time.monotonic() - start
-        assert not destroyer.is_alive() and took <= 2.0, f"destroy_node took {took:.1f} s"
-        assert took >= SHUTDOWN_WAIT_S * 0.9  # it did wait for the batch, within its bound
-        release.set()  # the batch in flight finishes now, after the context is gone
-        time.sleep(1.0)
-        assert lines == [] and stats.total.failed == 0 and stats.total.published == 0
+        with blocked_inference(node.segmenter) as (entered, release):
+            wait_until(lambda: probe.publishers[topic].get_subscription_count(), "the node to subscribe")
+            probe.publish(topic, image_msg(sample_rgb(), "rgb8"))
+            assert entered.wait(15), "the frame never reached inference"
+            stats = node.cameras[0].stats
+            node.get_logger = lambda: type("Logger", (), {"error": lines.append, "info": lines.append,
+                                                          "warning": lines.append})()
+            rclpy.try_shutdown(context=spinner.context)  # as rclpy's SIGINT handler does, first
+            destroyer = threading.Thread(target=node.destroy_node)
+            start = time.monotonic()
+            destroyer.start()
+            destroyer.join(timeout=10)
+            took = time.monotonic() - start
+            assert not destroyer.is_alive() and took <= 2.0, f"destroy_node took {took:.1f} s"
+            assert took >= SHUTDOWN_WAIT_S * 0.9  # it did wait for the batch, within its bound
+            assert node.stopped_cleanly is False
+            release.set()  # the batch in flight finishes now, after the context is gone
+            time.sleep(1.0)
+            assert lines == [] and stats.total.failed == 0 and stats.total.published == 0
     finally:
-        release.set()
         spinner.executor.shutdown()
         probe.node.destroy_node()
 

@@ -9,9 +9,10 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
-from rosgraph import REPO, Process, Probe, Spinner, image_msg, sample_rgb, venv_executable, wait_until
+from rosgraph import REPO, Process, Probe, Spinner, image_msg, sample_rgb, serving, venv_executable, wait_until
 
 NODE_ARGS = ["-p", "network_width:=256", "-p", "network_height:=128", "-p", "backend:=torch"]
 
@@ -25,32 +26,19 @@ def test_the_executable_serves_and_stops_cleanly(ros_env, stop, backend):
     """The shipped parameter file, then Ctrl-C or SIGTERM: exit code 0 and no traceback. ``auto``
     exports the model to ONNX on its first run here (cached after)."""
     topic = f"/proc_{stop.name.lower()}/image_raw"
-    process = Process([venv_executable("anomaly_node"), "--ros-args", "--params-file",
-                       str(REPO / "config" / "anomaly.yaml"), "-p", f"image_topics:=[{topic}]",
-                       "-p", "network_width:=256", "-p", "network_height:=128", "-p", f"backend:={backend}"],
-                      ros_env)
-    spinner = Spinner()
-    probe = Probe(spinner.context, [topic])
-    spinner.spin(probe.node)
-    try:
-        wait_until(lambda: probe.publishers[topic].get_subscription_count() or not process.alive(),
-                   "the node to subscribe", timeout=120)
-        assert process.alive(), process.output()
+    command = [venv_executable("anomaly_node"), "--ros-args", "--params-file", str(REPO / "config" / "anomaly.yaml"),
+               "-p", f"image_topics:=[{topic}]", "-p", "network_width:=256", "-p", "network_height:=128",
+               "-p", f"backend:={backend}"]
+    with serving(command, [topic], ros_env) as (process, probe):
         probe.publish(topic, image_msg(sample_rgb(), "yuv444"))
-        try:
-            wait_until(lambda: probe.values(f"/rpl_anomaly: {topic}").get("rejected messages") == "1",
-                       "diagnostics counting the bad frame")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; the node's log:\n{process.output()}; diag {probe.values(f'/rpl_anomaly: {topic}')}") from None
+        wait_until(lambda: probe.values(f"/rpl_anomaly: {topic}").get("rejected messages") == "1",
+                   "diagnostics counting the bad frame")
         header = probe.publish(topic, image_msg(sample_rgb(), "rgb8"))
         out = probe.outputs(topic, header, ["anomaly", "semantic"])
         assert out["anomaly"].encoding == "32FC1" and out["anomaly"].width == 192
         process.popen.send_signal(stop)
         code = process.wait(timeout=30)
         output = process.output()
-    finally:
-        process.kill()
-        spinner.close(probe.node)
     assert code == 0, output
     assert "Traceback" not in output, output
     assert "[ERROR]" in output and f"{topic}: skipped a message: encoding 'yuv444' is not supported" in output
@@ -59,17 +47,10 @@ def test_the_executable_serves_and_stops_cleanly(ros_env, stop, backend):
 def test_ctrl_c_with_a_frame_in_flight_ends_the_process_within_two_seconds(ros_env):
     """A large network makes inference take seconds on a CPU: Ctrl-C in the middle of it must neither
     wait for it nor crash the interpreter's teardown (C++ terminate) nor log after ROS is gone."""
-    import time
-
     topic = "/inflight/image_raw"
-    process = Process([venv_executable("anomaly_node"), "--ros-args", "-p", f"image_topics:=[{topic}]",
-                       "-p", "backend:=torch", "-p", "network_width:=2048", "-p", "network_height:=1024"], ros_env)
-    spinner = Spinner()
-    probe = Probe(spinner.context, [topic])
-    spinner.spin(probe.node)
-    try:
-        wait_until(lambda: probe.publishers[topic].get_subscription_count() or not process.alive(),
-                   "the node to subscribe", timeout=120)
+    command = [venv_executable("anomaly_node"), "--ros-args", "-p", f"image_topics:=[{topic}]",
+               "-p", "backend:=torch", "-p", "network_width:=2048", "-p", "network_height:=1024"]
+    with serving(command, [topic], ros_env) as (process, probe):
         header = probe.publish(topic, image_msg(sample_rgb(1024, 512), "rgb8"))
         time.sleep(0.5)  # the frame is decoded and inside inference (seconds at 2048×1024)
         start = time.monotonic()
@@ -77,13 +58,10 @@ def test_ctrl_c_with_a_frame_in_flight_ends_the_process_within_two_seconds(ros_e
         code = process.wait(timeout=30)
         took = time.monotonic() - start
         output = process.output()
-    finally:
-        process.kill()
-        spinner.close(probe.node)
+        assert (topic.replace("image_raw", "anomaly"), header.stamp.sec, header.stamp.nanosec) not in probe.received
     assert code == 0, output
     assert took <= 2.0, f"the node took {took:.1f} s to stop"
     assert "terminate" not in output and "Traceback" not in output, output
-    assert (topic.replace("image_raw", "anomaly"), header.stamp.sec, header.stamp.nanosec) not in probe.received
 
 
 def test_the_executable_exits_with_a_clear_error_on_bad_parameters(ros_env):
