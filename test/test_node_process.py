@@ -88,14 +88,16 @@ def node_process(ros_env):
     spinner = Spinner()
     probe = Probe(spinner.context, [ONE])
     spinner.spin(probe.node)
-    wait_until(lambda: probe.values(f"/rpl_anomaly: {ONE}") or not process.alive(), "the node's diagnostics",
-               timeout=120)
-    assert process.alive(), process.output()
-    yield process, probe
-    process.signal_group(signal.SIGINT)
-    process.wait(timeout=30)
-    process.kill()
-    spinner.close(probe.node)
+    try:
+        wait_until(lambda: probe.values(f"/rpl_anomaly: {ONE}") or not process.alive(),
+                   "the node's diagnostics", timeout=120)
+        assert process.alive(), process.output()
+        yield process, probe
+        process.signal_group(signal.SIGINT)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+        spinner.close(probe.node)
 
 
 def test_one_large_frame_from_another_process_reaches_a_default_node(node_process):
