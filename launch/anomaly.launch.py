@@ -2,16 +2,19 @@
 
     ros2 launch rpl_perception anomaly.launch.py image_topics:='[/cam/image_raw]' use_rviz:=true
 
-Arguments left empty keep the values of ``params_file`` (the installed config/anomaly.yaml).
+Arguments left empty keep the values of ``params_file`` (the installed config/anomaly.yaml). The
+launch ends when the node ends, with an error if the node failed (e.g. on a bad parameter).
+``use_rviz:=true`` where rviz2 is not installed starts the node alone and says so.
 """
 
 import os
 
 import yaml
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import PackageNotFoundError, get_package_prefix, get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, RegisterEventHandler, Shutdown
 from launch.conditions import IfCondition
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -51,6 +54,21 @@ def resolve(topic: str, namespace: str) -> str:
     return f"{prefix}/{topic}"
 
 
+def installed(package: str) -> bool:
+    try:
+        get_package_prefix(package)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+def on_node_exit(event, context):
+    """The launch lives as long as the node: a failed node fails the launch (exit code 1)."""
+    if event.returncode != 0:
+        raise RuntimeError(f"{NODE_NAME} exited with code {event.returncode}; its log above says why")
+    return [Shutdown(reason=f"{NODE_NAME} exited")]
+
+
 def launch_setup(context):
     arg = {name: LaunchConfiguration(name).perform(context)
            for name in ("image_topics", "params_file", "model", "backend", "namespace")}
@@ -63,13 +81,17 @@ def launch_setup(context):
     node = Node(package=PACKAGE, executable="anomaly_node", name=NODE_NAME, namespace=arg["namespace"],
                 parameters=[arg["params_file"]] + ([overrides] if overrides else []),
                 output="screen", emulate_tty=True)
+    actions = [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_node_exit))]
+    if not IfCondition(LaunchConfiguration("use_rviz")).evaluate(context):
+        return actions
+    if not installed("rviz2"):
+        return actions + [LogInfo(msg="use_rviz:=true, but rviz2 is not installed here: starting without "
+                                      "RViz (install ros-$ROS_DISTRO-rviz2 to see the overlay)")]
     # RViz shows the first camera: its config names the outputs of "/image", remapped here
     rviz_config = os.path.join(get_package_share_directory(PACKAGE), "config", "anomaly.rviz")
-    rviz = Node(package="rviz2", executable="rviz2", name="rviz2", arguments=["-d", rviz_config],
-                remappings=[(f"/{name}", resolve(sibling_topic(topics[0], name), arg["namespace"]))
-                            for name in RVIZ_OUTPUTS],
-                condition=IfCondition(LaunchConfiguration("use_rviz")))
-    return [node, rviz]
+    return actions + [Node(package="rviz2", executable="rviz2", name="rviz2", arguments=["-d", rviz_config],
+                           remappings=[(f"/{name}", resolve(sibling_topic(topics[0], name), arg["namespace"]))
+                                       for name in RVIZ_OUTPUTS])]
 
 
 def generate_launch_description():
@@ -87,6 +109,6 @@ def generate_launch_description():
                                           "empty: the one of params_file"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
         DeclareLaunchArgument("use_rviz", default_value="false",
-                              description="also start rviz2 with config/anomaly.rviz"),
+                              description="also start rviz2 with config/anomaly.rviz (where installed)"),
         OpaqueFunction(function=launch_setup),
     ])

@@ -31,3 +31,27 @@ def roadanomaly_dev():
 @pytest.fixture(scope="session")
 def espnetv2_pth():
     return _shared_path("models", "espnetv2", "espnetv2_s_2.0_city_1024x512.pth")
+
+
+@pytest.fixture(scope="session")
+def ros_env():
+    """A private DDS domain on localhost for this test session (set before any rclpy.init), stock Fast DDS
+    in this process (the tests choose where the large-frame profile applies), and this environment's
+    prefix on AMENT_PREFIX_PATH / PATH so that ``ros2 launch`` and ``ros2 run`` find what pip installed."""
+    pytest.importorskip("rclpy", reason="needs rclpy and the message packages (pip install .[ros])")
+    import random
+    import sys
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ROS_DOMAIN_ID", str(random.randint(100, 200)))
+    patch.setenv("ROS_LOCALHOST_ONLY", "1")
+    patch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS",
+                 "RMW_IMPLEMENTATION"):
+        patch.delenv(name, raising=False)
+    prefix = sys.prefix
+    patch.setenv("AMENT_PREFIX_PATH", os.pathsep.join(p for p in (prefix, os.environ.get("AMENT_PREFIX_PATH"))
+                                                       if p))
+    patch.setenv("PATH", os.pathsep.join((str(Path(sys.executable).parent), os.environ["PATH"])))
+    yield dict(os.environ)
+    patch.undo()

@@ -1,6 +1,8 @@
 """rpl_perception.ros.codec: Image / CompressedImage ↔ numpy, on duck-typed messages (no rclpy)."""
 
+import struct
 import sys
+import time
 from types import SimpleNamespace
 
 import cv2
@@ -8,8 +10,9 @@ import numpy as np
 import pytest
 
 from rpl_perception.image import MAX_IMAGE_SIDE
-from rpl_perception.ros.codec import (CAMERA_ENCODINGS, ImageDecodeError, compressed_to_rgb, fill_image,
-                                      image_to_array, image_to_rgb, scale_16_to_8)
+from rpl_perception.ros import codec
+from rpl_perception.ros.codec import (CAMERA_ENCODINGS, ImageDecodeError, compressed_image_size, compressed_to_rgb,
+                                      fill_image, image_to_array, image_to_rgb, scale_16_to_8)
 
 RNG = np.random.default_rng(0)
 
@@ -182,7 +185,7 @@ def test_png_round_trips_exactly_and_jpeg_closely():
 
 @pytest.mark.parametrize("msg,match", [
     (SimpleNamespace(format="jpeg", data=b"\xff\xd8 not really a jpeg " * 10),
-     r"cannot decode 210 bytes of compressed data \(format 'jpeg'\)"),
+     r"cannot read the image size from the header of 210 bytes of compressed data"),
     (SimpleNamespace(format="jpeg", data=b""), r"compressed image has no data"),
     (SimpleNamespace(format="16UC1; compressedDepth png", data=b"\x00" * 16),
      r"depth map, not a camera image"),
@@ -190,6 +193,51 @@ def test_png_round_trips_exactly_and_jpeg_closely():
 def test_undecodable_compressed_images_raise(msg, match):
     with pytest.raises(ImageDecodeError, match=match):
         compressed_to_rgb(msg)
+
+
+def jpeg_header(width, height):
+    """The start of a baseline JPEG up to its frame header (SOF0): all a header reader needs."""
+    sof = struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
+    return b"\xff\xd8" + b"\xff\xc0" + sof + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("width,height", [(640, 480), (8192, 8192), (16000, 5000)])
+def test_compressed_image_size_reads_the_header_only(width, height):
+    assert compressed_image_size(jpeg_header(width, height)) == (width, height)
+
+
+def test_a_compressed_frame_over_the_pixel_limit_is_refused_without_decoding(monkeypatch):
+    decoded = []
+    monkeypatch.setattr(codec.cv2, "imdecode", lambda *a: decoded.append(1))
+    for width, height, match in [(30000, 20000, r"600000000 pixels\) exceeds limit"),  # Pillow's own guard
+                                 (16385, 100, r"16385×100 pixels exceeds the largest accepted side 16384"),
+                                 (8192, 8192, r"8192×8192 = 67108864 pixels exceeds max_image_pixels 16777216")]:
+        msg = SimpleNamespace(format="jpeg", data=jpeg_header(width, height))
+        start = time.perf_counter()
+        with pytest.raises(ImageDecodeError, match=match):
+            compressed_to_rgb(msg)
+        assert time.perf_counter() - start < 0.1
+    assert decoded == []
+
+
+def test_the_pixel_limit_is_a_parameter():
+    bgr = cv2.cvtColor(smooth_rgb(32, 48), cv2.COLOR_RGB2BGR)
+    png = SimpleNamespace(format="png", data=cv2.imencode(".png", bgr)[1].tobytes())
+    assert compressed_to_rgb(png, max_pixels=32 * 48).shape == (32, 48, 3)
+    with pytest.raises(ImageDecodeError, match=r"48×32 = 1536 pixels exceeds max_image_pixels 1535"):
+        compressed_to_rgb(png, max_pixels=32 * 48 - 1)
+    raw = make_image(rgb_frame(6, 10), "rgb8")
+    assert image_to_rgb(raw, max_pixels=60).shape == (6, 10, 3)
+    with pytest.raises(ImageDecodeError, match=r"10×6 = 60 pixels exceeds max_image_pixels 59"):
+        image_to_rgb(raw, max_pixels=59)
+
+
+def test_a_header_that_lies_about_the_size_is_refused():
+    bgr = cv2.cvtColor(smooth_rgb(32, 48), cv2.COLOR_RGB2BGR)
+    data = bytearray(cv2.imencode(".png", bgr)[1].tobytes())
+    data[16:24] = struct.pack(">II", 40, 32)  # IHDR width 48 → 40 (its CRC now wrong)
+    with pytest.raises(ImageDecodeError):
+        compressed_to_rgb(SimpleNamespace(format="png", data=bytes(data)))
 
 
 # -- encoding outputs ------------------------------------------------------------------------------

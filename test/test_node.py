@@ -1,34 +1,26 @@
-"""The anomaly node on real rclpy and real DDS (PyPI ros-* wheels), in-process and as a process.
+"""The anomaly node in-process, on real rclpy and real DDS (PyPI ros-* wheels).
 
 Each session talks on its own random ROS_DOMAIN_ID, localhost only, so parallel runs never meet.
-The network runs at 256×128 to keep the file fast on two CPU cores.
+The network runs at 256×128 to keep the file fast on two CPU cores. The node as a process, and frames
+from other processes: test_node_process.py.
 """
 
-import os
-import random
-import shutil
-import signal
-import subprocess
-import sys
+import importlib.util
+import math
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from rosgraph import Probe, Spinner, as_array, blocked_inference, image_msg, png_msg, sample_rgb, wait_until
 
 from rpl_perception.backends.tensorrt_build import tensorrt_available
-from rpl_perception.ros.frame_buffer import LatestFrameBuffer
-from rpl_perception.ros.stats import ERROR, OK, WARN, CameraStats
+from rpl_perception.ros.stats import ERROR, OK, WARN
 from rpl_perception.ros.topics import check_topics, output_topics, sibling_topic
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "rpl_perception" / "samples" / "images" / "animals03_Zebras_in_the_road.jpg"
 NETWORK = (256, 128)
 CAM_A, CAM_B = "/cam_a/image_raw", "/cam_b/image_raw/compressed"
-TIMEOUT = 30.0
-ALL_OUTPUTS = ("semantic", "anomaly", "anomaly_mask", "semantic_color", "overlay")
 
 
 # -- ROS-free parts ------------------------------------------------------------------------------
@@ -55,131 +47,7 @@ def test_topic_clashes_are_refused(topics, match):
         check_topics(topics)
 
 
-def test_frame_buffer_keeps_only_the_newest_frame_per_camera():
-    buffer = LatestFrameBuffer()
-    assert buffer.put("a", 1) is False
-    assert buffer.put("a", 2) is True  # 1 was never taken: dropped
-    assert buffer.put("b", 3) is False
-    assert len(buffer) == 2
-    assert buffer.take(timeout=0) == {"a": 2, "b": 3}
-    assert buffer.take(timeout=0.01) == {}
-    taker = threading.Thread(target=lambda: results.append(buffer.take()))
-    results = []
-    taker.start()
-    buffer.put("b", 4)
-    taker.join(timeout=5)
-    assert results == [{"b": 4}]
-    buffer.close()
-    assert buffer.take(timeout=1) is None
-
-
-def test_camera_stats_levels_and_values():
-    stats = CameraStats(now=0.0)
-    report = stats.report(now=1.0)
-    assert (report.level, report.message) == (WARN, "no frame received yet")
-    for i in range(10):
-        stats.on_received(now=1.0 + i * 0.1)
-    for latency in (0.1, 0.2, 0.3, 0.4):
-        stats.on_published(latency, inference=0.05, batch_size=2)
-    for _ in range(6):
-        stats.on_dropped()
-    report = stats.report(now=2.0)
-    values = dict(report.values)
-    assert report.level == WARN and "dropped 6 of 10 frames" in report.message
-    assert values["input rate [Hz]"] == "10.00" and values["output rate [Hz]"] == "4.00"
-    assert values["latency p50 [ms]"] == "250.0" and values["latency p95 [ms]"] == "385.0"
-    assert values["inference [ms]"] == "50.0" and values["batch size"] == "2.00"
-    assert values["dropped frames"] == "6"
-    stats.on_received(now=2.5)
-    stats.on_published(0.1, 0.05, 1)
-    assert stats.report(now=3.0).level == OK
-    stats.on_received(now=3.5)
-    stats.on_rejected("encoding 'x' is not supported")
-    report = stats.report(now=4.0)
-    assert report.level == ERROR
-    assert report.message == "1 of 1 messages rejected: encoding 'x' is not supported"
-    assert dict(report.values)["rejected messages"] == "1"
-    assert stats.report(now=10.0).message == "no frame for 6.5 s"
-
-
 # -- ROS graph fixtures --------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def ros_env():
-    """A private DDS domain on localhost for this test session (set before any rclpy.init)."""
-    pytest.importorskip("rclpy", reason="needs rclpy and the message packages (pip install .[ros])")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("ROS_DOMAIN_ID", str(random.randint(100, 200)))
-    patch.setenv("ROS_LOCALHOST_ONLY", "1")
-    patch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    yield dict(os.environ)
-    patch.undo()
-
-
-def wait_until(predicate, what: str, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-class Probe:
-    """A test node: publishes camera frames, records every output by (topic, stamp)."""
-
-    def __init__(self, context, cameras):
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.node import Node
-        from sensor_msgs.msg import CompressedImage, Image
-
-        self.node = Node("probe", context=context)
-        self._lock = threading.Lock()
-        self.received = {}
-        self.diagnostics = []
-        self.publishers = {}
-        for camera in cameras:
-            kind = CompressedImage if camera.endswith("/compressed") else Image
-            self.publishers[camera] = self.node.create_publisher(kind, camera, 10)
-            for topic in output_topics(camera).values():
-                self.node.create_subscription(Image, topic, self._keeper(topic), 10)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-
-    def _keeper(self, topic):
-        def keep(msg):
-            with self._lock:
-                self.received[(topic, msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
-        return keep
-
-    def _on_diagnostics(self, msg):
-        with self._lock:
-            self.diagnostics.append(msg)
-
-    def publish(self, camera, msg, frame_id="camera"):
-        msg.header.stamp = self.node.get_clock().now().to_msg()
-        msg.header.frame_id = frame_id
-        self.publishers[camera].publish(msg)
-        return msg.header
-
-    def outputs(self, camera, header, names=ALL_OUTPUTS):
-        """Wait for the outputs of the frame with ``header``; {name: Image}."""
-        topics = output_topics(camera)
-        keys = {name: (topics[name], header.stamp.sec, header.stamp.nanosec) for name in names}
-        with_all = lambda: all(k in self.received for k in keys.values())  # noqa: E731
-        stamp = f"{header.stamp.sec}.{header.stamp.nanosec:09d}"
-        wait_until(with_all, f"{', '.join(names)} of the frame stamped {stamp}")
-        with self._lock:
-            return {name: self.received[key] for name, key in keys.items()}
-
-    def status(self, name):
-        with self._lock:
-            for array in reversed(self.diagnostics):
-                for status in array.status:
-                    if status.name == name:
-                        return status
-        return None
-
 
 @pytest.fixture(scope="module")
 def graph(ros_env):
@@ -219,36 +87,6 @@ def reference():
     from rpl_perception import AnomalySegmenter
 
     return AnomalySegmenter.from_pretrained(network_size=NETWORK)
-
-
-def sample_rgb(width=192, height=96):
-    bgr = cv2.resize(cv2.imread(str(SAMPLE)), (width, height), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def image_msg(pixels, encoding, pad=0):
-    from sensor_msgs.msg import Image
-
-    h, w = pixels.shape[:2]
-    rows = pixels.reshape(h, -1)
-    rows = np.concatenate([rows, np.zeros((h, pad), np.uint8)], axis=1)
-    msg = Image(height=h, width=w, encoding=encoding, is_bigendian=0, step=rows.shape[1])
-    msg.data = rows.tobytes()
-    return msg
-
-
-def png_msg(rgb):
-    from sensor_msgs.msg import CompressedImage
-
-    msg = CompressedImage(format="png")
-    msg.data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
-    return msg
-
-
-def as_array(msg):
-    from rpl_perception.ros.codec import image_to_array
-
-    return np.array(image_to_array(msg))
 
 
 # -- the node in-process -------------------------------------------------------------------------
@@ -384,13 +222,13 @@ def test_bad_input_is_skipped_counted_and_the_next_good_frame_served(graph, refe
         labels = as_array(probe.outputs(camera, header, ["semantic"])["semantic"])
         np.testing.assert_array_equal(labels, expected, err_msg=f"after: {problem}")
     # diagnostics report the rejections with the last problem, by topic
-    name = f"rpl_anomaly: {CAM_A}"
+    name = f"/rpl_anomaly: {CAM_A}"
     status = wait_until(lambda: (s := probe.status(name)) and dict((kv.key, kv.value) for kv in s.values)
                         ["rejected messages"] == "6" and s, "diagnostics counting 6 rejections")
     values = {kv.key: kv.value for kv in status.values}
     assert "exceeds the largest accepted side" in values["last rejection"]
     # camera B reports on its own once-a-second cycle: wait for a status that includes its rejection
-    name_b = f"rpl_anomaly: {CAM_B}"
+    name_b = f"/rpl_anomaly: {CAM_B}"
     wait_until(lambda: (s := probe.status(name_b)) and dict((kv.key, kv.value) for kv in s.values)
                ["rejected messages"] == "1", "diagnostics counting camera B's rejection")
 
@@ -403,7 +241,7 @@ def test_diagnostics_report_each_camera_and_the_model(graph):
     wait_until(lambda: len(probe.diagnostics) >= t0 + 2, "two diagnostics messages")
     array = probe.diagnostics[-1]
     names = [s.name for s in array.status]
-    assert names == [f"rpl_anomaly: {CAM_A}", f"rpl_anomaly: {CAM_B}", "rpl_anomaly: model"]
+    assert names == [f"/rpl_anomaly: {CAM_A}", f"/rpl_anomaly: {CAM_B}", "/rpl_anomaly: model"]
     camera_a = array.status[0]
     assert camera_a.hardware_id == "cam_a_optical"
     assert camera_a.level in (bytes([OK]), bytes([WARN]), bytes([ERROR]))
@@ -449,67 +287,280 @@ def test_bad_parameters_are_refused_with_a_clear_error(ros_env, overrides, match
         rclpy.shutdown(context=context)
 
 
-# -- the executable ------------------------------------------------------------------------------
+# -- input QoS, remapping, QoS overrides, unique diagnostics --------------------------------------------
 
-def anomaly_node_executable():
-    path = shutil.which("anomaly_node", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    if path is None:
-        pytest.skip("anomaly_node is not installed (pip install -e .)")
-    return path
+def test_input_qos_follows_what_the_publishers_offer(graph):
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
 
-
-@pytest.mark.parametrize("stop,backend", [(signal.SIGINT, "auto"), (signal.SIGTERM, "torch")])
-def test_the_executable_serves_and_stops_cleanly(ros_env, stop, backend):
-    """The shipped parameter file, then Ctrl-C or SIGTERM: exit code 0 and no traceback. ``auto``
-    exports the model to ONNX on its first run here (cached after)."""
-    import rclpy
-
-    topic = f"/proc_{stop.name.lower()}/image_raw"
-    process = subprocess.Popen(
-        [anomaly_node_executable(), "--ros-args", "--params-file", str(REPO / "config" / "anomaly.yaml"),
-         "-p", f"image_topics:=[{topic}]", "-p", "network_width:=256", "-p", "network_height:=128",
-         "-p", "qos_reliability:=reliable", "-p", f"backend:={backend}"],
-        env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    probe = Probe(context, [topic])
-    from rclpy.executors import SingleThreadedExecutor
-
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(probe.node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    try:
-        wait_until(lambda: probe.publishers[topic].get_subscription_count() or process.poll() is not None,
-                   "the node to subscribe")
-        assert process.poll() is None, process.communicate()[1]
-        probe.publish(topic, image_msg(sample_rgb(), "yuv444"))
-        wait_until(lambda: (s := probe.status(f"rpl_anomaly: {topic}"))
-                   and {kv.key: kv.value for kv in s.values}["rejected messages"] == "1",
-                   "diagnostics counting the bad frame")
-        header = probe.publish(topic, image_msg(sample_rgb(), "rgb8"))
-        out = probe.outputs(topic, header, ["anomaly", "semantic"])
-        assert out["anomaly"].encoding == "32FC1" and out["anomaly"].width == 192
+    node, probe = graph
+    camera = node.cameras[0]
+    assert camera.reliability == "reliable"  # the probe's publisher is reliable: the node asks for repairs
+    sensor_camera = probe.node.create_publisher(Image, CAM_A, qos_profile_sensor_data)
+    try:  # a best-effort camera joins: a reliable subscription would not match it
+        wait_until(lambda: camera.reliability == "best_effort", "the node to match a best-effort camera")
+        wait_until(lambda: sensor_camera.get_subscription_count() == 1, "the best-effort camera to match")
+        msg = image_msg(sample_rgb(), "rgb8")
+        msg.header.stamp = probe.node.get_clock().now().to_msg()
+        sensor_camera.publish(msg)
+        probe.outputs(CAM_A, msg.header, ["anomaly"])
     finally:
-        process.send_signal(stop)
-        try:
-            _, stderr = process.communicate(timeout=30)
-        finally:
-            process.kill()
-            executor.shutdown()
-            spinner.join(timeout=10)
-            probe.node.destroy_node()
-            rclpy.shutdown(context=context)
-    assert process.returncode == 0, stderr
-    assert "Traceback" not in stderr, stderr
-    assert "[ERROR]" in stderr and f"{topic}: skipped a message: encoding 'yuv444' is not supported" in stderr
+        probe.node.destroy_publisher(sensor_camera)
+    wait_until(lambda: camera.reliability == "reliable", "the node to go back to reliable")
+    wait_until(lambda: probe.publishers[CAM_A].get_subscription_count(), "the reliable probe to match again")
 
 
-def test_the_executable_exits_with_a_clear_error_on_bad_parameters(ros_env):
-    result = subprocess.run([anomaly_node_executable(), "--ros-args",
-                             "-p", "image_topics:=[/a/image, /a/image2]"],
-                            env=ros_env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert ("cannot start: image_topics: image topics '/a/image' and '/a/image2' would both publish"
-            in result.stderr)
+@pytest.fixture(scope="module")
+def remapped(ros_env):
+    """A second node, in namespace /robot, its input remapped from /cam to /other on the command line,
+    per-topic QoS overrides for its input and one output."""
+    from rclpy.parameter import Parameter
+
+    from rpl_perception.ros.node import AnomalyNode
+
+    spinner = Spinner(threads=2)
+    node = AnomalyNode(context=spinner.context, namespace="/robot", cli_args=[
+        "--ros-args", "-r", "/cam/image_raw:=/other/image_raw",
+        "-p", "qos_overrides./other/image_raw.subscription.reliability:=reliable",
+        "-p", "qos_overrides./other/image_raw.subscription.depth:=2",
+        "-p", "qos_overrides./other/anomaly.publisher.reliability:=best_effort"],
+        parameter_overrides=[Parameter("image_topics", value=["/cam/image_raw"]),
+                             Parameter("backend", value="torch"), Parameter("network_width", value=NETWORK[0]),
+                             Parameter("network_height", value=NETWORK[1])])
+    probe = Probe(spinner.context, ["/other/image_raw"], name="remap_probe")
+    spinner.spin(node, probe.node)
+    wait_until(lambda: probe.publishers["/other/image_raw"].get_subscription_count(), "the remapped input")
+    yield node, probe
+    spinner.close(node, probe.node)
+
+
+def test_outputs_follow_the_remapped_input(remapped):
+    node, probe = remapped
+    camera = node.cameras[0]
+    assert camera.topic == "/other/image_raw"
+    assert {p.topic_name for p in camera.publishers.values()} == set(output_topics("/other/image_raw").values())
+    wait_until(lambda: all(p.get_subscription_count() for name, p in camera.publishers.items()
+                           if name != "anomaly"), "the probe to subscribe to the remapped outputs")
+    header = probe.publish("/other/image_raw", image_msg(sample_rgb(), "rgb8"))
+    out = probe.outputs("/other/image_raw", header, ["semantic", "anomaly_mask"])
+    assert out["semantic"].header.stamp == header.stamp
+
+
+def test_qos_overrides_set_the_input_and_output_qos(remapped):
+    from rclpy.qos import ReliabilityPolicy
+
+    node, _ = remapped
+    camera = node.cameras[0]
+    assert camera.subscription.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    assert camera.subscription.qos_profile.depth == 2
+    assert camera.fixed == ReliabilityPolicy.RELIABLE  # an override is not adapted to the publishers
+    assert camera.publishers["anomaly"].qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    assert camera.publishers["semantic"].qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    assert node.get_parameter("qos_overrides./other/image_raw.subscription.reliability").value == "reliable"
+
+
+def test_diagnostics_names_are_unique_per_node(graph, remapped):
+    _, probe = remapped
+    expected = {"/robot/rpl_anomaly: /other/image_raw", "/robot/rpl_anomaly: model", "/rpl_anomaly: model",
+                f"/rpl_anomaly: {CAM_A}"}
+    wait_until(lambda: expected <= {s.name for a in list(probe.diagnostics) for s in a.status},
+               f"diagnostics of both nodes: {expected}")
+
+
+# -- run-time parameters -------------------------------------------------------------------------------
+
+def test_threshold_and_alpha_can_be_tuned_while_running(graph):
+    from rclpy.parameter import Parameter
+
+    node, probe = graph
+    own = node.segmenter.anomaly_threshold
+    try:
+        assert node.set_parameters([Parameter("anomaly_threshold", value=1e9)])[0].successful
+        assert node.threshold == 1e9
+        header = probe.publish(CAM_A, image_msg(sample_rgb(), "rgb8"))
+        assert as_array(probe.outputs(CAM_A, header, ["anomaly_mask"])["anomaly_mask"]).max() == 0
+        refused = node.set_parameters([Parameter("anomaly_threshold", value=math.inf)])[0]
+        assert not refused.successful and "not finite" in refused.reason and node.threshold == 1e9
+        refused = node.set_parameters([Parameter("overlay_alpha", value=1.5)])[0]
+        assert not refused.successful and node.overlay_alpha == 0.5
+        assert node.set_parameters([Parameter("overlay_alpha", value=0.2)])[0].successful
+        assert node.overlay_alpha == 0.2
+        refused = node.set_parameters([Parameter("model", value="other.safetensors")])[0]
+        assert not refused.successful and "read-only" in refused.reason
+        assert node.set_parameters([Parameter("anomaly_threshold", value=math.nan)])[0].successful
+        assert node.threshold == own  # .nan: the model's own again
+    finally:
+        node.set_parameters([Parameter("anomaly_threshold", value=math.nan), Parameter("overlay_alpha", value=0.5)])
+
+
+# -- hostile input ------------------------------------------------------------------------------------
+
+def test_frames_replaced_during_inference_are_never_deserialised(graph, monkeypatch):
+    import rpl_perception.ros.node as node_module
+
+    node, probe = graph
+    deserialised = []
+    real_deserialise = node_module.deserialize_message
+    monkeypatch.setattr(node_module, "deserialize_message",
+                        lambda raw, kind: deserialised.append(len(raw)) or real_deserialise(raw, kind))
+    stats = node.cameras[0].stats
+    with blocked_inference(node.segmenter) as (entered, release):
+        probe.publish(CAM_A, image_msg(sample_rgb(), "rgb8"))
+        assert entered.wait(10)
+        before = vars(stats.total).copy()
+        deserialised.clear()
+        headers = [probe.publish(CAM_A, image_msg(sample_rgb(), "rgb8")) for _ in range(20)]
+        wait_until(lambda: stats.total.received - before["received"] == 20, "20 frames received")
+    probe.outputs(CAM_A, headers[-1], ["anomaly"])
+    assert len(deserialised) == 1, "frames replaced by newer ones were deserialised"
+    assert stats.total.dropped - before["dropped"] == 19
+
+
+def test_a_slow_decode_on_one_camera_does_not_stall_the_others(graph, monkeypatch):
+    import rpl_perception.ros.node as node_module
+
+    node, probe = graph
+    started = threading.Event()
+    real_decode = node_module.compressed_to_rgb
+
+    def slow_decode(msg, max_pixels):
+        started.set()
+        time.sleep(3.0)
+        return real_decode(msg, max_pixels)
+
+    monkeypatch.setattr(node_module, "compressed_to_rgb", slow_decode)
+    rgb = sample_rgb()
+    header_b = probe.publish(CAM_B, png_msg(rgb))
+    assert started.wait(10), "camera B's frame never reached its decoder"
+    start = time.monotonic()
+    header_a = probe.publish(CAM_A, image_msg(rgb, "rgb8"))
+    probe.outputs(CAM_A, header_a, ["anomaly"])
+    assert time.monotonic() - start < 2.0, "camera A waited for camera B's decoding"
+    probe.outputs(CAM_B, header_b, ["anomaly"])  # and B is served once decoded
+
+
+def png_declaring(width, height):
+    """A valid all-black gray PNG of width × height: a few hundred kB that decode to width × height × 3 bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte + pixels
+    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def test_a_compressed_frame_declaring_too_many_pixels_is_refused_before_decoding(graph):
+    from sensor_msgs.msg import CompressedImage
+
+    node, probe = graph
+    bomb = CompressedImage(format="png")
+    bomb.data = png_declaring(12000, 12000)  # 144 MP: 0.4 GB once decoded
+    assert len(bomb.data) < 1_000_000
+    stats = node.cameras[1].stats
+    rejected = stats.total.rejected
+    start = time.monotonic()
+    probe.publish(CAM_B, bomb)
+    wait_until(lambda: stats.total.rejected == rejected + 1, "the node to refuse the frame")
+    assert time.monotonic() - start < 2.0
+    name = f"/rpl_anomaly: {CAM_B}"
+    wait_until(lambda: "12000×12000" in probe.values(name).get("last rejection", ""),
+               "diagnostics naming the refused size")
+    assert "exceeds max_image_pixels 16777216" in probe.values(name)["last rejection"]
+    header = probe.publish(CAM_B, png_msg(sample_rgb()))
+    probe.outputs(CAM_B, header, ["anomaly"])
+
+
+def test_distinct_problems_are_each_logged(graph, monkeypatch):
+    from sensor_msgs.msg import CompressedImage
+
+    node, probe = graph
+    lines = []
+
+    class Logger:
+        def error(self, text):
+            lines.append(text)
+
+        info = warning = error
+
+    monkeypatch.setattr(node, "get_logger", lambda: Logger())
+    stats = node.cameras[1].stats
+    depth_map = CompressedImage(format="16UC1; compressedDepth png")
+    depth_map.data = b"\x00" * 16
+    empty = CompressedImage(format="jpeg")
+    for msg in (depth_map, empty, depth_map):
+        rejected = stats.total.rejected
+        probe.publish(CAM_B, msg)
+        wait_until(lambda: stats.total.rejected == rejected + 1, "the rejection")
+    assert len(lines) == 2, lines  # two distinct problems, the repeat held back
+    assert "is a depth map" in lines[0] and "has no data" in lines[1]
+
+
+def test_latency_from_a_foreign_clock_is_flagged_not_reported(graph):
+    from builtin_interfaces.msg import Time
+
+    node, probe = graph
+    header = probe.publish(CAM_A, image_msg(sample_rgb(), "rgb8"), stamp=Time(sec=1000, nanosec=0))
+    probe.outputs(CAM_A, header, ["anomaly"])
+    name = f"/rpl_anomaly: {CAM_A}"
+    wait_until(lambda: probe.values(name).get("foreign-clock stamps", "0") != "0", "the stamp flagged")
+    status = wait_until(lambda: (s := probe.status(name)) and "off this node's clock" in s.message and s,
+                        "a warning about the clock")
+    assert status.level == bytes([WARN])
+
+
+def test_shutdown_is_bounded_with_a_frame_in_flight_and_silent_after(ros_env):
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from rpl_perception.ros.node import SHUTDOWN_WAIT_S, AnomalyNode
+
+    topic = "/halt/image_raw"
+    spinner = Spinner(threads=2)
+    node = AnomalyNode(context=spinner.context, parameter_overrides=[
+        Parameter("image_topics", value=[topic]), Parameter("backend", value="torch"),
+        Parameter("network_width", value=NETWORK[0]), Parameter("network_height", value=NETWORK[1])])
+    probe = Probe(spinner.context, [topic], name="halt_probe")
+    spinner.spin(node, probe.node)
+    lines = []
+    try:
+        with blocked_inference(node.segmenter) as (entered, release):
+            wait_until(lambda: probe.publishers[topic].get_subscription_count(), "the node to subscribe")
+            probe.publish(topic, image_msg(sample_rgb(), "rgb8"))
+            assert entered.wait(15), "the frame never reached inference"
+            stats = node.cameras[0].stats
+            node.get_logger = lambda: type("Logger", (), {"error": lines.append, "info": lines.append,
+                                                          "warning": lines.append})()
+            rclpy.try_shutdown(context=spinner.context)  # as rclpy's SIGINT handler does, first
+            destroyer = threading.Thread(target=node.destroy_node)
+            start = time.monotonic()
+            destroyer.start()
+            destroyer.join(timeout=10)
+            took = time.monotonic() - start
+            assert not destroyer.is_alive() and took <= 2.0, f"destroy_node took {took:.1f} s"
+            assert took >= SHUTDOWN_WAIT_S * 0.9  # it did wait for the batch, within its bound
+            assert node.stopped_cleanly is False
+            release.set()  # the batch in flight finishes now, after the context is gone
+            time.sleep(1.0)
+            assert lines == [] and stats.total.failed == 0 and stats.total.published == 0
+    finally:
+        spinner.executor.shutdown()
+        probe.node.destroy_node()
+
+
+def test_bytes_that_are_no_message_are_rejected_not_failed(graph):
+    """Any DDS writer can send bytes under the type's name; the node deserialises them itself."""
+    node, probe = graph
+    stats = node.cameras[0].stats
+    before = vars(stats.total).copy()
+    probe.publishers[CAM_A].publish(b"\x00\x01\x00\x00" + b"\xff" * 40)  # CDR header, then garbage
+    wait_until(lambda: stats.total.rejected == before["rejected"] + 1, "the rejection")
+    assert stats.total.failed == before["failed"]
+    wait_until(lambda: "bytes are not a Image message" in probe.values(f"/rpl_anomaly: {CAM_A}").get(
+        "last rejection", ""), "diagnostics naming the problem")
+    header = probe.publish(CAM_A, image_msg(sample_rgb(), "rgb8"))
+    probe.outputs(CAM_A, header, ["anomaly"])

@@ -6,20 +6,29 @@ Encoding names and their layouts follow ``sensor_msgs/image_encodings.hpp``; con
 follow ROS 2 cv_bridge (``cvtColor`` codes, 16 → 8 bit scaled by 255/65535 with rounding).
 
 Every problem with a message raises :class:`ImageDecodeError` (a ``ValueError``) saying what was
-received and what is accepted.
+received and what is accepted. Sizes are checked against a pixel limit before any pixel is converted
+or decoded: a compressed image's size is read from its header (Pillow reads headers without decoding),
+so a small PNG that declares 30000×30000 pixels costs microseconds, not seconds and gigabytes.
 """
 
+import io
 import sys
+import threading
+import warnings
 from array import array
-from typing import NamedTuple
+from typing import NamedTuple, Tuple
 
 import cv2
 import numpy as np
+from PIL import Image as PILImage
 
 from ..image import MAX_IMAGE_SIDE
 
-__all__ = ["ImageDecodeError", "CAMERA_ENCODINGS", "image_to_array", "image_to_rgb",
-           "compressed_to_rgb", "fill_image"]
+__all__ = ["ImageDecodeError", "CAMERA_ENCODINGS", "DEFAULT_MAX_PIXELS", "image_to_array", "image_to_rgb",
+           "compressed_image_size", "compressed_to_rgb", "fill_image"]
+
+#: default pixel limit per frame: 4096×4096 (16.8 MP) covers 4K UHD and 12 MP cameras
+DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
 class ImageDecodeError(ValueError):
@@ -61,7 +70,19 @@ TO_RGB = {
 CAMERA_ENCODINGS = tuple(TO_RGB)
 
 
-def image_to_array(msg) -> np.ndarray:
+def check_size(width: int, height: int, max_pixels: int, what: str = "image") -> None:
+    """Refuse an empty frame, one with a side over MAX_IMAGE_SIDE or more than ``max_pixels`` pixels."""
+    if height <= 0 or width <= 0:
+        raise ImageDecodeError(f"empty image: width {width}, height {height}")
+    if max(height, width) > MAX_IMAGE_SIDE:
+        raise ImageDecodeError(f"{what} of {width}×{height} pixels exceeds the largest accepted side "
+                               f"{MAX_IMAGE_SIDE}; is the message header corrupt?")
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"{what} of {width}×{height} = {width * height} pixels exceeds "
+                               f"max_image_pixels {max_pixels}")
+
+
+def image_to_array(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """The pixels of an Image message as a numpy view in its own encoding (no conversion).
 
     Shape (H, W) for one channel, (H, W, C) otherwise; row padding (``step``) is skipped by the
@@ -72,11 +93,7 @@ def image_to_array(msg) -> np.ndarray:
     if layout is None:
         raise ImageDecodeError(f"encoding {encoding!r} is not supported; accepted: {', '.join(LAYOUTS)}")
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height == 0 or width == 0:
-        raise ImageDecodeError(f"empty image: width {width}, height {height}")
-    if max(height, width) > MAX_IMAGE_SIDE:
-        raise ImageDecodeError(f"image of {width}×{height} pixels exceeds the largest accepted side "
-                               f"{MAX_IMAGE_SIDE}; is the message header corrupt?")
+    check_size(width, height, max_pixels)
     dtype = np.dtype(layout.dtype).newbyteorder(">" if msg.is_bigendian else "<")
     pixel_bytes = dtype.itemsize * layout.channels
     if step < width * pixel_bytes:
@@ -91,13 +108,13 @@ def image_to_array(msg) -> np.ndarray:
     return np.ndarray(shape, dtype, buffer=buffer, strides=strides)
 
 
-def image_to_rgb(msg) -> np.ndarray:
+def image_to_rgb(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """An Image message as an H×W×3 uint8 RGB array (a view of the message for unpadded rgb8)."""
     if msg.encoding not in TO_RGB:
         problem = "is not a camera image" if msg.encoding in LAYOUTS else "is not supported"
         raise ImageDecodeError(f"encoding {msg.encoding!r} {problem}; "
                                f"accepted: {', '.join(CAMERA_ENCODINGS)}")
-    pixels = image_to_array(msg)
+    pixels = image_to_array(msg, max_pixels)
     if msg.encoding in ("yuv422", "uyvy", "yuv422_yuy2", "yuyv") and pixels.shape[1] % 2:
         raise ImageDecodeError(f"{msg.encoding} packs pixel pairs: width must be even, got {pixels.shape[1]}")
     code = TO_RGB[msg.encoding]
@@ -117,14 +134,37 @@ def scale_16_to_8(pixels: np.ndarray) -> np.ndarray:
     return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def compressed_to_rgb(msg) -> np.ndarray:
-    """A CompressedImage (JPEG, PNG or any format OpenCV reads) as an H×W×3 uint8 RGB array."""
+#: warnings.catch_warnings changes process-wide state: one header read at a time (microseconds each)
+_HEADER_LOCK = threading.Lock()
+
+
+def compressed_image_size(data: bytes) -> Tuple[int, int]:
+    """(width, height) from the header of a compressed image, without decoding its pixels."""
+    try:
+        with _HEADER_LOCK, warnings.catch_warnings():
+            # Pillow warns above 89 MP (the caller's limit decides) and refuses above 179 MP
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(data)) as image:  # reads the header only
+                return image.size
+    except PILImage.DecompressionBombError as exc:
+        raise ImageDecodeError(f"compressed image of {len(data)} bytes: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds on malformed headers
+        raise ImageDecodeError(f"cannot read the image size from the header of {len(data)} bytes of "
+                               f"compressed data ({type(exc).__name__}: {exc}); "
+                               "accepted: JPEG, PNG, WebP, BMP, TIFF") from None
+
+
+def compressed_to_rgb(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A CompressedImage (JPEG, PNG or another format both Pillow and OpenCV read) as an H×W×3 uint8
+    RGB array. The size in the header is checked against ``max_pixels`` before decoding."""
     fmt = getattr(msg, "format", "")
     if "compresseddepth" in fmt.lower():
         raise ImageDecodeError(f"format {fmt!r} is a depth map, not a camera image; accepted: jpeg, png")
     data = np.frombuffer(msg.data, np.uint8)
     if data.size == 0:
         raise ImageDecodeError(f"compressed image has no data (format {fmt!r})")
+    width, height = compressed_image_size(data)
+    check_size(width, height, max_pixels, f"compressed image (format {fmt!r})")
     try:
         bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
     except cv2.error as exc:
@@ -133,9 +173,9 @@ def compressed_to_rgb(msg) -> np.ndarray:
     if bgr is None:
         raise ImageDecodeError(f"cannot decode {data.size} bytes of compressed data (format {fmt!r}); "
                                "accepted: JPEG, PNG or another format OpenCV reads")
-    if max(bgr.shape[:2]) > MAX_IMAGE_SIDE:
-        raise ImageDecodeError(f"decoded image of {bgr.shape[1]}×{bgr.shape[0]} pixels exceeds the "
-                               f"largest accepted side {MAX_IMAGE_SIDE}")
+    if bgr.shape[:2] != (height, width):  # a header that lies about the size
+        raise ImageDecodeError(f"decoded image of {bgr.shape[1]}×{bgr.shape[0]} pixels differs from "
+                               f"the {width}×{height} its header declares")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -1,7 +1,7 @@
 """``anomaly_node``: the ROS 2 node ``rpl_anomaly``, a thin layer around :class:`AnomalySegmenter`.
 
 For each input topic ``<prefix>/<name>`` (``sensor_msgs/Image``, or ``CompressedImage`` where the
-name ends in ``/compressed``) it publishes, with the input's header unchanged:
+name ends in ``/compressed``), after remapping, it publishes with the input's header unchanged:
 
 * ``<prefix>/semantic``        mono8, Cityscapes train ids
 * ``<prefix>/anomaly``         32FC1, the raw anomaly score at the input's size
@@ -9,95 +9,82 @@ name ends in ``/compressed``) it publishes, with the input's header unchanged:
 * ``<prefix>/semantic_color``  rgb8, only while someone subscribes
 * ``<prefix>/overlay``         rgb8 camera image + heatmap + anomaly contour, only while subscribed
 
-Callbacks only keep the newest frame of each camera (see :mod:`.frame_buffer`); one worker thread
-runs every waiting frame, from all cameras, as one batch through one model and publishes. Per-camera
-diagnostics go to ``/diagnostics`` once a second. Parameters: see ``PARAMETERS`` and
-``config/anomaly.yaml``.
+Callbacks only keep each camera's newest serialised frame; a decoder thread per camera turns it into
+pixels and one worker runs every waiting frame, from all cameras, as one batch through one model
+(:mod:`.pipeline`). Per-camera diagnostics go to ``/diagnostics`` once a second. Parameters: see
+``PARAMETERS`` and ``config/anomaly.yaml``; ``anomaly_threshold`` and ``overlay_alpha`` can be set
+while running.
 """
 
 import gc
 import math
+import os
+import signal
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Dict, NamedTuple, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import NameValidationException, ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.logging import get_logger
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
 from rclpy.validate_full_topic_name import validate_full_topic_name
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage
 
 from ..backends import BACKENDS, PRECISIONS, BackendUnavailable, DeploymentSpec
 from ..commands import model_path
-from ..image import MAX_IMAGE_SIDE, as_rgb
+from ..image import as_rgb
 from ..scoring import SCORES
 from ..segmenter import AnomalySegmenter
-from ..visualize import colorize_labels, overlay
-from .codec import compressed_to_rgb, fill_image, image_to_rgb
-from .frame_buffer import LatestFrameBuffer
+from .camera import AUTO, Camera
+from .codec import DEFAULT_MAX_PIXELS, ImageDecodeError, compressed_to_rgb, image_to_rgb
+from .dds import profile_environment
+from .diagnostics import diagnostics_message
+from .outputs import publish_outputs
+from .parameters import ParameterSpec
+from .pipeline import FramePipeline
 from .log_bridge import forward_python_logging
-from .stats import ERROR, OK, CameraStats, StatusReport
-from .topics import check_topics, is_compressed, output_topics
+from .stats import ERROR, OK, StatusReport
+from .topics import check_topics, output_topics
 
 __all__ = ["NODE_NAME", "PARAMETERS", "ParameterError", "Settings", "AnomalyNode", "main"]
 
 NODE_NAME = "rpl_anomaly"
-RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 DIAGNOSTICS_PERIOD_S = 1.0
-LOG_THROTTLE_S = 5.0
-WORKER_JOIN_TIMEOUT_S = 10.0
+GRAPH_PERIOD_S = 0.5
+#: destroy_node waits at most this long for a batch in flight (it then finishes unpublished)
+SHUTDOWN_WAIT_S = 1.0
 #: outputs are reliable so that bags and RViz (reliable by default) both receive them
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+#: the largest max_image_pixels accepted: 8192² (such a frame costs tens of seconds on a CPU)
+MAX_PIXELS_LIMIT = 8192 * 8192
+QOS_RELIABILITY = {"auto": AUTO, "best_effort": "best_effort", "reliable": "reliable"}
 
 
 class ParameterError(ValueError):
     """A parameter value the node cannot start with."""
 
 
-@dataclass(frozen=True)
-class ParameterSpec:
-    name: str
-    default: object
-    description: str
-    constraints: str = ""
-    integer_range: Optional[Tuple[int, int]] = None
-    float_range: Optional[Tuple[float, float]] = None
-
-    def descriptor(self) -> ParameterDescriptor:
-        # read-only: every parameter is used once, at start
-        descriptor = ParameterDescriptor(name=self.name, description=self.description,
-                                         additional_constraints=self.constraints, read_only=True)
-        if self.integer_range:
-            descriptor.integer_range = [IntegerRange(from_value=self.integer_range[0],
-                                                     to_value=self.integer_range[1], step=1)]
-        if self.float_range:
-            descriptor.floating_point_range = [FloatingPointRange(from_value=self.float_range[0],
-                                                                  to_value=self.float_range[1], step=0.0)]
-        return descriptor
-
-
 PARAMETERS = (
     ParameterSpec("image_topics", ["image"],
                   "input image topics; one ending in /compressed is a sensor_msgs/CompressedImage topic. "
-                  "Outputs go next to each input: <prefix>/<name> gives <prefix>/semantic, ...",
+                  "Outputs go next to each input (after remapping): <prefix>/<name> gives <prefix>/semantic, ...",
                   "non-empty; distinct prefixes"),
     ParameterSpec("model", "default",
                   "model file (.safetensors, or segmenter .pth), or 'default' for the embedded model"),
     ParameterSpec("backend", "auto", "inference backend", "one of " + ", ".join(BACKENDS)),
     ParameterSpec("device", "auto", "cpu, cuda or cuda:N; auto: the fastest the backend can use"),
     ParameterSpec("network_width", 0, "network input width in pixels; 0: the model's own",
-                  "0, or a multiple of the model's size divisor (32 for ESPNetv2)", (0, MAX_IMAGE_SIDE)),
+                  "0, or a multiple of the model's size divisor (32 for ESPNetv2)", (0, 16384)),
     ParameterSpec("network_height", 0, "network input height in pixels; 0: the model's own",
-                  "0, or a multiple of the model's size divisor (32 for ESPNetv2)", (0, MAX_IMAGE_SIDE)),
+                  "0, or a multiple of the model's size divisor (32 for ESPNetv2)", (0, 16384)),
     ParameterSpec("score", "", "anomaly score; empty: the model's own (rpl_energy with RPL weights)",
                   "empty or one of " + ", ".join(SCORES)),
     ParameterSpec("smoothing_sigma", -1.0,
@@ -105,10 +92,16 @@ PARAMETERS = (
                   "", None, (-1.0, 50.0)),
     ParameterSpec("anomaly_threshold", math.nan,
                   "score above which a pixel is anomalous (anomaly_mask, overlay contour); "
-                  ".nan: the model's own"),
-    ParameterSpec("overlay_alpha", 0.5, "heatmap opacity in the overlay image", "", None, (0.0, 1.0)),
-    ParameterSpec("qos_reliability", "best_effort",
-                  "input QoS reliability (best_effort: REP-2003 for sensor data)", "best_effort or reliable"),
+                  ".nan: the model's own. Can be set while running", "finite, or .nan", dynamic=True),
+    ParameterSpec("overlay_alpha", 0.5, "heatmap opacity in the overlay image. Can be set while running",
+                  "", None, (0.0, 1.0), dynamic=True),
+    ParameterSpec("max_image_pixels", DEFAULT_MAX_PIXELS,
+                  "largest frame accepted, in pixels (width × height); a compressed frame's size is read "
+                  "from its header, before decoding", "", (1, MAX_PIXELS_LIMIT)),
+    ParameterSpec("qos_reliability", "auto",
+                  "input QoS reliability: auto (match the publishers: reliable if all of them are, else "
+                  "best effort), best_effort or reliable. Per topic: qos_overrides.<topic>.subscription."
+                  "reliability", "auto, best_effort or reliable"),
     ParameterSpec("qos_depth", 5, "input QoS history depth (keep last)", "", (1, 1000)),
     # deployment (DeploymentSpec.from_settings reads these; `rpl-perception build-engine` takes the same)
     ParameterSpec("precision", "fp32", "network precision; scores are float32 in every case",
@@ -136,7 +129,9 @@ class Settings:
     smoothing_sigma: Optional[float]
     anomaly_threshold: Optional[float]
     overlay_alpha: float
-    qos: QoSProfile
+    max_image_pixels: int
+    qos_reliability: str  # a key of camera.RELIABILITIES
+    qos_depth: int
     deployment: DeploymentSpec
 
     @classmethod
@@ -161,14 +156,14 @@ class Settings:
             raise ParameterError(f"score {score!r} is unknown; choose one of {', '.join(SCORES)} or '' "
                                  "for the model's own")
         reliability = values["qos_reliability"]
-        if reliability not in RELIABILITY:
+        if reliability not in QOS_RELIABILITY:
             raise ParameterError(f"qos_reliability {reliability!r} is unknown; "
-                                 "choose best_effort or reliable")
+                                 f"choose {', '.join(QOS_RELIABILITY)}")
         path = model_path(values["model"])
         if not path.is_file():
             raise ParameterError(f"model file {str(path)!r} does not exist; give a model file or 'default'")
-        threshold = values["anomaly_threshold"]
         try:
+            threshold = threshold_value(values["anomaly_threshold"])
             deployment = DeploymentSpec.from_settings(values, cameras=len(topics))
         except ValueError as exc:
             raise ParameterError(str(exc)) from None
@@ -176,12 +171,18 @@ class Settings:
             image_topics=topics, model=values["model"], backend=backend, device=device,
             network_size=(width, height) if width else None, score=score,
             smoothing_sigma=None if values["smoothing_sigma"] < 0 else values["smoothing_sigma"],
-            anomaly_threshold=None if math.isnan(threshold) else threshold,
-            overlay_alpha=values["overlay_alpha"],
-            qos=QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=values["qos_depth"],
-                           reliability=RELIABILITY[reliability]),
-            deployment=deployment,
-        )
+            anomaly_threshold=threshold, overlay_alpha=values["overlay_alpha"],
+            max_image_pixels=values["max_image_pixels"],
+            qos_reliability=QOS_RELIABILITY[reliability], qos_depth=values["qos_depth"], deployment=deployment)
+
+
+def threshold_value(value: float) -> Optional[float]:
+    """anomaly_threshold: a finite score, or NaN for the model's own (None)."""
+    if math.isnan(value):
+        return None
+    if math.isinf(value):
+        raise ValueError(f"anomaly_threshold {value} is not finite; give a score, or .nan for the model's own")
+    return value
 
 
 def load_segmenter(settings: Settings) -> AnomalySegmenter:
@@ -194,41 +195,39 @@ def load_segmenter(settings: Settings) -> AnomalySegmenter:
     return segmenter
 
 
-def anomaly_mask(anomaly: np.ndarray, threshold: float) -> np.ndarray:
-    """0/255 mono8 mask, with the rule of the overlay's contour: score > threshold."""
-    return (anomaly > threshold).astype(np.uint8) * np.uint8(255)
-
-
 class Frame(NamedTuple):
-    message: object
+    message: bytes  # serialised: deserialised only if the frame is not replaced first
     received_ns: int  # node clock at receipt, the latency origin when the stamp is zero
 
 
-@dataclass
-class Camera:
-    """One input topic: its decoder, output publishers, statistics and log throttle."""
-    topic: str
-    decode: object
-    publishers: Dict[str, object]
-    stats: CameraStats
-    frame_id: str = ""
-    last_log: float = -math.inf
-    unlogged: int = 0
-    subscription: object = field(default=None, repr=False)
+class Decoded(NamedTuple):
+    header: object
+    rgb: np.ndarray
+    received_ns: int
+
+
+def deserialise(raw: bytes, msg_type):
+    """The message from its CDR bytes; ImageDecodeError for bytes that are not one (any DDS writer can
+    send those under the type's name)."""
+    try:
+        return deserialize_message(raw, msg_type)
+    except Exception as exc:  # noqa: BLE001 - the typesupport raises several kinds
+        raise ImageDecodeError(f"{len(raw)} bytes are not a {msg_type.__name__} message: {exc}") from None
 
 
 class AnomalyNode(Node):
     """Semantic mask and anomaly heatmap for every camera in ``image_topics``, one shared model.
 
     Construct with rclpy ``Node`` keyword arguments (``parameter_overrides``, ``context``,
-    ``namespace``, ...); raises :class:`ParameterError` on parameters it cannot start with.
+    ``namespace``, ``cli_args``, ...); raises :class:`ParameterError` on parameters it cannot start with.
     """
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
-        self._buffer = LatestFrameBuffer()
-        self._worker: Optional[threading.Thread] = None
         self.segmenter: Optional[AnomalySegmenter] = None
+        self._pipeline: Optional[FramePipeline] = None
+        self.cameras: List[Camera] = []
+        self.stopped_cleanly = True  # False once destroy_node left a batch running in a daemon thread
         self._log_bridge = forward_python_logging(self.get_logger())  # export/engine progress, fallbacks
         try:
             self.settings = Settings.from_values(self._declare_parameters())
@@ -238,18 +237,26 @@ class AnomalyNode(Node):
             if self.settings.deployment.build_only:
                 self.get_logger().info(f"build_only: ready ({self.segmenter.backend.describe()}); exiting")
                 return
-            self.threshold = (self.segmenter.anomaly_threshold if self.settings.anomaly_threshold is None
-                              else self.settings.anomaly_threshold)
+            self.threshold = self._threshold(self.settings.anomaly_threshold)
+            self.overlay_alpha = self.settings.overlay_alpha
             self.display_range = self.segmenter.display_range
             self._warm_up()
-            self.cameras = [self._add_camera(topic) for topic in self.settings.image_topics]
+            self.cameras = [Camera(self, topic, self.settings.qos_reliability, self.settings.qos_depth,
+                                   OUTPUT_QOS, self._on_image) for topic in self.settings.image_topics]
+        except ValueError as exc:  # e.g. a per-topic qos_overrides value
+            self.destroy_node()
+            raise ParameterError(str(exc)) from None
         except BaseException:
             self.destroy_node()
             raise
+        self._pipeline = FramePipeline(self.cameras, self._decode, self._process,
+                                       lambda camera: camera.stats.on_dropped(), self._on_pipeline_error)
+        self._pipeline.start()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diagnostics_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
-        self._worker = threading.Thread(target=self._work, name="rpl_anomaly_worker", daemon=True)
-        self._worker.start()
+        self._graph_timer = self.create_timer(GRAPH_PERIOD_S, self._follow_graph)
+        self._follow_graph()
         self.get_logger().info(
             f"serving {', '.join(c.topic for c in self.cameras)} with score {self.segmenter.score} "
             f"at {self.segmenter.network_size[0]}×{self.segmenter.network_size[1]} on "
@@ -267,15 +274,21 @@ class AnomalyNode(Node):
         return values
 
     def _check_topic_names(self) -> None:
-        """Refuse invalid names (rcl's rules, after remapping) before the model loads."""
+        """Refuse invalid names (rcl's rules) and clashes after remapping, before the model loads."""
+        resolved = []
         for topic in self.settings.image_topics:
-            for name in (topic, *output_topics(topic).values()):
-                try:
-                    validate_full_topic_name(self.resolve_topic_name(name))
-                except (RuntimeError, NameValidationException) as exc:  # rcl raises RCLError
-                    reason = str(exc).split(", at ")[0]
-                    raise ParameterError(
-                        f"image_topics: {name!r} is not a valid topic name: {reason}") from None
+            try:
+                name = self.resolve_topic_name(topic)
+                for output in output_topics(name).values():
+                    validate_full_topic_name(self.resolve_topic_name(output))
+            except (RuntimeError, NameValidationException) as exc:  # rcl raises RCLError
+                reason = str(exc).split(", at ")[0]
+                raise ParameterError(f"image_topics: {topic!r} is not a valid topic name: {reason}") from None
+            resolved.append(name)
+        try:
+            check_topics(resolved)
+        except ValueError as exc:
+            raise ParameterError(f"image_topics after remapping {resolved}: {exc}") from None
 
     def _warm_up(self) -> None:
         """One inference before serving: the first frame's latency is then representative, and a
@@ -283,144 +296,125 @@ class AnomalyNode(Node):
         width, height = self.segmenter.network_size
         self.segmenter.predict(np.zeros((height, width, 3), np.uint8))
 
-    def _add_camera(self, topic: str) -> Camera:
-        compressed = is_compressed(topic)
-        camera = Camera(topic=topic, decode=compressed_to_rgb if compressed else image_to_rgb,
-                        publishers={name: self.create_publisher(Image, out, OUTPUT_QOS)
-                                    for name, out in output_topics(topic).items()},
-                        stats=CameraStats(time.monotonic()))
-        camera.subscription = self.create_subscription(CompressedImage if compressed else Image, topic,
-                                                       partial(self._on_image, camera), self.settings.qos)
-        camera.topic = camera.subscription.topic_name  # fully resolved, for logs and diagnostics
-        return camera
+    def _threshold(self, value: Optional[float]) -> float:
+        return self.segmenter.anomaly_threshold if value is None else value
 
-    # -- callbacks: no inference here ------------------------------------------------------------
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        """Run-time changes of the dynamic parameters (rclpy has checked types, ranges, read-only)."""
+        updates = {}
+        for parameter in parameters:
+            if parameter.name == "anomaly_threshold":
+                try:
+                    updates["threshold"] = self._threshold(threshold_value(parameter.value))
+                except ValueError as exc:
+                    return SetParametersResult(successful=False, reason=str(exc))
+            elif parameter.name == "overlay_alpha":
+                updates["overlay_alpha"] = parameter.value
+        for name, value in updates.items():  # all or nothing
+            setattr(self, name, value)
+        if updates:
+            self.get_logger().info("now " + ", ".join(f"{k} {v:.4g}" for k, v in updates.items()))
+        return SetParametersResult(successful=True)
 
-    def _on_image(self, camera: Camera, message) -> None:
+    # -- callbacks and the graph: no decoding, no inference --------------------------------------
+
+    def _on_image(self, camera: Camera, raw: bytes) -> None:
         camera.stats.on_received(time.monotonic())
-        if self._buffer.put(camera.topic, Frame(message, self.get_clock().now().nanoseconds)):
-            camera.stats.on_dropped()
+        self._pipeline.put(camera, Frame(raw, self.get_clock().now().nanoseconds))
 
-    # -- the worker ------------------------------------------------------------------------------
+    def _follow_graph(self) -> None:
+        now = time.monotonic()
+        for camera in self.cameras:
+            camera.update(now)
 
-    def _work(self) -> None:
-        cameras = {camera.topic: camera for camera in self.cameras}
-        while (frames := self._buffer.take(timeout=1.0)) is not None:
-            if not frames:
-                continue
-            try:
-                self._process([(cameras[topic], frame) for topic, frame in frames.items()])
-            except Exception as exc:  # noqa: BLE001 - a bug on one batch must not stop the node
-                if not self.context.ok():
-                    return  # shutting down: the publishers are already gone
-                for topic in frames:
-                    cameras[topic].stats.on_failed(repr(exc))
-                    self._log_problem(cameras[topic], f"processing failed: {exc!r}")
+    # -- decoder threads (one per camera) and the worker (see .pipeline) --------------------------
 
-    def _process(self, frames) -> None:
-        batch = []
-        for camera, frame in frames:
-            try:
-                batch.append((camera, frame, as_rgb(camera.decode(frame.message))))
-            except ValueError as exc:
-                camera.stats.on_rejected(str(exc))
-                self._log_problem(camera, f"skipped a message: {exc}")
-        if not batch:
-            return
+    def _decode(self, camera: Camera, frame: Frame) -> Optional[Decoded]:
+        max_pixels = self.settings.max_image_pixels
+        try:
+            msg = deserialise(frame.message, camera.msg_type)
+            if camera.msg_type is CompressedImage:
+                rgb = compressed_to_rgb(msg, max_pixels)
+            else:
+                rgb = as_rgb(image_to_rgb(msg, max_pixels))
+        except ValueError as exc:
+            camera.stats.on_rejected(str(exc))
+            self._log_problem(camera, f"skipped a message: {exc}")
+            return None
+        return Decoded(msg.header, rgb, frame.received_ns)
+
+    def _process(self, frames: List[Tuple[Camera, Decoded]]) -> None:
         start = time.perf_counter()
         try:
-            predictions = self.segmenter.predict_batch([rgb for _, _, rgb in batch])
+            predictions = self.segmenter.predict_batch([decoded.rgb for _, decoded in frames])
         except Exception as exc:  # noqa: BLE001 - e.g. out of GPU memory: keep serving
-            for camera, _, _ in batch:
+            for camera, _ in frames:
                 camera.stats.on_failed(f"{type(exc).__name__}: {exc}")
                 self._log_problem(camera, f"inference failed: {type(exc).__name__}: {exc}")
             return
         inference = time.perf_counter() - start
-        for (camera, frame, rgb), prediction in zip(batch, predictions):
+        for (camera, decoded), prediction in zip(frames, predictions):
+            if self._pipeline.stopping.is_set():
+                return  # shutting down: the publishers are going away
             try:
-                self._publish(camera, frame.message.header, rgb, prediction)
+                publish_outputs(camera.publishers, decoded.header, decoded.rgb, prediction, self.threshold,
+                                self.display_range, self.overlay_alpha)
             except Exception as exc:  # noqa: BLE001 - one camera's failure must not hide the others
-                if not self.context.ok():
+                if self._pipeline.stopping.is_set() or not self.context.ok():
                     return
                 camera.stats.on_failed(f"{type(exc).__name__}: {exc}")
                 self._log_problem(camera, f"publishing failed: {type(exc).__name__}: {exc}")
                 continue
-            camera.frame_id = frame.message.header.frame_id
-            camera.stats.on_published(self._latency(frame), inference, len(batch))
+            with camera.lock:
+                camera.frame_id = decoded.header.frame_id
+            camera.stats.on_published(self._latency(decoded), inference, len(frames))
 
-    def _publish(self, camera: Camera, header, rgb: np.ndarray, prediction) -> None:
-        publishers = camera.publishers
+    def _on_pipeline_error(self, cameras: List[Camera], exc: BaseException) -> None:
+        if self._pipeline.stopping.is_set() or not self.context.ok():
+            return
+        for camera in cameras:
+            camera.stats.on_failed(repr(exc))
+            self._log_problem(camera, f"processing failed: {exc!r}")
 
-        def send(name, pixels, encoding):
-            publishers[name].publish(fill_image(Image(header=header), pixels, encoding))
-
-        send("anomaly", prediction.anomaly, "32FC1")
-        send("anomaly_mask", anomaly_mask(prediction.anomaly, self.threshold), "mono8")
-        send("semantic", prediction.labels, "mono8")
-        # the colour images cost time and bandwidth: only for a viewer that is listening
-        if publishers["semantic_color"].get_subscription_count():
-            send("semantic_color", colorize_labels(prediction.labels), "rgb8")
-        if publishers["overlay"].get_subscription_count():
-            low, high = self.display_range
-            send("overlay", overlay(rgb, prediction.anomaly, low, high, self.threshold,
-                                    alpha=self.settings.overlay_alpha), "rgb8")
-
-    def _latency(self, frame: Frame) -> float:
-        """Seconds from the header stamp (receipt where the stamp is zero) to now."""
-        stamp = frame.message.header.stamp
-        origin = stamp.sec * 1_000_000_000 + stamp.nanosec or frame.received_ns
+    def _latency(self, decoded: Decoded) -> float:
+        """Seconds from the header stamp (receipt where the stamp is zero) to now, on this node's clock."""
+        stamp = decoded.header.stamp
+        origin = stamp.sec * 1_000_000_000 + stamp.nanosec or decoded.received_ns
         return (self.get_clock().now().nanoseconds - origin) * 1e-9
 
     def _log_problem(self, camera: Camera, text: str) -> None:
-        """At most one error per camera every LOG_THROTTLE_S; diagnostics count all of them."""
-        now = time.monotonic()
-        if now - camera.last_log < LOG_THROTTLE_S:
-            camera.unlogged += 1
+        """At most one line per distinct problem and camera every few seconds; diagnostics count all."""
+        if self._pipeline is not None and self._pipeline.stopping.is_set():
             return
-        more = f" ({camera.unlogged} more since the last report)" if camera.unlogged else ""
-        self.get_logger().error(f"{camera.topic}: {text}{more}")
-        camera.last_log, camera.unlogged = now, 0
+        with camera.lock:
+            held_back = camera.throttle.admit(text, time.monotonic())
+        if held_back is not None:
+            more = f" ({held_back} more since the last report)" if held_back else ""
+            self.get_logger().error(f"{camera.topic}: {text}{more}")
 
     # -- diagnostics -----------------------------------------------------------------------------
 
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
-        diagnostics = DiagnosticArray()
-        diagnostics.header.stamp = self.get_clock().now().to_msg()
-        for camera in self.cameras:
-            diagnostics.status.append(self._status(f"{self.get_name()}: {camera.topic}", camera.frame_id,
-                                                   camera.stats.report(now)))
-        diagnostics.status.append(self._status(f"{self.get_name()}: model", "", self._model_report()))
-        self._diagnostics.publish(diagnostics)
-
-    def _model_report(self) -> StatusReport:
-        segmenter = self.segmenter
-        values = [("model", self.settings.model), ("backend", segmenter.backend.name),
-                  ("backend details", segmenter.backend.describe()),
-                  ("score", segmenter.score),
-                  ("network size", "{}x{}".format(*segmenter.network_size)),
-                  ("anomaly threshold", f"{self.threshold:.6g}"),
-                  ("display range", "{:.6g} {:.6g}".format(*self.display_range))]
-        if self._worker is None or not self._worker.is_alive():
-            return StatusReport(ERROR, "inference worker is not running", values)
-        return StatusReport(OK, f"{segmenter.score} anomaly score", values)
-
-    @staticmethod
-    def _status(name: str, hardware_id: str, report: StatusReport) -> DiagnosticStatus:
-        return DiagnosticStatus(level=bytes([report.level]), name=name, message=report.message,
-                                hardware_id=hardware_id,
-                                values=[KeyValue(key=k, value=v) for k, v in report.values])
+        model_values = [("model", self.settings.model), ("backend", self.segmenter.backend.name),
+                        ("backend details", self.segmenter.backend.describe()),
+                        ("score", self.segmenter.score),
+                        ("network size", "{}x{}".format(*self.segmenter.network_size)),
+                        ("anomaly threshold", f"{self.threshold:.6g}"),
+                        ("display range", "{:.6g} {:.6g}".format(*self.display_range)),
+                        ("max image pixels", str(self.settings.max_image_pixels))]
+        model = (StatusReport(OK, f"{self.segmenter.score} anomaly score", model_values) if self._pipeline.working
+                 else StatusReport(ERROR, "inference worker is not running", model_values))
+        self._diagnostics.publish(diagnostics_message(
+            self.get_fully_qualified_name(), self.get_clock().now().to_msg(), self.cameras, model, now))
 
     # -- shutdown --------------------------------------------------------------------------------
 
     def destroy_node(self) -> None:
-        """Stop the worker (after its current batch), release the model and GPU memory."""
-        self._buffer.close()
-        if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join(timeout=WORKER_JOIN_TIMEOUT_S)
-            if self._worker.is_alive():  # stuck in a batch (e.g. a hung GPU): do not hang shutdown
-                self.get_logger().warning(f"inference worker still busy after {WORKER_JOIN_TIMEOUT_S:.0f} s; "
-                                          "shutting down without it")
+        """Stop the threads, waiting at most SHUTDOWN_WAIT_S for a batch in flight (it then
+        finishes without publishing or logging), release the model and GPU memory."""
+        if self._pipeline is not None:  # a batch still in flight checks `stopping` before ROS
+            self.stopped_cleanly = self._pipeline.stop(SHUTDOWN_WAIT_S)
         self._log_bridge.close()
         self.segmenter = None
         gc.collect()
@@ -430,19 +424,32 @@ class AnomalyNode(Node):
         super().destroy_node()
 
 
+def _ignore_interrupts(*_) -> None:
+    """A terminal's Ctrl-C under ``ros2 launch`` reaches the node twice (from the terminal and from
+    launch): rclpy's handler shuts the node down on the first; the rest must not raise
+    KeyboardInterrupt in the middle of the shutdown."""
+
+
 def main(args=None) -> int:
     """``anomaly_node [--ros-args ...]``: serve until Ctrl-C or SIGTERM; 2 on bad parameters."""
+    # Fast DDS reads its profile when the process's first participant is created (rclpy.init)
+    dds_profile = profile_environment()
+    os.environ.update(dds_profile)
+    # rclpy's own handler (installed by init) shuts the context down and then calls this one
+    signal.signal(signal.SIGINT, _ignore_interrupts)
     rclpy.init(args=args)
-    node = None
+    node, code = None, 0
     try:
         node = AnomalyNode()
+        for name, path in dds_profile.items():
+            node.get_logger().info(f"Fast DDS profile {path} ({name}): large frames reach other processes")
         if not node.settings.deployment.build_only:
             rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ParameterError as exc:
         get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-        return 2
+        code = 2
     except Exception:
         if rclpy.ok():
             raise
@@ -452,7 +459,14 @@ def main(args=None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    if node is not None and not node.stopped_cleanly:
+        # A batch is still inside the inference library in a daemon thread: the interpreter's teardown
+        # would pull the library's threads from under it (C++ terminate, SIGABRT). ROS is shut down and
+        # nothing else is pending: end the process here.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
 """Per-camera counters and timings, summarised as a diagnostic status (ROS-free).
 
-Callbacks report received and dropped frames, the worker rejected, failed and published ones;
+Every frame a camera publishes ends in exactly one count: ``lost`` (DDS never delivered it: the
+subscription's message-lost events), ``dropped`` (delivered, then replaced by a newer frame of the
+same camera before the worker took it: the node's newest-frame policy), ``rejected`` (not an image
+the node accepts), ``failed`` (inference or publishing raised) or ``published``.
+
+Callbacks report received, lost and dropped frames, the worker rejected, failed and published ones;
 ``report`` is called about once a second and summarises the period since the previous call.
 Levels are those of ``diagnostic_msgs/DiagnosticStatus``.
 """
@@ -8,16 +13,23 @@ Levels are those of ``diagnostic_msgs/DiagnosticStatus``.
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["OK", "WARN", "ERROR", "StatusReport", "CameraStats"]
+from .dds import LARGE_FRAME_HINT
+
+__all__ = ["OK", "WARN", "ERROR", "StatusReport", "CameraStats", "input_problems"]
 
 OK, WARN, ERROR = 0, 1, 2
 
 #: timings kept per period at most (bounded even if report() is never called)
 MAX_SAMPLES = 10_000
+#: a header stamp further than this from the node's clock comes from another clock (an unsynchronised
+#: camera, a bag replayed without use_sim_time): its "latency" means nothing and is not reported
+FOREIGN_CLOCK_S = 60.0
+#: stamps up to this far in the future are clock jitter between synchronised machines
+FUTURE_TOLERANCE_S = 1.0
 
 
 @dataclass
@@ -30,10 +42,12 @@ class StatusReport:
 @dataclass
 class _Counts:
     received: int = 0
+    lost: int = 0
     dropped: int = 0
     rejected: int = 0
     failed: int = 0
     published: int = 0
+    foreign_stamps: int = 0
 
 
 class CameraStats:
@@ -51,15 +65,25 @@ class CameraStats:
         self._last_received: Optional[float] = None
         self._last_rejection = ""
         self._last_failure = ""
+        self._clock_offset = 0.0
 
-    def _count(self, name: str) -> None:
-        setattr(self.total, name, getattr(self.total, name) + 1)
-        setattr(self._period, name, getattr(self._period, name) + 1)
+    def _count(self, name: str, n: int = 1) -> None:
+        setattr(self.total, name, getattr(self.total, name) + n)
+        setattr(self._period, name, getattr(self._period, name) + n)
+
+    @property
+    def last_received(self) -> Optional[float]:
+        return self._last_received
 
     def on_received(self, now: float) -> None:
         with self._lock:
             self._count("received")
             self._last_received = now
+
+    def on_lost(self, count: int) -> None:
+        """DDS reports ``count`` frames it never delivered (best effort: a gap or an incomplete frame)."""
+        with self._lock:
+            self._count("lost", count)
 
     def on_dropped(self) -> None:
         """A frame was replaced by a newer one before the worker took it."""
@@ -73,20 +97,26 @@ class CameraStats:
             self._last_rejection = reason
 
     def on_failed(self, reason: str) -> None:
-        """Inference raised on a good frame (e.g. out of GPU memory)."""
+        """Inference or publishing raised on a good frame (e.g. out of GPU memory)."""
         with self._lock:
             self._count("failed")
             self._last_failure = reason
 
     def on_published(self, latency: float, inference: float, batch_size: int) -> None:
+        """``latency``: seconds from the frame's header stamp to publication, on the node's clock."""
         with self._lock:
             self._count("published")
-            self._latencies.append(latency)
+            if latency > FOREIGN_CLOCK_S or latency < -FUTURE_TOLERANCE_S:
+                self._count("foreign_stamps")
+                self._clock_offset = latency
+            else:
+                self._latencies.append(latency)
             self._inference.append(inference)
             self._batch_sizes.append(batch_size)
 
-    def report(self, now: float) -> StatusReport:
-        """Summarise the period since the last report and start a new one."""
+    def report(self, now: float, problems: Sequence[Tuple[int, str]] = ()) -> StatusReport:
+        """Summarise the period since the last report and start a new one. ``problems``: (level,
+        reason) found outside these counts, e.g. by :func:`input_problems`."""
         with self._lock:
             period, self._period = self._period, _Counts()
             latencies, inference, batches = (np.array(d, np.float64) for d in
@@ -98,17 +128,26 @@ class CameraStats:
             last_received = self._last_received
             total = _Counts(**vars(self.total))
             last_rejection, last_failure = self._last_rejection, self._last_failure
+            clock_offset = self._clock_offset
 
         level, reasons = OK, []
+        for problem_level, reason in problems:
+            level = max(level, problem_level)
+            reasons.append(reason)
         if period.failed:
             level = ERROR
             reasons.append(f"inference failed on {period.failed} frames: {last_failure}")
         if period.rejected:
             level = max(level, ERROR if period.published == 0 else WARN)
             reasons.append(f"{period.rejected} of {period.received} messages rejected: {last_rejection}")
+        if period.lost:
+            level = max(level, WARN)
+            reasons.append(f"DDS lost {period.lost} of {period.lost + period.received} frames before they "
+                           f"reached the node: {LARGE_FRAME_HINT}")
         if last_received is None:
             level = max(level, WARN)
-            reasons.append("no frame received yet")
+            if not problems:
+                reasons.append("no frame received yet")
         elif now - last_received > self.stale_after:
             level = max(level, WARN)
             reasons.append(f"no frame for {now - last_received:.1f} s")
@@ -116,6 +155,10 @@ class CameraStats:
             level = max(level, WARN)
             reasons.append(f"dropped {period.dropped} of {period.received} frames: "
                            "inference slower than input")
+        if period.foreign_stamps:
+            level = max(level, WARN)
+            reasons.append(f"header stamps are {clock_offset:+.0f} s off this node's clock (camera clock not "
+                           "synchronised, or a bag replayed without use_sim_time): latency not reported")
         p50, p95 = np.percentile(latencies, [50, 95]) * 1e3 if latencies.size else (np.nan, np.nan)
         values = [
             ("input rate [Hz]", f"{period.received / seconds:.2f}"),
@@ -126,14 +169,36 @@ class CameraStats:
             ("batch size", f"{batches.mean():.2f}" if batches.size else "n/a"),
             ("received frames", str(total.received)),
             ("published frames", str(total.published)),
-            ("dropped frames", str(total.dropped)),
+            ("dropped frames", str(total.dropped)),  # replaced by a newer frame: by design
+            ("DDS lost frames", str(total.lost)),
             ("rejected messages", str(total.rejected)),
             ("failed inferences", str(total.failed)),
+            ("foreign-clock stamps", str(total.foreign_stamps)),
             ("last rejection", last_rejection),
         ]
         message = "; ".join(reasons) if reasons else (
             f"{period.received / seconds:.1f} Hz in, {period.published / seconds:.1f} Hz out")
         return StatusReport(level, message, values)
+
+
+def input_problems(*, publishers: int, matched: int, received: int, seconds_matched: Optional[float],
+                   reliability: str, offered: Sequence[str] = (), wait_s: float = 3.0) -> List[Tuple[int, str]]:
+    """Why no frame may be arriving, from the ROS graph: (level, reason) pairs for ``report``.
+
+    ``publishers``: publishers on the topic; ``matched``: those matched to the subscription;
+    ``received``: frames received so far; ``seconds_matched``: since a publisher matched (None: none
+    has); ``reliability``: the subscription's; ``offered``: the publishers' reliabilities.
+    """
+    if publishers == 0:
+        return [(WARN, "no publisher on this topic yet")]
+    if matched == 0:
+        return [(WARN, f"{publishers} publisher(s) on the topic but none matched: incompatible QoS "
+                       f"(they offer {', '.join(sorted(set(offered))) or 'unknown'} reliability, the node "
+                       f"asks for {reliability}; see qos_reliability / qos_overrides)")]
+    if received == 0 and seconds_matched is not None and seconds_matched > wait_s:
+        return [(WARN, f"{matched} publisher(s) matched {seconds_matched:.0f} s ago but no frame arrived: "
+                       f"{LARGE_FRAME_HINT}")]
+    return []
 
 
 def _ms(value: float) -> str:

@@ -1,0 +1,247 @@
+"""The node's ROS-free parts: decoder/worker pipeline, per-problem log throttle, counts and the input
+diagnosis, the Fast DDS profile set-up. No rclpy needed."""
+
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from rpl_perception.ros.dds import FASTDDS_SETTINGS, find_profile, profile_environment
+from rpl_perception.ros.pipeline import FramePipeline
+from rpl_perception.ros.stats import ERROR, OK, WARN, CameraStats, input_problems
+from rpl_perception.ros.throttle import ProblemThrottle
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+class Recorder:
+    def __init__(self, decode_delay=None, process_delay=0.0):
+        self.decode_delay = decode_delay or {}
+        self.process_delay = process_delay
+        self.decoded, self.batches, self.replaced, self.errors = [], [], [], []
+        self.lock = threading.Lock()
+
+    def decode(self, camera, raw):
+        time.sleep(self.decode_delay.get(camera, 0.0))
+        if raw == "bad":
+            raise RuntimeError("decoder bug")
+        with self.lock:
+            self.decoded.append((camera, raw))
+        return None if raw == "rejected" else f"{raw}:pixels"
+
+    def process(self, frames):
+        time.sleep(self.process_delay)
+        with self.lock:
+            self.batches.append(sorted(frames))
+
+    def pipeline(self, cameras=("a", "b")):
+        return FramePipeline(cameras, self.decode, self.process, self.replaced.append,
+                             lambda cams, exc: self.errors.append((cams, str(exc))))
+
+
+def test_a_camera_with_slow_decoding_does_not_stall_the_others():
+    recorder = Recorder(decode_delay={"b": 3.0})
+    pipeline = recorder.pipeline()
+    pipeline.start()
+    try:
+        pipeline.put("b", "huge")  # 3 s to decode
+        time.sleep(0.05)
+        start = time.monotonic()
+        pipeline.put("a", "a1")
+        assert wait_for(lambda: [("a", "a1:pixels")] in recorder.batches, timeout=2.0)
+        assert time.monotonic() - start < 1.0, "camera a waited for camera b's decoding"
+        assert wait_for(lambda: [("b", "huge:pixels")] in recorder.batches, timeout=5.0)
+    finally:
+        assert pipeline.stop(timeout=2.0)
+
+
+def test_frames_replaced_before_use_are_counted_and_never_decoded():
+    recorder = Recorder(process_delay=0.5)
+    pipeline = recorder.pipeline(("a",))
+    pipeline.start()
+    try:
+        pipeline.put("a", "f0")
+        assert wait_for(lambda: recorder.decoded)
+        time.sleep(0.1)  # the worker is inside process(f0)
+        for i in range(1, 30):  # a 30 Hz camera during a slow inference
+            pipeline.put("a", f"f{i}")
+        assert wait_for(lambda: len(recorder.batches) == 2, timeout=5)
+    finally:
+        pipeline.stop(timeout=2.0)
+    assert recorder.batches == [[("a", "f0:pixels")], [("a", "f29:pixels")]]  # always the newest
+    assert [raw for _, raw in recorder.decoded] == ["f0", "f29"]  # the 28 replaced ones cost nothing
+    assert recorder.replaced == ["a"] * 28
+
+
+def test_errors_are_reported_and_the_threads_keep_running():
+    recorder = Recorder()
+    pipeline = recorder.pipeline(("a",))
+    pipeline.start()
+    try:
+        pipeline.put("a", "bad")
+        assert wait_for(lambda: recorder.errors == [(["a"], "decoder bug")])
+        pipeline.put("a", "rejected")  # decode returns None: nothing to process
+        pipeline.put("a", "good")
+        assert wait_for(lambda: [("a", "good:pixels")] in recorder.batches)
+        assert all(batch != [("a", "rejected:pixels")] for batch in recorder.batches)
+        assert pipeline.working
+    finally:
+        pipeline.stop(timeout=2.0)
+    assert not pipeline.working
+
+
+def test_stop_is_bounded_while_a_batch_is_in_flight():
+    recorder = Recorder(process_delay=10.0)
+    pipeline = recorder.pipeline(("a",))
+    pipeline.start()
+    pipeline.put("a", "f0")
+    assert wait_for(lambda: recorder.decoded)
+    time.sleep(0.1)  # the worker is inside process()
+    start = time.monotonic()
+    assert pipeline.stop(timeout=1.0) is False  # the batch is still running (a daemon thread)
+    assert time.monotonic() - start < 1.5
+    assert pipeline.stopping.is_set() and not pipeline.working
+
+
+# -- log throttle ------------------------------------------------------------------------------------
+
+def test_distinct_problems_are_each_logged_and_repeats_held_back():
+    throttle = ProblemThrottle(period_s=5.0)
+    assert throttle.admit("encoding 'hsv8' is not supported", 0.0) == 0
+    assert throttle.admit("data has 1000 bytes, fewer than 2000", 0.1) == 0  # another problem: logged
+    assert throttle.admit("data has 998 bytes, fewer than 2000", 0.2) is None  # same problem, numbers differ
+    assert throttle.admit("encoding 'hsv8' is not supported", 0.3) is None
+    assert throttle.admit("encoding 'hsv8' is not supported", 5.1) == 1  # one held back since
+    assert throttle.admit("data has 5 bytes, fewer than 2000", 5.2) == 1
+
+
+def test_a_stream_of_ever_new_problems_is_bounded():
+    throttle = ProblemThrottle(period_s=5.0, max_lines=10, max_kinds=64)
+    logged = [throttle.admit(f"encoding 'x{chr(97 + i % 26)}{chr(97 + i // 26)}' is unknown", 0.001 * i)
+              for i in range(500)]
+    assert sum(line is not None for line in logged) == 10
+    assert len(throttle._last) <= 64 and len(throttle._suppressed) <= 64
+
+
+# -- counts, levels, input diagnosis ---------------------------------------------------------------------
+
+def test_camera_stats_levels_and_values():
+    stats = CameraStats(now=0.0)
+    report = stats.report(now=1.0)
+    assert (report.level, report.message) == (WARN, "no frame received yet")
+    for i in range(10):
+        stats.on_received(now=1.0 + i * 0.1)
+    for latency in (0.1, 0.2, 0.3, 0.4):
+        stats.on_published(latency, inference=0.05, batch_size=2)
+    for _ in range(6):
+        stats.on_dropped()
+    report = stats.report(now=2.0)
+    values = dict(report.values)
+    assert report.level == WARN and "dropped 6 of 10 frames" in report.message
+    assert values["input rate [Hz]"] == "10.00" and values["output rate [Hz]"] == "4.00"
+    assert values["latency p50 [ms]"] == "250.0" and values["latency p95 [ms]"] == "385.0"
+    assert values["inference [ms]"] == "50.0" and values["batch size"] == "2.00"
+    assert values["dropped frames"] == "6" and values["DDS lost frames"] == "0"
+    stats.on_received(now=2.5)
+    stats.on_published(0.1, 0.05, 1)
+    assert stats.report(now=3.0).level == OK
+    stats.on_received(now=3.5)
+    stats.on_rejected("encoding 'x' is not supported")
+    report = stats.report(now=4.0)
+    assert report.level == ERROR
+    assert report.message == "1 of 1 messages rejected: encoding 'x' is not supported"
+    assert dict(report.values)["rejected messages"] == "1"
+    assert stats.report(now=10.0).message == "no frame for 6.5 s"
+
+
+def test_dds_loss_is_counted_apart_from_the_newest_frame_policy():
+    stats = CameraStats(now=0.0)
+    for i in range(3):
+        stats.on_received(now=0.1 * i)
+    stats.on_lost(27)
+    stats.on_dropped()
+    report = stats.report(now=1.0)
+    values = dict(report.values)
+    assert values["DDS lost frames"] == "27" and values["dropped frames"] == "1"
+    assert report.level == WARN
+    assert "DDS lost 27 of 30 frames" in report.message and "shared-memory segment" in report.message
+
+
+def test_stamps_from_a_foreign_clock_are_flagged_not_reported_as_latency():
+    stats = CameraStats(now=0.0)
+    stats.on_received(now=0.5)
+    stats.on_published(96_059_041.8, inference=0.05, batch_size=1)  # stamp from another clock
+    stats.on_published(-30.0, inference=0.05, batch_size=1)  # from the future
+    stats.on_published(0.08, inference=0.05, batch_size=1)
+    report = stats.report(now=1.0)
+    values = dict(report.values)
+    assert values["latency p50 [ms]"] == "80.0" and values["latency p95 [ms]"] == "80.0"
+    assert values["foreign-clock stamps"] == "2"
+    assert report.level == WARN and "off this node's clock" in report.message and "-30 s" in report.message
+
+
+@pytest.mark.parametrize("graph,level,text", [
+    (dict(publishers=0, matched=0, received=0, seconds_matched=None), WARN, "no publisher"),
+    (dict(publishers=2, matched=0, received=0, seconds_matched=None, offered=["best_effort"]), WARN,
+     "none matched: incompatible QoS (they offer best_effort reliability, the node asks for reliable"),
+    (dict(publishers=1, matched=1, received=0, seconds_matched=5.0), WARN,
+     "matched 5 s ago but no frame arrived: best-effort frames larger than the publisher's Fast DDS"),
+    (dict(publishers=1, matched=1, received=0, seconds_matched=1.0), None, ""),
+    (dict(publishers=1, matched=1, received=10, seconds_matched=50.0), None, ""),
+])
+def test_input_problems_name_the_likely_cause(graph, level, text):
+    problems = input_problems(reliability="reliable", **graph)
+    if level is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problems[0][0] == level and text in problems[0][1]
+        stats = CameraStats(now=0.0)
+        report = stats.report(now=1.0, problems=problems)
+        assert report.level == WARN and text in report.message
+
+
+# -- the Fast DDS profile ------------------------------------------------------------------------------
+
+def test_the_shipped_profile_sizes_shared_memory_for_full_hd_frames_and_keeps_udp():
+    root = ET.parse(REPO / "config" / "fastdds.xml").getroot()
+    ns = {"d": "http://www.eprosima.com"}
+    transports = {t.find("d:transport_id", ns).text: t for t in root.iterfind(".//d:transport_descriptor", ns)}
+    kinds = {t.find("d:type", ns).text for t in transports.values()}
+    assert kinds == {"SHM", "UDPv4"}
+    shm = next(t for t in transports.values() if t.find("d:type", ns).text == "SHM")
+    segment = int(shm.find("d:segment_size", ns).text)
+    assert segment >= 8 * 1920 * 1080 * 3, "room for several 1920×1080 rgb8 frames"
+    participant = root.find(".//d:participant", ns)
+    assert participant.get("is_default_profile") == "true"
+    assert participant.find(".//d:useBuiltinTransports", ns).text == "false"
+    used = {t.text for t in participant.iterfind(".//d:userTransports/d:transport_id", ns)}
+    assert used == set(transports)
+
+
+def test_the_profile_is_applied_only_where_the_user_configured_nothing(tmp_path):
+    profile = tmp_path / "fastdds.xml"
+    profile.write_text("<dds/>")
+    assert profile_environment({}, profile) == {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile)}
+    assert profile_environment({"ROS_DISTRO": "humble"}, profile) == {"FASTRTPS_DEFAULT_PROFILES_FILE": str(profile)}
+    assert profile_environment({"ROS_DISTRO": "kilted"}, profile) == {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile)}
+    for name in FASTDDS_SETTINGS:
+        assert profile_environment({name: "x"}, profile) == {}
+    assert profile_environment({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}, profile) == {}
+    assert find_profile() is not None and find_profile().name == "fastdds.xml"
+
+
+def test_the_cyclone_dds_set_up_asks_for_a_large_socket_receive_buffer():
+    root = ET.parse(REPO / "config" / "cyclonedds.xml").getroot()
+    buffer = root.find(".//{https://cdds.io/config}SocketReceiveBufferSize")
+    assert buffer is not None and buffer.get("min") == "16MB"
