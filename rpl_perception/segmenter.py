@@ -14,7 +14,7 @@ import numpy as np
 
 from .checkpoint import DEFAULT_CHECKPOINT, CheckpointMeta, load_model
 from .image import as_rgb, resize_labels, resize_rgb, resize_scores
-from .models import AnomalyModel, RPLSegmenter
+from .models import AnomalyModel, RPLNetwork
 from .scoring import SCORES
 
 __all__ = ["AnomalySegmenter", "Prediction"]
@@ -43,7 +43,7 @@ class AnomalySegmenter:
     >>> pred.labels.shape == rgb.shape[:2], pred.score
     """
 
-    def __init__(self, network: RPLSegmenter, meta: CheckpointMeta, *, score: Optional[str] = None,
+    def __init__(self, network: RPLNetwork, meta: CheckpointMeta, *, score: Optional[str] = None,
                  smoothing_sigma: Optional[float] = None, network_size: Optional[Tuple[int, int]] = None,
                  device: str = "cpu", backend=None, deployment=None):
         self.meta = meta
@@ -52,7 +52,7 @@ class AnomalySegmenter:
         self.score = self._choose_score(score, network.has_branch, meta)
         self.smoothing_sigma = meta.smoothing_sigma if smoothing_sigma is None else float(smoothing_sigma)
         self.network_size = tuple(network_size or meta.input_size)
-        divisor = getattr(network.segmenter, "size_divisor", 1)
+        divisor = network.size_divisor
         w, h = self.network_size
         if w <= 0 or h <= 0 or w % divisor or h % divisor:
             raise ValueError(f"network size {w}×{h} must be positive multiples of {divisor}")

@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Tuple
 
+from ..resources import model_path
+
 __all__ = ["DeploymentSpec", "BACKENDS", "PRECISIONS", "DEFAULT_WORKSPACE_GB"]
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
@@ -125,9 +127,7 @@ class DeploymentSpec:
 
     @property
     def model_file(self) -> Path:
-        from ..checkpoint import DEFAULT_CHECKPOINT
-
-        return DEFAULT_CHECKPOINT if self.model == "default" else Path(self.model).expanduser()
+        return model_path(self.model)
 
     @property
     def dynamic_batch(self) -> bool:

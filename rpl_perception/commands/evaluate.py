@@ -85,7 +85,7 @@ def run(args) -> int:
         from ..eval.suite import native_size
 
         first = open_dataset(args.dataset[0], Path(args.dataset[1]))[0].image
-        divisor = getattr(load_segmenter_from_args(args).network.segmenter, "size_divisor", 1)
+        divisor = load_segmenter_from_args(args).network.size_divisor
         args.size = native_size((first.shape[1], first.shape[0]), divisor)
     if args.mode == "offline":
         segmenter = load_segmenter_from_args(args)

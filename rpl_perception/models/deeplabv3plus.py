@@ -5,7 +5,7 @@ Two families, each with the key names of the checkpoints people actually have:
 - :class:`DeepLabV3PlusWRN38`: NVIDIA's DeepWV3Plus on WiderResNet38-A2, the network of the RPL
   paper, written from the fact sheet ``shared/specs/wrn38_rpl.md``. Its state dict keys are those
   of NVIDIA's ``cityscapes_best.pth`` (without ``module.``), and of the official RPL checkpoints
-  without ``branch1.`` (see :mod:`rpl_perception.models.adapters` for the mapping).
+  without ``branch1.`` (see :mod:`rpl_perception.checkpoint.pytorch_files` for the mapping).
 - :class:`DeepLabV3PlusResNet`: ResNet-50/101, output stride 8 or 16, in the layout of the
   widely used VainF DeepLabV3Plus-Pytorch models (``backbone.*`` is torchvision's ResNet,
   ``classifier.{project,aspp,classifier}``) that the RPL code also offers as a trunk.
@@ -15,7 +15,7 @@ concatenation [fine 48, upsampled ASPP 256] that feeds the frozen ``final`` laye
 run twice: ỹ = final(dec0), ŷ = final(dec0 + residual). The residual comes from a copy of the
 segmenter's ASPP and bottleneck, upsampled to the decoder size, then a 1×1 (256 → 304, no bias).
 :meth:`extract_features` returns ``(deep, dec0)`` and :meth:`head` is the frozen ``final``, so
-both families plug into :class:`~rpl_perception.models.rpl.RPLSegmenter` unchanged.
+both families plug into :class:`~rpl_perception.models.rpl.RPLNetwork` unchanged.
 """
 
 import copy
