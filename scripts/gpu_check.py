@@ -223,7 +223,7 @@ def run(args):
         outputs = [backend(frames[i:i + max_batch]) for i in range(0, len(frames), max_batch)]
         stacked = tuple(np.concatenate(parts) for parts in zip(*outputs))
         report["parity"].append({"backend": name, "precision": precision, "size": f"{size[0]}x{size[1]}",
-                                 "frames": len(frames), **parity(reference, lambda _: stacked, frames)})
+                                 "frames": len(frames), **parity(reference, lambda _, out=stacked: out, frames)})
     # 2. speed
     for size in sizes:
         for batch_size in args.batches:

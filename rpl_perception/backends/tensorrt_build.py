@@ -28,10 +28,9 @@ import numpy as np
 
 from ..image import IMAGE_SUFFIXES
 from ..models.anomaly import SCORING_SCOPE
-from .common import BackendUnavailable
+from .common import DEFAULT_WORKSPACE_GB, PRECISIONS, BackendUnavailable
 from .cuda_runtime import cuda_runtime
-from .deployment import DEFAULT_WORKSPACE_GB
-from .engine_cache import (PRECISIONS, EngineCache, EngineKey, InputProfile, images_sha256, onnx_io,
+from .engine_cache import (EngineCache, EngineKey, InputProfile, images_sha256, onnx_io,
                            write_atomic)
 
 if TYPE_CHECKING:

@@ -137,7 +137,7 @@ def run_suite(args) -> int:
                              batch_size=args.batch_size, num_worst=args.worst, components=not args.no_components)
     lines = [f"# Evaluation suite `{args.suite}`", "", f"- model: `{args.model}`", ""]
     for entry in sets:
-        written = write_report(result.results[entry.name], args.out / entry.slug, title=entry.name)
+        write_report(result.results[entry.name], args.out / entry.slug, title=entry.name)
         size = result.network_sizes[entry.name]
         table = metrics_table(result.results[entry.name].summary)
         print(f"\n{entry.name} ({result.results[entry.name].summary['num_labelled']} images, network "
