@@ -56,8 +56,9 @@ def rss_mib(pid: int) -> float:
 
 
 def sample_frame(width, height):
-    bgr = cv2.resize(cv2.imread(str(SAMPLE)), (width, height), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    from rpl_perception.image import read_rgb
+
+    return cv2.resize(read_rgb(SAMPLE), (width, height), interpolation=cv2.INTER_AREA)
 
 
 def core_segmenter(backend, device):

@@ -143,6 +143,7 @@ def training_step(device, batch_size, crop, steps):
     """Median ms of one RPL + CoroCL step (forward, losses, backward, Adam) on synthetic data."""
     import numpy as np
     import torch
+
     from rpl_training.config import DEFAULTS
     from rpl_training.losses import OOD_LABEL
     from rpl_training.train import RPLTrainingModel, build_network, build_optimizer, forward_losses

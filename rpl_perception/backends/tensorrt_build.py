@@ -30,8 +30,7 @@ from ..image import IMAGE_SUFFIXES
 from ..models.anomaly import SCORING_SCOPE
 from .common import DEFAULT_WORKSPACE_GB, PRECISIONS, BackendUnavailable
 from .cuda_runtime import cuda_runtime
-from .engine_cache import (EngineCache, EngineKey, InputProfile, images_sha256, onnx_io,
-                           write_atomic)
+from .engine_cache import EngineCache, EngineKey, InputProfile, images_sha256, onnx_io, write_atomic
 
 if TYPE_CHECKING:
     import tensorrt as trt

@@ -22,8 +22,13 @@ import time
 from pathlib import Path
 
 from ..resources import SAMPLE_IMAGES
-from . import (add_deployment_arguments, add_model_arguments, deployment_spec_from_args,
-               load_segmenter_from_args, parse_size)
+from . import (
+    add_deployment_arguments,
+    add_model_arguments,
+    deployment_spec_from_args,
+    load_segmenter_from_args,
+    parse_size,
+)
 
 STAGES = ("preprocess", "upload", "network", "in_graph_prepost", "download", "postprocess")
 STAGE_LABELS = {

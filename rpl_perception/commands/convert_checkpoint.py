@@ -46,8 +46,8 @@ def run(args) -> int:
     import torch
 
     from ..checkpoint import build_model, load_state_dict_strict, read_checkpoint, save_checkpoint
-    from ..models import RPLNetwork, get_architecture
     from ..checkpoint.pytorch_files import WRN38_ARCHITECTURE, read_pytorch_checkpoint, save_official_rpl
+    from ..models import RPLNetwork, get_architecture
 
     if not args.input.is_file():
         raise FileNotFoundError(f"model file not found: {args.input}")

@@ -14,8 +14,14 @@ from torch import nn
 
 from ..labels import CITYSCAPES_CLASSES
 from .anomaly import AnomalyModel, ImageNormalisation
-from .deeplabv3plus import (DeepLabV3PlusResNet, DeepLabV3PlusWRN38, deeplabv3plus_resnet50,
-                            deeplabv3plus_resnet101, deeplabv3plus_rpl_branch, deeplabv3plus_wrn38)
+from .deeplabv3plus import (
+    DeepLabV3PlusResNet,
+    DeepLabV3PlusWRN38,
+    deeplabv3plus_resnet50,
+    deeplabv3plus_resnet101,
+    deeplabv3plus_rpl_branch,
+    deeplabv3plus_wrn38,
+)
 from .espnetv2 import EfficientPyrPool, ESPNetv2Segmentation, espnetv2_cityscapes
 from .rpl import FineRPLBranch, RPLBranch, RPLNetwork, RPLOutput, RPLSegmenter, SeparableASPP
 

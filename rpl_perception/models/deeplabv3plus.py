@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..labels import NUM_CITYSCAPES_CLASSES
 from .resnet import ResNet, dilation_for_output_stride, resnet50, resnet101
 from .rpl import RPLBranch, init_kaiming_fan_in
 from .wide_resnet import WiderResNetA2
@@ -160,7 +161,7 @@ class DeepLabV3PlusWRN38(_DeepLabV3PlusBase, WiderResNetA2):
     deep_stride = 8
     align_corners = True
 
-    def __init__(self, num_classes: int = 19):
+    def __init__(self, num_classes: int = NUM_CITYSCAPES_CLASSES):
         super().__init__()  # the WiderResNet38-A2 stages
         self.num_classes = num_classes
         self.aspp = DeepWV3PlusASPP(self.deep_channels, rates=(12, 24, 36))
@@ -216,7 +217,7 @@ class DeepLabV3PlusResNet(_DeepLabV3PlusBase):
     head_stride = 4
     align_corners = False
 
-    def __init__(self, backbone: ResNet, num_classes: int = 19, output_stride: int = 16):
+    def __init__(self, backbone: ResNet, num_classes: int = NUM_CITYSCAPES_CLASSES, output_stride: int = 16):
         super().__init__()
         rates = {8: (12, 24, 36), 16: (6, 12, 18)}.get(output_stride)
         if rates is None:
@@ -277,17 +278,17 @@ class DeepLabRPLBranch(RPLBranch):
 # --- builders (the architecture registry in rpl_perception.models uses these) -----------------
 
 
-def deeplabv3plus_wrn38(num_classes: int = 19) -> DeepLabV3PlusWRN38:
+def deeplabv3plus_wrn38(num_classes: int = NUM_CITYSCAPES_CLASSES) -> DeepLabV3PlusWRN38:
     """DeepLabV3+ WiderResNet38-A2 as in NVIDIA's ``cityscapes_best.pth`` and the RPL paper."""
     return DeepLabV3PlusWRN38(num_classes)
 
 
-def deeplabv3plus_resnet50(num_classes: int = 19, output_stride: int = 16) -> DeepLabV3PlusResNet:
+def deeplabv3plus_resnet50(num_classes: int = NUM_CITYSCAPES_CLASSES, output_stride: int = 16) -> DeepLabV3PlusResNet:
     return DeepLabV3PlusResNet(resnet50(dilation_for_output_stride(output_stride)), num_classes,
                                output_stride)
 
 
-def deeplabv3plus_resnet101(num_classes: int = 19, output_stride: int = 16) -> DeepLabV3PlusResNet:
+def deeplabv3plus_resnet101(num_classes: int = NUM_CITYSCAPES_CLASSES, output_stride: int = 16) -> DeepLabV3PlusResNet:
     return DeepLabV3PlusResNet(resnet101(dilation_for_output_stride(output_stride)), num_classes,
                                output_stride)
 

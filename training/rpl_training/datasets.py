@@ -37,10 +37,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from rpl_perception.eval.datasets import DatasetLayoutError, open_dataset, read_label
 from rpl_perception.image import IMAGE_SUFFIXES, UnreadableImage, decode_image, read_image
 from rpl_perception.labels import BACKGROUND, VOID
 from rpl_perception.labels import OUTLIER as OBJECT
-from rpl_perception.eval.datasets import DatasetLayoutError, open_dataset, read_label
 
 __all__ = [
     "DatasetLayoutError", "UnreadableImage", "read_image", "decode_image", "CityscapesInliers",
