@@ -89,3 +89,21 @@ def test_the_entropy_colour_range_follows_the_model_class_count():
     assert generic_display_range("rpl_energy", 19) == (-20.0, 0.0)
     with pytest.raises(ValueError, match="unknown score 'nope'"):
         generic_display_range("nope", 19)
+
+
+def test_the_live_evaluation_names_the_node_parameters_from_the_node_table():
+    from rpl_perception.eval.runner import NodeOptions
+    from rpl_perception.ros.parameters import PARAMETERS, ros_arguments
+
+    options = NodeOptions("m.safetensors", "energy", (64, 32), 0.5, "cpu", "reliable", "torch", "fp32", "/c")
+    command = options.command("/cam/image_raw")
+    assert command[1:4] == ["-m", "rpl_perception.ros.node", "--ros-args"]
+    assert command[4::2] == ["-p"] * len(command[4::2])
+    values = dict(argument.split(":=", 1) for argument in command[5::2])
+    assert set(values) <= {spec.name for spec in PARAMETERS}
+    assert values == {"image_topics": "['/cam/image_raw']", "model": "m.safetensors", "score": "energy",
+                      "smoothing_sigma": "0.5", "device": "cpu", "qos_reliability": "reliable", "backend": "torch",
+                      "precision": "fp32", "cache_dir": "/c", "network_width": "64", "network_height": "32"}
+    assert "score" not in " ".join(NodeOptions().command("/cam/image_raw"))  # unset: the node's default
+    with pytest.raises(ValueError, match="anomaly_node has no parameter 'nope'"):
+        ros_arguments({"nope": 1})

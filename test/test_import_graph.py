@@ -22,7 +22,8 @@ PACKAGES = {"rpl_perception": REPO / "rpl_perception", "rpl_training": REPO / "t
 LAYERS: List[Tuple[str, Dict[str, Tuple[str, ...]]]] = [
     ("core", {"core": ("rpl_perception.labels", "rpl_perception.resources", "rpl_perception.image",
                        "rpl_perception.scoring", "rpl_perception.calibration", "rpl_perception.models",
-                       "rpl_perception.checkpoint", "rpl_perception.export", "rpl_perception.visualize")}),
+                       "rpl_perception.checkpoint", "rpl_perception.export", "rpl_perception.visualize",
+                       "rpl_perception.image_codec", "rpl_perception.topics")}),
     ("backends", {"backends": ("rpl_perception.backends",)}),
     # the package's own __init__ is the facade that re-exports AnomalySegmenter
     ("segmenter", {"segmenter": ("rpl_perception.segmenter", "rpl_perception")}),
@@ -37,11 +38,8 @@ ALLOWED: Dict[Tuple[str, str], str] = {
         "the alias models.load_segmenter → checkpoint.load_closed_set, resolved on first use",
     ("rpl_training", "rpl_perception.eval"):
         "training validates with the evaluation's dataset readers, metrics and suite",
-    # Left for after issue 13 (the node's rewrite): the ROS-free codec and topic names move out of
-    # ros/, and the node takes model_path from the core.
-    ("rpl_perception.eval", "rpl_perception.ros.codec"): "pending: the codec moves to the core",
-    ("rpl_perception.eval", "rpl_perception.ros.topics"): "pending: the topic names move to the core",
-    ("rpl_perception.ros.node", "rpl_perception.commands"): "pending: the node imports model_path from the core",
+    ("rpl_perception.eval.live", "rpl_perception.ros.parameters"):
+        "the live evaluation starts anomaly_node with parameters named from the node's own (ROS-free) table",
 }
 
 
@@ -182,3 +180,14 @@ def test_the_checks_catch_what_they_are_for():
         "rpl_perception.image (core) imports rpl_perception.segmenter (segmenter): upward",
         "rpl_perception.ros.node imports rpl_perception.eval.bags: sideways within applications",
     ]
+
+
+def test_reading_a_bag_needs_no_ros_module(graph):
+    seen, todo = set(), ["rpl_perception.eval.bags", "rpl_perception.eval.frames", "rpl_perception.eval.recorded"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(graph[module])
+    assert "rpl_perception.image_codec" in seen
+    assert sorted(m for m in seen if m.startswith("rpl_perception.ros")) == []

@@ -3,7 +3,7 @@
 delivered-frame ratio and the latency a user gets on the vehicle."""
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import cv2
@@ -18,47 +18,50 @@ __all__ = ["NodeOptions", "evaluate_live"]
 
 @dataclass
 class NodeOptions:
-    """How to start ``anomaly_node`` for a live evaluation (None: the model's own value)."""
+    """How to start ``anomaly_node`` for a live evaluation: values of the node's own parameters
+    (:data:`rpl_perception.ros.parameters.PARAMETERS`), each field named as its parameter, except
+    ``network_size`` (``network_width`` and ``network_height``). None or empty: the node's default,
+    which for the model settings is the model's own value."""
     model: str = "default"
     score: Optional[str] = None
     network_size: Optional[Tuple[int, int]] = None
     smoothing_sigma: Optional[float] = None
     device: str = "cpu"
-    #: the node's input QoS reliability (best_effort or reliable); None: the node's default
+    #: the node's input QoS reliability (best_effort or reliable)
     qos_reliability: Optional[str] = None
-    #: the node's backend, precision and cache folder (None: the node's defaults)
     backend: Optional[str] = None
     precision: Optional[str] = None
     cache_dir: Optional[str] = None
 
+    #: the command-line option of each field whose name differs (see rpl_perception.commands)
+    _OPTIONS = {"network_size": "size", "qos_reliability": "node_qos"}
+
     @classmethod
     def from_args(cls, args) -> "NodeOptions":
-        """From the options of :func:`rpl_perception.commands.add_model_arguments` (and ``--node-qos``)."""
-        cache_dir = getattr(args, "cache_dir", None)
-        return cls(args.model, args.score, args.size, args.smoothing_sigma, args.device,
-                   getattr(args, "node_qos", None), getattr(args, "backend", None),
-                   getattr(args, "precision", None), None if cache_dir is None else str(cache_dir))
+        """From a command's options (:func:`rpl_perception.commands.add_model_arguments`, the
+        deployment options and ``--node-qos``), which are named as the node's parameters."""
+        values = {f.name: getattr(args, cls._OPTIONS.get(f.name, f.name))
+                  for f in fields(cls) if hasattr(args, cls._OPTIONS.get(f.name, f.name))}
+        if values.get("cache_dir") is not None:
+            values["cache_dir"] = str(values["cache_dir"])
+        return cls(**values)
+
+    def parameters(self) -> Dict[str, object]:
+        """The node parameters these options set, by the node's names."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "network_size"}
+        if self.network_size:
+            values["network_width"], values["network_height"] = self.network_size
+        return {name: value for name, value in values.items() if value is not None and value != ""}
 
     def command(self, image_topic: str) -> List[str]:
-        """The node's command line: this Python, ``--ros-args`` with one ``-p`` per parameter."""
+        """The node's command line: this Python, ``--ros-args`` with one ``-p`` per parameter,
+        checked against the node's parameter table and written as each one's type."""
         import sys
 
-        params = {"image_topics": f"['{image_topic}']", "model": self.model, "device": self.device}
-        if self.score:
-            params["score"] = self.score
-        if self.network_size:
-            params["network_width"], params["network_height"] = self.network_size
-        if self.smoothing_sigma is not None:
-            params["smoothing_sigma"] = float(self.smoothing_sigma)
-        if self.qos_reliability is not None:
-            params["qos_reliability"] = self.qos_reliability
-        for name in ("backend", "precision", "cache_dir"):
-            if getattr(self, name) is not None:
-                params[name] = getattr(self, name)
-        command = [sys.executable, "-m", "rpl_perception.ros.node", "--ros-args"]
-        for name, value in params.items():
-            command += ["-p", f"{name}:={value}"]
-        return command
+        from ..ros.parameters import ros_arguments  # the node's own table (ROS-free; imports the scoring)
+
+        return [sys.executable, "-m", "rpl_perception.ros.node",
+                *ros_arguments({"image_topics": [image_topic], **self.parameters()})]
 
 
 class _Received(NamedTuple):
@@ -83,7 +86,7 @@ class _LiveSession:
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
-        from ..ros.codec import image_to_array
+        from ..image_codec import image_to_array
         from .bags import stamp_to_ns
 
         self.context = Context()
@@ -123,7 +126,7 @@ class _LiveSession:
                 and self.node.count_publishers(self.topics.anomaly) > 0)
 
     def publish(self, rgb: np.ndarray, stamp_ns: int, frame_id: str) -> None:
-        from ..ros.codec import fill_image
+        from ..image_codec import fill_image
         from .bags import ns_to_stamp
 
         msg = self._image_type()

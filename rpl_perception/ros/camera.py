@@ -19,9 +19,9 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions, QoSPolicyKind
 from sensor_msgs.msg import CompressedImage, Image
 
+from ..topics import is_compressed, output_topics
 from .stats import WARN, CameraStats, input_problems
 from .throttle import ProblemThrottle
-from .topics import is_compressed, output_topics
 
 __all__ = ["AUTO", "RELIABILITIES", "Camera"]
 

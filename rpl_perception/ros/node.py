@@ -38,21 +38,21 @@ from rclpy.serialization import deserialize_message
 from rclpy.validate_full_topic_name import validate_full_topic_name
 from sensor_msgs.msg import CompressedImage
 
-from ..backends import BACKENDS, PRECISIONS, BackendUnavailable, DeploymentSpec
-from ..commands import model_path
+from ..backends import BACKENDS, BackendUnavailable, DeploymentSpec
 from ..image import as_rgb
+from ..image_codec import ImageDecodeError, compressed_to_rgb, image_to_rgb
+from ..resources import model_path
 from ..scoring import SCORES
 from ..segmenter import AnomalySegmenter
+from ..topics import check_topics, output_topics
 from .camera import AUTO, Camera
-from .codec import DEFAULT_MAX_PIXELS, ImageDecodeError, compressed_to_rgb, image_to_rgb
 from .dds import profile_environment
 from .diagnostics import diagnostics_message
-from .outputs import publish_outputs
-from .parameters import ParameterSpec
-from .pipeline import FramePipeline
 from .log_bridge import forward_python_logging
+from .outputs import publish_outputs
+from .parameters import PARAMETERS
+from .pipeline import FramePipeline
 from .stats import ERROR, OK, StatusReport
-from .topics import check_topics, output_topics
 
 __all__ = ["NODE_NAME", "PARAMETERS", "ParameterError", "Settings", "AnomalyNode", "main"]
 
@@ -63,58 +63,11 @@ GRAPH_PERIOD_S = 0.5
 SHUTDOWN_WAIT_S = 1.0
 #: outputs are reliable so that bags and RViz (reliable by default) both receive them
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-#: the largest max_image_pixels accepted: 8192² (such a frame costs tens of seconds on a CPU)
-MAX_PIXELS_LIMIT = 8192 * 8192
 QOS_RELIABILITY = {"auto": AUTO, "best_effort": "best_effort", "reliable": "reliable"}
 
 
 class ParameterError(ValueError):
     """A parameter value the node cannot start with."""
-
-
-PARAMETERS = (
-    ParameterSpec("image_topics", ["image"],
-                  "input image topics; one ending in /compressed is a sensor_msgs/CompressedImage topic. "
-                  "Outputs go next to each input (after remapping): <prefix>/<name> gives <prefix>/semantic, ...",
-                  "non-empty; distinct prefixes"),
-    ParameterSpec("model", "default",
-                  "model file (.safetensors, or segmenter .pth), or 'default' for the embedded model"),
-    ParameterSpec("backend", "auto", "inference backend", "one of " + ", ".join(BACKENDS)),
-    ParameterSpec("device", "auto", "cpu, cuda or cuda:N; auto: the fastest the backend can use"),
-    ParameterSpec("network_width", 0, "network input width in pixels; 0: the model's own",
-                  "0, or a multiple of the model's size divisor (32 for ESPNetv2)", (0, 16384)),
-    ParameterSpec("network_height", 0, "network input height in pixels; 0: the model's own",
-                  "0, or a multiple of the model's size divisor (32 for ESPNetv2)", (0, 16384)),
-    ParameterSpec("score", "", "anomaly score; empty: the model's own (rpl_energy with RPL weights)",
-                  "empty or one of " + ", ".join(SCORES)),
-    ParameterSpec("smoothing_sigma", -1.0,
-                  "Gaussian smoothing of the score map (network pixels); 0: off; negative: the model's own",
-                  "", None, (-1.0, 50.0)),
-    ParameterSpec("anomaly_threshold", math.nan,
-                  "score above which a pixel is anomalous (anomaly_mask, overlay contour); "
-                  ".nan: the model's own. Can be set while running", "finite, or .nan", dynamic=True),
-    ParameterSpec("overlay_alpha", 0.5, "heatmap opacity in the overlay image. Can be set while running",
-                  "", None, (0.0, 1.0), dynamic=True),
-    ParameterSpec("max_image_pixels", DEFAULT_MAX_PIXELS,
-                  "largest frame accepted, in pixels (width × height); a compressed frame's size is read "
-                  "from its header, before decoding", "", (1, MAX_PIXELS_LIMIT)),
-    ParameterSpec("qos_reliability", "auto",
-                  "input QoS reliability: auto (match the publishers: reliable if all of them are, else "
-                  "best effort), best_effort or reliable. Per topic: qos_overrides.<topic>.subscription."
-                  "reliability", "auto, best_effort or reliable"),
-    ParameterSpec("qos_depth", 5, "input QoS history depth (keep last)", "", (1, 1000)),
-    # deployment (DeploymentSpec.from_settings reads these; `rpl-perception build-engine` takes the same)
-    ParameterSpec("precision", "fp32", "network precision; scores are float32 in every case",
-                  "one of " + ", ".join(PRECISIONS) + " (fp16: TensorRT, PyTorch on CUDA; int8: TensorRT)"),
-    ParameterSpec("max_batch", 0, "most frames per network batch (dynamic 1..max_batch); 0: one per camera",
-                  "", (0, 64)),
-    ParameterSpec("cache_dir", "", "folder of exported ONNX files and TensorRT engines; "
-                  "empty: ~/.cache/rpl_perception. May be read-only when the engine is pre-built"),
-    ParameterSpec("engine_path", "", "TensorRT engine file to load (or build there); empty: in cache_dir"),
-    ParameterSpec("calibration_images", "", "folder of images for an int8 TensorRT build; "
-                  "empty: int8 only loads an engine built before"),
-    ParameterSpec("build_only", False, "export the graph and build the TensorRT engine, then exit 0"),
-)
 
 
 @dataclass(frozen=True)
@@ -185,7 +138,7 @@ def threshold_value(value: float) -> Optional[float]:
     return value
 
 
-def load_segmenter(settings: Settings) -> AnomalySegmenter:
+def segmenter_from_settings(settings: Settings) -> AnomalySegmenter:
     """The segmenter with the backend of the deployment parameters (dynamic batch 1..max_batch)."""
     try:
         segmenter = AnomalySegmenter.from_spec(settings.deployment)
@@ -193,6 +146,10 @@ def load_segmenter(settings: Settings) -> AnomalySegmenter:
     except (ValueError, BackendUnavailable, OSError) as exc:  # e.g. a bad size, no GPU, no engine
         raise ParameterError(str(exc)) from None
     return segmenter
+
+
+#: the earlier name, kept for existing code
+load_segmenter = segmenter_from_settings
 
 
 class Frame(NamedTuple):
@@ -233,7 +190,7 @@ class AnomalyNode(Node):
             self.settings = Settings.from_values(self._declare_parameters())
             self._check_topic_names()
             self.get_logger().info(f"preparing {self.settings.deployment.describe()}")
-            self.segmenter = load_segmenter(self.settings)
+            self.segmenter = segmenter_from_settings(self.settings)
             if self.settings.deployment.build_only:
                 self.get_logger().info(f"build_only: ready ({self.segmenter.backend.describe()}); exiting")
                 return
