@@ -17,12 +17,10 @@ while running.
 """
 
 import gc
-import math
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -38,19 +36,17 @@ from rclpy.serialization import deserialize_message
 from rclpy.validate_full_topic_name import validate_full_topic_name
 from sensor_msgs.msg import CompressedImage
 
-from ..backends import BACKENDS, BackendUnavailable, DeploymentSpec
+from ..backends import BackendUnavailable
 from ..image import as_rgb
 from ..image_codec import ImageDecodeError, compressed_to_rgb, image_to_rgb
-from ..resources import model_path
-from ..scoring import SCORES
 from ..segmenter import AnomalySegmenter
 from ..topics import check_topics, output_topics
-from .camera import AUTO, Camera
+from .camera import Camera
 from .dds import profile_environment
 from .diagnostics import diagnostics_message
 from .log_bridge import forward_python_logging
 from .outputs import publish_outputs
-from .parameters import PARAMETERS
+from .parameters import PARAMETERS, ParameterError, Settings, threshold_value
 from .pipeline import FramePipeline
 from .stats import ERROR, OK, StatusReport
 
@@ -63,79 +59,6 @@ GRAPH_PERIOD_S = 0.5
 SHUTDOWN_WAIT_S = 1.0
 #: outputs are reliable so that bags and RViz (reliable by default) both receive them
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-QOS_RELIABILITY = {"auto": AUTO, "best_effort": "best_effort", "reliable": "reliable"}
-
-
-class ParameterError(ValueError):
-    """A parameter value the node cannot start with."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The validated parameters (None: the model's own value)."""
-    image_topics: Tuple[str, ...]
-    model: str
-    backend: str
-    device: str
-    network_size: Optional[Tuple[int, int]]
-    score: Optional[str]
-    smoothing_sigma: Optional[float]
-    anomaly_threshold: Optional[float]
-    overlay_alpha: float
-    max_image_pixels: int
-    qos_reliability: str  # a key of camera.RELIABILITIES
-    qos_depth: int
-    deployment: DeploymentSpec
-
-    @classmethod
-    def from_values(cls, values: Dict[str, object]) -> "Settings":
-        """Check the parameters together; raise :class:`ParameterError` with what to change."""
-        try:
-            topics = tuple(check_topics(values["image_topics"]))
-        except ValueError as exc:
-            raise ParameterError(f"image_topics: {exc}") from None
-        backend = values["backend"]
-        if backend not in BACKENDS:
-            raise ParameterError(f"backend {backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
-        width, height = values["network_width"], values["network_height"]
-        if (width == 0) != (height == 0):
-            raise ParameterError(f"network_width and network_height must both be set or both be 0 "
-                                 f"(the model's size); got {width}×{height}")
-        device = values["device"]
-        if not (device in ("auto", "cpu") or device.startswith("cuda")):
-            raise ParameterError(f"device {device!r} is unknown; choose auto, cpu, cuda or cuda:N")
-        score = values["score"] or None
-        if score is not None and score not in SCORES:
-            raise ParameterError(f"score {score!r} is unknown; choose one of {', '.join(SCORES)} or '' "
-                                 "for the model's own")
-        reliability = values["qos_reliability"]
-        if reliability not in QOS_RELIABILITY:
-            raise ParameterError(f"qos_reliability {reliability!r} is unknown; "
-                                 f"choose {', '.join(QOS_RELIABILITY)}")
-        path = model_path(values["model"])
-        if not path.is_file():
-            raise ParameterError(f"model file {str(path)!r} does not exist; give a model file or 'default'")
-        try:
-            threshold = threshold_value(values["anomaly_threshold"])
-            deployment = DeploymentSpec.from_settings(values, cameras=len(topics))
-        except ValueError as exc:
-            raise ParameterError(str(exc)) from None
-        return cls(
-            image_topics=topics, model=values["model"], backend=backend, device=device,
-            network_size=(width, height) if width else None, score=score,
-            smoothing_sigma=None if values["smoothing_sigma"] < 0 else values["smoothing_sigma"],
-            anomaly_threshold=threshold, overlay_alpha=values["overlay_alpha"],
-            max_image_pixels=values["max_image_pixels"],
-            qos_reliability=QOS_RELIABILITY[reliability], qos_depth=values["qos_depth"], deployment=deployment)
-
-
-def threshold_value(value: float) -> Optional[float]:
-    """anomaly_threshold: a finite score, or NaN for the model's own (None)."""
-    if math.isnan(value):
-        return None
-    if math.isinf(value):
-        raise ValueError(f"anomaly_threshold {value} is not finite; give a score, or .nan for the model's own")
-    return value
 
 
 def segmenter_from_settings(settings: Settings) -> AnomalySegmenter:

@@ -1,5 +1,6 @@
 """The node's parameters: one data-driven :class:`ParameterSpec` per entry of :data:`PARAMETERS`,
-turned into an rclpy descriptor with its type, range and whether it may change while the node runs.
+turned into an rclpy descriptor with its type, range and whether it may change while the node runs,
+and :class:`Settings`, the values checked together.
 
 ROS-free (``rcl_interfaces`` is imported only to build descriptors), so that whoever starts the
 node — the live evaluation, benchmarks — names its parameters from this one table
@@ -8,13 +9,22 @@ node — the live evaluation, benchmarks — names its parameters from this one 
 
 import math
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from ..backends.common import BACKENDS, PRECISIONS
+from ..backends.deployment import DeploymentSpec
 from ..image_codec import DEFAULT_MAX_PIXELS
+from ..resources import model_path
 from ..scoring import SCORES
+from ..topics import check_topics
 
-__all__ = ["ParameterSpec", "PARAMETERS", "MAX_PIXELS_LIMIT", "ros_arguments"]
+__all__ = ["ParameterSpec", "PARAMETERS", "MAX_PIXELS_LIMIT", "ros_arguments", "ParameterError", "Settings",
+           "threshold_value", "AUTO", "QOS_RELIABILITY"]
+
+#: the input reliability that matches the publishers (resolved per topic by ros.camera)
+AUTO = "best_available"
+#: qos_reliability parameter value → what the camera subscriptions take
+QOS_RELIABILITY = {"auto": AUTO, "best_effort": "best_effort", "reliable": "reliable"}
 
 #: the largest max_image_pixels accepted: 8192² (such a frame costs tens of seconds on a CPU)
 MAX_PIXELS_LIMIT = 8192 * 8192
@@ -113,3 +123,75 @@ def ros_arguments(values: Mapping[str, object]) -> List[str]:
             raise ValueError(f"anomaly_node has no parameter {name!r}; its parameters: {', '.join(_BY_NAME)}")
         arguments += ["-p", f"{name}:={_BY_NAME[name].command_line_value(value)}"]
     return arguments
+
+
+class ParameterError(ValueError):
+    """A parameter value the node cannot start with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated parameters (None: the model's own value)."""
+    image_topics: Tuple[str, ...]
+    model: str
+    backend: str
+    device: str
+    network_size: Optional[Tuple[int, int]]
+    score: Optional[str]
+    smoothing_sigma: Optional[float]
+    anomaly_threshold: Optional[float]
+    overlay_alpha: float
+    max_image_pixels: int
+    qos_reliability: str  # a key of camera.RELIABILITIES
+    qos_depth: int
+    deployment: DeploymentSpec
+
+    @classmethod
+    def from_values(cls, values: Dict[str, object]) -> "Settings":
+        """Check the parameters together; raise :class:`ParameterError` with what to change."""
+        try:
+            topics = tuple(check_topics(values["image_topics"]))
+        except ValueError as exc:
+            raise ParameterError(f"image_topics: {exc}") from None
+        backend = values["backend"]
+        if backend not in BACKENDS:
+            raise ParameterError(f"backend {backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
+        width, height = values["network_width"], values["network_height"]
+        if (width == 0) != (height == 0):
+            raise ParameterError(f"network_width and network_height must both be set or both be 0 "
+                                 f"(the model's size); got {width}×{height}")
+        device = values["device"]
+        if not (device in ("auto", "cpu") or device.startswith("cuda")):
+            raise ParameterError(f"device {device!r} is unknown; choose auto, cpu, cuda or cuda:N")
+        score = values["score"] or None
+        if score is not None and score not in SCORES:
+            raise ParameterError(f"score {score!r} is unknown; choose one of {', '.join(SCORES)} or '' "
+                                 "for the model's own")
+        reliability = values["qos_reliability"]
+        if reliability not in QOS_RELIABILITY:
+            raise ParameterError(f"qos_reliability {reliability!r} is unknown; "
+                                 f"choose {', '.join(QOS_RELIABILITY)}")
+        path = model_path(values["model"])
+        if not path.is_file():
+            raise ParameterError(f"model file {str(path)!r} does not exist; give a model file or 'default'")
+        try:
+            threshold = threshold_value(values["anomaly_threshold"])
+            deployment = DeploymentSpec.from_settings(values, cameras=len(topics))
+        except ValueError as exc:
+            raise ParameterError(str(exc)) from None
+        return cls(
+            image_topics=topics, model=values["model"], backend=backend, device=device,
+            network_size=(width, height) if width else None, score=score,
+            smoothing_sigma=None if values["smoothing_sigma"] < 0 else values["smoothing_sigma"],
+            anomaly_threshold=threshold, overlay_alpha=values["overlay_alpha"],
+            max_image_pixels=values["max_image_pixels"],
+            qos_reliability=QOS_RELIABILITY[reliability], qos_depth=values["qos_depth"], deployment=deployment)
+
+
+def threshold_value(value: float) -> Optional[float]:
+    """anomaly_threshold: a finite score, or NaN for the model's own (None)."""
+    if math.isnan(value):
+        return None
+    if math.isinf(value):
+        raise ValueError(f"anomaly_threshold {value} is not finite; give a score, or .nan for the model's own")
+    return value
