@@ -91,7 +91,8 @@ setup(
                  "onnxruntime>=1.16", "rosbags>=0.9.20", "matplotlib>=3.7",
                  "mypy>=1.10",  # the TensorRT API check (.ci/run adds tensorrt-stubs)
                  # the packaging tests build with colcon and resolve rosdep keys, as ROS users do
-                 "colcon-core", "colcon-ros", "rosdep"],
+                 "colcon-core", "colcon-ros", "rosdep",
+                 "ruff>=0.17,<0.18"],  # test/test_lint.py; pinned so that new rules arrive on purpose
     },
     zip_safe=False,  # weights and samples are read as files next to the modules
     entry_points={

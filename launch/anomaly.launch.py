@@ -18,7 +18,7 @@ from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from rpl_perception.ros.topics import sibling_topic
+from rpl_perception.topics import sibling_topic
 
 PACKAGE = "rpl_perception"
 NODE_NAME = "rpl_anomaly"

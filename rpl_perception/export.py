@@ -371,18 +371,10 @@ def check_parity(model: AnomalyModel, backend, batch: np.ndarray) -> ParityRepor
 def sample_batch(size: Tuple[int, int], batch: int = 1,
                  images: Optional[Sequence[Path]] = None) -> np.ndarray:
     """A real-image (B, H, W, 3) uint8 batch at the network size (the bundled samples by default)."""
-    import cv2
-
-    from .image import resize_rgb
+    from .image import read_rgb, resize_rgb
+    from .resources import sample_images
 
     if images is None:
-        folder = Path(__file__).resolve().parent / "samples" / "images"
-        images = sorted(folder.glob("*.jpg"))
-    frames = []
-    for i in range(batch):
-        path = images[i % len(images)]
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"not a readable image: {path}")
-        frames.append(resize_rgb(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size))
+        images = sample_images()
+    frames = [resize_rgb(read_rgb(images[i % len(images)]), size) for i in range(batch)]
     return np.stack(frames)

@@ -1,15 +1,63 @@
-"""Checking and resizing camera frames on the host (numpy + OpenCV, no torch)."""
+"""Reading, checking and resizing camera frames on the host (numpy + OpenCV, no torch)."""
+
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_SIDE", "as_rgb", "resize_rgb", "resize_labels", "resize_scores"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_SIDE", "UnreadableImage", "decode_image", "read_image", "read_rgb",
+           "as_rgb", "resize_rgb", "resize_labels", "resize_scores"]
 
 #: file suffixes read as images wherever a folder of images is taken (all OpenCV reads)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 #: longest side accepted: larger frames are almost surely corrupt headers, not cameras
 MAX_IMAGE_SIDE = 16384
+
+
+
+class UnreadableImage(OSError, ValueError):
+    """An image file that is missing, truncated or cannot be decoded.
+
+    An ``OSError`` (a file problem) and a ``ValueError`` (bad input, which the CLI reports in one
+    line), so that either kind of handler catches it.
+    """
+
+
+def decode_image(data: bytes, source, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """Decode encoded image bytes → RGB (or RGBA with ``cv2.IMREAD_UNCHANGED``) uint8 array.
+
+    A JPEG without its end-of-image marker is reported as truncated: OpenCV would otherwise
+    return it with the missing part filled grey.
+    """
+    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+        raise UnreadableImage(f"{source}: truncated JPEG (no end-of-image marker)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None:
+        raise UnreadableImage(f"{source}: not a decodable image (truncated or corrupt)")
+    if image.dtype != np.uint8:
+        image = cv2.convertScaleAbs(image, alpha=255.0 / 65535.0)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """An image file → RGB uint8 (RGBA with ``cv2.IMREAD_UNCHANGED``); :class:`UnreadableImage` if not."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UnreadableImage(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return decode_image(data, path, flags)
+
+
+def read_rgb(path) -> np.ndarray:
+    """An image file as an H×W×3 RGB uint8 array (16-bit files scaled to 8 bit); a missing,
+    truncated or undecodable file raises :class:`UnreadableImage`."""
+    return read_image(path, cv2.IMREAD_COLOR)
+
 
 _ACCEPTED = "an H×W×3 RGB, H×W×4 RGBA or H×W gray numpy array of dtype uint8"
 

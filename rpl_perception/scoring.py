@@ -15,11 +15,27 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SCORES", "BASELINE_SCORES", "closed_set_score", "gaussian_kernel1d", "gaussian_smooth"]
+__all__ = ["SCORES", "BASELINE_SCORES", "closed_set_score", "generic_display_range", "gaussian_kernel1d",
+           "gaussian_smooth"]
 
 BASELINE_SCORES = ("energy", "max_logit", "max_softmax", "entropy")
 #: every selectable score; ``rpl_energy`` needs an RPL branch
 SCORES = ("rpl_energy",) + BASELINE_SCORES
+
+
+def generic_display_range(score: str, num_classes: int):
+    """The (low, high) score range heatmap colours span for a model whose file records none.
+
+    The probability scores have natural bounds (the entropy's maximum is log of the class count);
+    the logit scores' span is typical of Cityscapes segmenters but not guaranteed.
+    """
+    if score == "max_softmax":
+        return (0.0, 1.0)
+    if score == "entropy":
+        return (0.0, math.log(num_classes))
+    if score in ("energy", "rpl_energy", "max_logit"):
+        return (-20.0, 0.0)
+    raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
 
 
 def closed_set_score(logits: torch.Tensor, name: str) -> torch.Tensor:

@@ -14,19 +14,12 @@ import numpy as np
 
 from .checkpoint import DEFAULT_CHECKPOINT, CheckpointMeta, load_model
 from .image import as_rgb, resize_labels, resize_rgb, resize_scores
-from .models import AnomalyModel, RPLSegmenter
-from .scoring import SCORES
+from .models import AnomalyModel, RPLNetwork
+from .scoring import SCORES, generic_display_range
 
 __all__ = ["AnomalySegmenter", "Prediction"]
 
 log = logging.getLogger(__name__)
-
-#: Colour ranges for models whose checkpoint records none (e.g. converted third-party files).
-#: The probability scores have natural bounds; the logit scores' span is typical of Cityscapes
-#: segmenters but not guaranteed, hence the warning in ``display_range``.
-FALLBACK_DISPLAY_RANGE = {"max_softmax": (0.0, 1.0), "entropy": (0.0, float(np.log(19))),
-                          "energy": (-20.0, 0.0), "rpl_energy": (-20.0, 0.0), "max_logit": (-20.0, 0.0)}
-
 
 @dataclass
 class Prediction:
@@ -43,7 +36,7 @@ class AnomalySegmenter:
     >>> pred.labels.shape == rgb.shape[:2], pred.score
     """
 
-    def __init__(self, network: RPLSegmenter, meta: CheckpointMeta, *, score: Optional[str] = None,
+    def __init__(self, network: RPLNetwork, meta: CheckpointMeta, *, score: Optional[str] = None,
                  smoothing_sigma: Optional[float] = None, network_size: Optional[Tuple[int, int]] = None,
                  device: str = "cpu", backend=None, deployment=None):
         self.meta = meta
@@ -52,7 +45,7 @@ class AnomalySegmenter:
         self.score = self._choose_score(score, network.has_branch, meta)
         self.smoothing_sigma = meta.smoothing_sigma if smoothing_sigma is None else float(smoothing_sigma)
         self.network_size = tuple(network_size or meta.input_size)
-        divisor = getattr(network.segmenter, "size_divisor", 1)
+        divisor = network.size_divisor
         w, h = self.network_size
         if w <= 0 or h <= 0 or w % divisor or h % divisor:
             raise ValueError(f"network size {w}×{h} must be positive multiples of {divisor}")
@@ -115,7 +108,7 @@ class AnomalySegmenter:
         """The fixed score range that heatmap colours span for the active score."""
         rng = self.meta.display_range.get(self.score)
         if rng is None:
-            rng = FALLBACK_DISPLAY_RANGE[self.score]
+            rng = generic_display_range(self.score, self.meta.num_inlier)
             if not self._warned_uncalibrated:
                 log.warning("the model file records no display range for score %r: heatmap colours "
                             "span the generic range %s; calibrate the model (scripts/make_default_model.py)",

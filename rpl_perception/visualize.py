@@ -8,15 +8,9 @@ score in every frame: ``low`` and below is dark blue, ``high`` and above dark re
 import cv2
 import numpy as np
 
-__all__ = ["CITYSCAPES_PALETTE", "colorize_labels", "colorize_scores", "overlay"]
+from .labels import CITYSCAPES_PALETTE
 
-#: RGB colours of the 19 Cityscapes train ids (the official cityscapesScripts colours)
-CITYSCAPES_PALETTE = np.array([
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-    (0, 80, 100), (0, 0, 230), (119, 11, 32),
-], dtype=np.uint8)
+__all__ = ["CITYSCAPES_PALETTE", "colorize_labels", "colorize_scores", "overlay"]
 
 
 def colorize_labels(labels: np.ndarray) -> np.ndarray:

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
             design, _, branch_width = item.partition(":")
             branch = arch.build_rpl_branch(segmenter, int(branch_width), design).eval()
             whole = RPLSegmenter(segmenter, branch).eval()
-            ms = fastest_ms(lambda: whole(x), args.rounds)
+            ms = fastest_ms(lambda net=whole: net(x), args.rounds)
             rows.append((design, int(branch_width), sum(p.numel() for p in branch.parameters()), ms))
     print(f"\nnetwork input {width}x{height}, eager PyTorch on the CPU ({torch.get_num_threads()} threads), batch 1, "
           f"fastest of {args.rounds}; segmenter alone: {base:.1f} ms\n")

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from rpl_perception.backends import TorchBackend
 from rpl_perception.commands import parse_size
-from rpl_perception.models import AnomalyModel, RPLSegmenter, get_architecture
+from rpl_perception.models import AnomalyModel, RPLNetwork, get_architecture
 
 MODELS = {
     "wrn38": "deeplabv3plus_wrn38_cityscapes",
@@ -33,7 +33,7 @@ MODELS = {
 def build(arch_name):
     arch = get_architecture(arch_name)
     segmenter = arch.build_segmenter()
-    network = RPLSegmenter(segmenter, arch.build_rpl_branch(segmenter, arch.default_rpl_width, arch.rpl_designs[0]))
+    network = RPLNetwork(segmenter, arch.build_rpl_branch(segmenter, arch.default_rpl_width, arch.rpl_designs[0]))
     model = AnomalyModel(network, num_inlier=arch.num_inlier, mean=arch.mean, std=arch.std,
                          score="rpl_energy", smoothing_sigma=1.0)
     return model.eval(), sum(p.numel() for p in network.parameters())

@@ -88,7 +88,7 @@ class NodeWatcher:
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image
 
-        from rpl_perception.ros.topics import sibling_topic
+        from rpl_perception.topics import sibling_topic
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)

@@ -104,7 +104,7 @@ class Client:
         from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import CompressedImage, Image
 
-        from rpl_perception.ros.topics import sibling_topic
+        from rpl_perception.topics import sibling_topic
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
@@ -147,7 +147,7 @@ class Client:
 
 
 def victim_stream(client, rate, stop):
-    from rpl_perception.ros.codec import fill_image
+    from rpl_perception.image_codec import fill_image
 
     frame = fill_image(client.Image(), np.full((96, 192, 3), 90, np.uint8), "rgb8")
     while not stop.is_set():

@@ -56,17 +56,18 @@ def rss_mib(pid: int) -> float:
 
 
 def sample_frame(width, height):
-    bgr = cv2.resize(cv2.imread(str(SAMPLE)), (width, height), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    from rpl_perception.image import read_rgb
+
+    return cv2.resize(read_rgb(SAMPLE), (width, height), interpolation=cv2.INTER_AREA)
 
 
 def core_segmenter(backend, device):
     """The core with the node's own loading code and settings."""
-    from rpl_perception.ros.node import PARAMETERS, Settings, load_segmenter
+    from rpl_perception.ros.node import PARAMETERS, Settings, segmenter_from_settings
 
     values = {spec.name: spec.default for spec in PARAMETERS}
     values.update(image_topics=[TOPIC], backend=backend, device=device)
-    return load_segmenter(Settings.from_values(values))
+    return segmenter_from_settings(Settings.from_values(values))
 
 
 class CorePredict:
@@ -102,8 +103,8 @@ class Client:
         from rclpy.node import Node
         from sensor_msgs.msg import Image
 
-        from rpl_perception.ros.codec import fill_image
-        from rpl_perception.ros.topics import sibling_topic
+        from rpl_perception.image_codec import fill_image
+        from rpl_perception.topics import sibling_topic
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from rpl_perception.ros.codec import fill_image
+    from rpl_perception.image_codec import fill_image
 
     rclpy.init()
     node = rclpy.create_node("fake_camera")

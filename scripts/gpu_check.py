@@ -143,6 +143,7 @@ def training_step(device, batch_size, crop, steps):
     """Median ms of one RPL + CoroCL step (forward, losses, backward, Adam) on synthetic data."""
     import numpy as np
     import torch
+
     from rpl_training.config import DEFAULTS
     from rpl_training.losses import OOD_LABEL
     from rpl_training.train import RPLTrainingModel, build_network, build_optimizer, forward_losses
@@ -223,7 +224,7 @@ def run(args):
         outputs = [backend(frames[i:i + max_batch]) for i in range(0, len(frames), max_batch)]
         stacked = tuple(np.concatenate(parts) for parts in zip(*outputs))
         report["parity"].append({"backend": name, "precision": precision, "size": f"{size[0]}x{size[1]}",
-                                 "frames": len(frames), **parity(reference, lambda _: stacked, frames)})
+                                 "frames": len(frames), **parity(reference, lambda _, out=stacked: out, frames)})
     # 2. speed
     for size in sizes:
         for batch_size in args.batches:

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from rpl_perception.ros.topics import output_topics
+from rpl_perception.topics import output_topics
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "rpl_perception" / "samples" / "images" / "animals03_Zebras_in_the_road.jpg"
@@ -156,7 +156,7 @@ def png_msg(rgb):
 
 
 def as_array(msg):
-    from rpl_perception.ros.codec import image_to_array
+    from rpl_perception.image_codec import image_to_array
 
     return np.array(image_to_array(msg))
 

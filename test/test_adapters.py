@@ -7,10 +7,14 @@ import torch
 
 from rpl_perception import AnomalySegmenter
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, build_model, read_checkpoint
+from rpl_perception.checkpoint.pytorch_files import (
+    WRN38_ARCHITECTURE,
+    convert_pytorch_object,
+    official_template,
+    official_to_groups,
+)
 from rpl_perception.cli import main as cli_main
 from rpl_perception.models import load_segmenter
-from rpl_perception.models.adapters import (WRN38_ARCHITECTURE, convert_pytorch_object,
-                                            official_template, official_to_groups)
 from rpl_perception.models.deeplabv3plus import deeplabv3plus_resnet50
 
 PROJ = "branch1.residual_block.proj_head."

@@ -11,8 +11,14 @@ import pytest
 import torch
 
 from rpl_perception import AnomalySegmenter
-from rpl_perception.backends import (AUTO_ORDER, BackendUnavailable, OnnxRuntimeBackend,
-                                     TorchBackend, create_backend, exported_onnx)
+from rpl_perception.backends import (
+    AUTO_ORDER,
+    BackendUnavailable,
+    OnnxRuntimeBackend,
+    TorchBackend,
+    create_backend,
+    exported_onnx,
+)
 from rpl_perception.backends.common import check_batch, run_in_batches
 from rpl_perception.backends.tensorrt_build import tensorrt_available
 from rpl_perception.cli import main as cli_main

@@ -7,8 +7,17 @@ import pytest
 pytest.importorskip("rosbags", reason="bags need the rosbags package (pip install '.[eval]')")
 
 from rpl_perception.cli import main  # noqa: E402
-from rpl_perception.eval.bags import (BagFrame, BagImage, ImageBagWriter, bag_topics, label_topic_for,  # noqa: E402
-                                      match_by_stamp, read_images, semantic_label_topic_for, write_frames)
+from rpl_perception.eval.bags import (  # noqa: E402
+    BagFrame,
+    BagImage,
+    ImageBagWriter,
+    bag_topics,
+    label_topic_for,
+    match_by_stamp,
+    read_images,
+    semantic_label_topic_for,
+    write_frames,
+)
 
 START_NS = 1_700_000_000_123_456_789
 

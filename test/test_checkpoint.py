@@ -7,8 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from rpl_perception import AnomalySegmenter
-from rpl_perception.checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, load_model,
-                                       read_checkpoint, save_checkpoint)
+from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_model, read_checkpoint, save_checkpoint
 from rpl_perception.models import RPLSegmenter, get_architecture
 
 

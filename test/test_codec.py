@@ -1,4 +1,4 @@
-"""rpl_perception.ros.codec: Image / CompressedImage ↔ numpy, on duck-typed messages (no rclpy)."""
+"""rpl_perception.image_codec: Image / CompressedImage ↔ numpy, on duck-typed messages (no rclpy)."""
 
 import struct
 import sys
@@ -9,10 +9,18 @@ import cv2
 import numpy as np
 import pytest
 
+from rpl_perception import image_codec as codec
 from rpl_perception.image import MAX_IMAGE_SIDE
-from rpl_perception.ros import codec
-from rpl_perception.ros.codec import (CAMERA_ENCODINGS, ImageDecodeError, compressed_image_size, compressed_to_rgb,
-                                      fill_image, image_to_array, image_to_rgb, scale_16_to_8)
+from rpl_perception.image_codec import (
+    CAMERA_ENCODINGS,
+    ImageDecodeError,
+    compressed_image_size,
+    compressed_to_rgb,
+    fill_image,
+    image_to_array,
+    image_to_rgb,
+    scale_16_to_8,
+)
 
 RNG = np.random.default_rng(0)
 

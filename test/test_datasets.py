@@ -6,8 +6,15 @@ import cv2
 import numpy as np
 import pytest
 
-from rpl_perception.eval.datasets import (CITYSCAPES_ID_TO_TRAIN_ID, DATASET_KINDS, DatasetLayoutError,
-                                          LabelledImageDataset, detect_kind, open_dataset, read_label)
+from rpl_perception.eval.datasets import (
+    CITYSCAPES_ID_TO_TRAIN_ID,
+    DATASET_KINDS,
+    DatasetLayoutError,
+    LabelledImageDataset,
+    detect_kind,
+    open_dataset,
+    read_label,
+)
 
 RED_RGB = (255, 0, 0)
 H, W = 6, 8

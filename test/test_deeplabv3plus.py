@@ -5,9 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from rpl_perception.checkpoint import CheckpointMeta, build_model
+from rpl_perception.checkpoint.pytorch_files import (
+    WRN38_ARCHITECTURE,
+    groups_to_official,
+    official_template,
+    official_to_groups,
+)
 from rpl_perception.models import RPLSegmenter, get_architecture
-from rpl_perception.models.adapters import (WRN38_ARCHITECTURE, groups_to_official, official_template,
-                                            official_to_groups)
 from rpl_perception.models.deeplabv3plus import deeplabv3plus_resnet50, deeplabv3plus_resnet101
 
 ODD_SIZE = (65, 97)  # (H, W): odd on both sides, not a multiple of any stride

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from rpl_perception import AnomalySegmenter
-from rpl_perception.backends import (DeploymentSpec, OnnxRuntimeBackend, TorchBackend,
-                                     exported_onnx)
+from rpl_perception.backends import DeploymentSpec, OnnxRuntimeBackend, TorchBackend, exported_onnx
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model
 from rpl_perception.export import sample_batch
 from rpl_perception.models import AnomalyModel

@@ -13,8 +13,14 @@ import pytest
 from onnx import TensorProto, helper
 
 from rpl_perception.backends.common import BackendUnavailable
-from rpl_perception.backends.engine_cache import (EngineCache, EngineKey, InputProfile, compare_io,
-                                                  images_sha256, onnx_io)
+from rpl_perception.backends.engine_cache import (
+    EngineCache,
+    EngineKey,
+    InputProfile,
+    compare_io,
+    images_sha256,
+    onnx_io,
+)
 from rpl_perception.backends.tensorrt_backend import _input_profile, cuda_runtime, import_tensorrt
 from rpl_perception.backends.tensorrt_build import tensorrt_available
 

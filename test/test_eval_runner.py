@@ -14,9 +14,17 @@ from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model  # noqa: E4
 from rpl_perception.cli import main  # noqa: E402
 from rpl_perception.eval.bags import BagFrame, ImageBagWriter, write_frames  # noqa: E402
 from rpl_perception.eval.metrics import ComponentMetricAccumulator, miou, pixel_metrics, to_float16  # noqa: E402
-from rpl_perception.eval.runner import (EvalFrame, Evaluation, MultiScorePredictor, NodeOptions,  # noqa: E402
-                                        evaluate_live, evaluate_offline, evaluate_recorded, frames_from_bag,
-                                        latency_summary)
+from rpl_perception.eval.runner import (  # noqa: E402
+    EvalFrame,
+    Evaluation,
+    MultiScorePredictor,
+    NodeOptions,
+    evaluate_live,
+    evaluate_offline,
+    evaluate_recorded,
+    frames_from_bag,
+    latency_summary,
+)
 from rpl_perception.models import RPLSegmenter, get_architecture  # noqa: E402
 
 NETWORK_SIZE = (128, 64)

@@ -13,11 +13,17 @@ import torch.nn.functional as F
 
 from rpl_perception import AnomalySegmenter
 from rpl_perception.backends import OnnxRuntimeBackend
-from rpl_perception.checkpoint import load_model, read_checkpoint, DEFAULT_CHECKPOINT
+from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model, read_checkpoint
 from rpl_perception.cli import main as cli_main
-from rpl_perception.export import (ExportForms, adaptive_pool_matrix, check_parity,
-                                   export_onnx, exportable_adaptive_avg_pool2d, read_onnx_metadata,
-                                   sample_batch)
+from rpl_perception.export import (
+    ExportForms,
+    adaptive_pool_matrix,
+    check_parity,
+    export_onnx,
+    exportable_adaptive_avg_pool2d,
+    read_onnx_metadata,
+    sample_batch,
+)
 from rpl_perception.image import resize_rgb
 from rpl_perception.models import AnomalyModel, get_architecture
 from rpl_perception.models.espnetv2 import EfficientPyrPool

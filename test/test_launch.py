@@ -13,9 +13,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from rosgraph import Process, Probe, Spinner, image_msg, sample_rgb, serving, venv_executable, wait_until
 
-from rpl_perception.ros.topics import sibling_topic
+from rosgraph import Probe, Process, Spinner, image_msg, sample_rgb, serving, venv_executable, wait_until
+from rpl_perception.topics import sibling_topic
 
 yaml = pytest.importorskip("yaml", reason="needs PyYAML (comes with rclpy: pip install .[ros])")
 

@@ -5,9 +5,16 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
 
-from rpl_perception.eval.metrics import (SIOU_THRESHOLDS, ComponentMetricAccumulator, ConfusionMatrix,
-                                         PixelMetricAccumulator, component_metrics, miou, pixel_metrics,
-                                         to_float16)
+from rpl_perception.eval.metrics import (
+    SIOU_THRESHOLDS,
+    ComponentMetricAccumulator,
+    ConfusionMatrix,
+    PixelMetricAccumulator,
+    component_metrics,
+    miou,
+    pixel_metrics,
+    to_float16,
+)
 
 
 def sklearn_pixel_metrics(scores, labels):

@@ -5,7 +5,6 @@ The network runs at 256×128 to keep the file fast on two CPU cores. The node as
 from other processes: test_node_process.py.
 """
 
-import importlib.util
 import math
 import threading
 import time
@@ -13,11 +12,11 @@ import time
 import cv2
 import numpy as np
 import pytest
-from rosgraph import Probe, Spinner, as_array, blocked_inference, image_msg, png_msg, sample_rgb, wait_until
 
+from rosgraph import Probe, Spinner, as_array, blocked_inference, image_msg, png_msg, sample_rgb, wait_until
 from rpl_perception.backends.tensorrt_build import tensorrt_available
 from rpl_perception.ros.stats import ERROR, OK, WARN
-from rpl_perception.ros.topics import check_topics, output_topics, sibling_topic
+from rpl_perception.topics import check_topics, output_topics, sibling_topic
 
 NETWORK = (256, 128)
 CAM_A, CAM_B = "/cam_a/image_raw", "/cam_b/image_raw/compressed"

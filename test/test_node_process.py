@@ -12,7 +12,8 @@ import sys
 import time
 
 import pytest
-from rosgraph import REPO, Process, Probe, Spinner, image_msg, sample_rgb, serving, venv_executable, wait_until
+
+from rosgraph import REPO, Probe, Process, Spinner, image_msg, sample_rgb, serving, venv_executable, wait_until
 
 NODE_ARGS = ["-p", "network_width:=256", "-p", "network_height:=128", "-p", "backend:=torch"]
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from rosgraph import venv_executable
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ import torch
 
 from rpl_perception import AnomalySegmenter
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model
+from rpl_perception.image import MAX_IMAGE_SIDE
 from rpl_perception.models import get_architecture
 from rpl_perception.models.rpl import RPLSegmenter
-from rpl_perception.image import MAX_IMAGE_SIDE
 
 SMALL = (256, 128)
 

@@ -15,9 +15,16 @@ import pytest
 
 from fake_tensorrt import FakeGpu, calls, make_tensorrt
 from rpl_perception import AnomalySegmenter
-from rpl_perception.backends import (BackendUnavailable, DeploymentSpec, OnnxRuntimeBackend,
-                                     TensorRTBackend, exported_onnx)
-from rpl_perception.backends import engine_cache, tensorrt_backend, tensorrt_build
+from rpl_perception.backends import (
+    BackendUnavailable,
+    DeploymentSpec,
+    OnnxRuntimeBackend,
+    TensorRTBackend,
+    engine_cache,
+    exported_onnx,
+    tensorrt_backend,
+    tensorrt_build,
+)
 from rpl_perception.backends.engine_cache import EngineNotBuildable
 from test_engine_cache import write_onnx
 

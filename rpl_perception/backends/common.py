@@ -1,10 +1,17 @@
-"""What every backend shares: the batch contract, batch chunking, and the missing-package error."""
+"""What every backend shares: the names of backends and precisions, the batch contract, batch
+chunking, and the missing-package error."""
 
 from typing import Callable, Tuple
 
 import numpy as np
 
-__all__ = ["BackendUnavailable", "check_batch", "run_in_batches", "describe_exception"]
+__all__ = ["BACKENDS", "PRECISIONS", "DEFAULT_WORKSPACE_GB", "BackendUnavailable", "check_batch", "run_in_batches",
+           "describe_exception"]
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+PRECISIONS = ("fp32", "fp16", "int8")
+#: a 2048×1024 ESPNetv2 build fits in far less; TensorRT takes only what tactics need
+DEFAULT_WORKSPACE_GB = 2.0
 
 
 class BackendUnavailable(RuntimeError):

@@ -27,12 +27,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from .common import PRECISIONS
+
 __all__ = ["PRECISIONS", "InputProfile", "EngineKey", "EngineCache", "EngineNotBuildable", "onnx_io",
            "compare_io", "images_sha256", "engine_file_name", "write_atomic"]
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 
 #: {tensor name: {"mode": "input" | "output", "shape": [...], "dtype": "uint8"}}; −1 = dynamic
 IODescription = Dict[str, Dict[str, object]]

@@ -15,8 +15,15 @@ import numpy as np
 
 from .common import check_batch, run_in_batches
 from .cuda_runtime import cuda_runtime
-from .tensorrt_build import (DEFAULT_WORKSPACE_GB, BuiltEngine, _input_profile, build_engine,
-                             engine_cache_for, engine_io, import_tensorrt)
+from .tensorrt_build import (
+    DEFAULT_WORKSPACE_GB,
+    BuiltEngine,
+    _input_profile,
+    build_engine,
+    engine_cache_for,
+    engine_io,
+    import_tensorrt,
+)
 
 if TYPE_CHECKING:
     import tensorrt as trt

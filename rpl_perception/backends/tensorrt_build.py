@@ -28,11 +28,9 @@ import numpy as np
 
 from ..image import IMAGE_SUFFIXES
 from ..models.anomaly import SCORING_SCOPE
-from .common import BackendUnavailable
+from .common import DEFAULT_WORKSPACE_GB, PRECISIONS, BackendUnavailable
 from .cuda_runtime import cuda_runtime
-from .deployment import DEFAULT_WORKSPACE_GB
-from .engine_cache import (PRECISIONS, EngineCache, EngineKey, InputProfile, images_sha256, onnx_io,
-                           write_atomic)
+from .engine_cache import EngineCache, EngineKey, InputProfile, images_sha256, onnx_io, write_atomic
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -131,10 +129,9 @@ def _calibration_images(folder) -> List[Path]:
 
 def _entropy_calibrator(runtime, files: Sequence[Path], input_shape, cache_path: Path):
     """An ``IInt8EntropyCalibrator2`` feeding the images, resized to the network size, as uint8."""
-    import cv2
     import tensorrt as trt
 
-    from ..image import resize_rgb
+    from ..image import read_rgb, resize_rgb
 
     batch, height, width, _ = input_shape
 
@@ -154,10 +151,7 @@ def _entropy_calibrator(runtime, files: Sequence[Path], input_shape, cache_path:
                 return None
             for i in range(batch):  # wrap around so that every batch is full
                 path = self.files[(self.position + i) % len(self.files)]
-                bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-                if bgr is None:
-                    raise ValueError(f"not a readable image: {path}")
-                self.host[i] = resize_rgb(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (width, height))
+                self.host[i] = resize_rgb(read_rgb(path), (width, height))
             self.position += batch
             runtime.to_device(self.device, self.host)
             runtime.synchronize()

@@ -2,10 +2,7 @@
 
 from pathlib import Path
 
-from ..checkpoint import DEFAULT_CHECKPOINT
-
-#: frames shipped with the package: images/ (stills; labels/ for the RoadAnomaly ones), drive/ (a clip)
-SAMPLES_ROOT = Path(__file__).resolve().parents[1] / "samples"
+from ..resources import SAMPLES_ROOT, model_path  # noqa: F401 - where commands take them from
 
 
 def add_model_arguments(parser, deployment: bool = False) -> None:
@@ -51,10 +48,6 @@ def parse_size(text: str):
     except ValueError:
         raise ValueError(f"size must look like 1024x512 (width x height), got {text!r}") from None
     return w, h
-
-
-def model_path(name: str) -> Path:
-    return DEFAULT_CHECKPOINT if name == "default" else Path(name)
 
 
 def deployment_spec_from_args(args, **overrides):

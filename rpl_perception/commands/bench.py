@@ -21,8 +21,14 @@ import json
 import time
 from pathlib import Path
 
-from . import (add_deployment_arguments, add_model_arguments, deployment_spec_from_args,
-               load_segmenter_from_args, parse_size)
+from ..resources import SAMPLE_IMAGES
+from . import (
+    add_deployment_arguments,
+    add_model_arguments,
+    deployment_spec_from_args,
+    load_segmenter_from_args,
+    parse_size,
+)
 
 STAGES = ("preprocess", "upload", "network", "in_graph_prepost", "download", "postprocess")
 STAGE_LABELS = {
@@ -34,8 +40,7 @@ STAGE_LABELS = {
     "postprocess": "postprocess (host resize)",
     "total": "total",
 }
-DEFAULT_IMAGE = (Path(__file__).resolve().parents[1] / "samples" / "images"
-                 / "animals03_Zebras_in_the_road.jpg")
+DEFAULT_IMAGE = SAMPLE_IMAGES / "animals03_Zebras_in_the_road.jpg"
 
 
 def register(subparsers):
@@ -266,21 +271,17 @@ def run(args) -> int:
     import sys
     import tempfile
 
-    import cv2
     from tqdm import tqdm
 
     from ..backends import BackendUnavailable
-    from ..image import resize_rgb
+    from ..image import read_rgb, resize_rgb
 
     if args.batch < 1 or args.frames < 1 or args.warmup < 0 or args.rounds < 1:
         raise ValueError("--batch, --frames and --rounds must be >= 1, --warmup >= 0")
     if args.rounds > args.frames:
         raise ValueError(f"--rounds {args.rounds} exceeds --frames {args.frames}")
     specs = [parse_spec(s, args.device, args.precision) for s in args.backend]
-    bgr = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(f"not a readable image: {args.image}")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    rgb = read_rgb(args.image)
     if args.camera_size is not None:
         rgb = resize_rgb(rgb, args.camera_size)
     frames = [rgb.copy() for _ in range(args.batch)]

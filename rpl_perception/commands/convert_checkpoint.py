@@ -37,7 +37,7 @@ def coro_cl_projector(network):
 
     if not network.has_branch:
         raise ValueError("a CoroCL projector needs an RPL branch, and this model has none")
-    projector = nn.Conv2d(network.branch.context_channels, network.segmenter.head_channels, 1, bias=True)
+    projector = nn.Conv2d(network.branch.context_channels, network.closed_set.head_channels, 1, bias=True)
     init_kaiming_fan_in(projector)
     return projector
 
@@ -46,8 +46,8 @@ def run(args) -> int:
     import torch
 
     from ..checkpoint import build_model, load_state_dict_strict, read_checkpoint, save_checkpoint
-    from ..models import RPLSegmenter, get_architecture
-    from ..models.adapters import WRN38_ARCHITECTURE, read_pytorch_checkpoint, save_official_rpl
+    from ..checkpoint.pytorch_files import WRN38_ARCHITECTURE, read_pytorch_checkpoint, save_official_rpl
+    from ..models import RPLNetwork, get_architecture
 
     if not args.input.is_file():
         raise FileNotFoundError(f"model file not found: {args.input}")
@@ -66,8 +66,8 @@ def run(args) -> int:
         if network.has_branch:
             raise ValueError(f"{args.input}: already holds RPL weights; --init-rpl is for segmenter-only files")
         torch.manual_seed(args.seed)
-        branch = arch.build_rpl_branch(network.segmenter, arch.default_rpl_width, arch.rpl_designs[0])
-        network = RPLSegmenter(network.segmenter, branch).eval()
+        branch = arch.build_rpl_branch(network.closed_set, arch.default_rpl_width, arch.rpl_designs[0])
+        network = RPLNetwork(network.closed_set, branch).eval()
         projector = coro_cl_projector(network)
         meta.rpl_width = arch.default_rpl_width
         meta.score = "energy"  # an untrained branch must not be the default score
@@ -80,7 +80,7 @@ def run(args) -> int:
                              f"{args.input} holds {meta.architecture} "
                              f"{'with' if network.has_branch else 'without'} one")
         save_official_rpl(args.out, {
-            "segmenter": network.segmenter.state_dict(), "rpl": network.branch.state_dict(),
+            "segmenter": network.closed_set.state_dict(), "rpl": network.branch.state_dict(),
             "projector": projector.state_dict() if projector is not None else {}})
     else:
         save_checkpoint(args.out, meta, network, projector)

@@ -41,7 +41,8 @@ def register(subparsers):
 def sample_frames(max_frames=None):
     """BagFrames of the bundled samples in replay order (the drive clip, then the stills), and their count."""
     from ..eval.bags import BagFrame
-    from ..eval.datasets import ROAD_ANOMALY_LABELS, read_label, read_rgb
+    from ..eval.datasets import ROAD_ANOMALY_LABELS, read_label
+    from ..image import read_rgb
     from .predict import collect_images
 
     files = collect_images([SAMPLES_ROOT / "drive", SAMPLES_ROOT / "images"])[:max_frames]

@@ -85,7 +85,7 @@ def run(args) -> int:
         from ..eval.suite import native_size
 
         first = open_dataset(args.dataset[0], Path(args.dataset[1]))[0].image
-        divisor = getattr(load_segmenter_from_args(args).network.segmenter, "size_divisor", 1)
+        divisor = load_segmenter_from_args(args).network.size_divisor
         args.size = native_size((first.shape[1], first.shape[0]), divisor)
     if args.mode == "offline":
         segmenter = load_segmenter_from_args(args)
@@ -137,7 +137,7 @@ def run_suite(args) -> int:
                              batch_size=args.batch_size, num_worst=args.worst, components=not args.no_components)
     lines = [f"# Evaluation suite `{args.suite}`", "", f"- model: `{args.model}`", ""]
     for entry in sets:
-        written = write_report(result.results[entry.name], args.out / entry.slug, title=entry.name)
+        write_report(result.results[entry.name], args.out / entry.slug, title=entry.name)
         size = result.network_sizes[entry.name]
         table = metrics_table(result.results[entry.name].summary)
         print(f"\n{entry.name} ({result.results[entry.name].summary['num_labelled']} images, network "

@@ -2,10 +2,9 @@
 
 from pathlib import Path
 
-from ..image import IMAGE_SUFFIXES
-from . import SAMPLES_ROOT, add_model_arguments, load_segmenter_from_args
-
-SAMPLES_DIR = SAMPLES_ROOT / "images"
+from ..image import IMAGE_SUFFIXES, UnreadableImage, read_rgb
+from ..resources import SAMPLE_IMAGES as SAMPLES_DIR
+from . import add_model_arguments, load_segmenter_from_args
 
 
 def register(subparsers):
@@ -51,11 +50,11 @@ def run(args) -> int:
     threshold = segmenter.anomaly_threshold if args.threshold is None else args.threshold
     args.out.mkdir(parents=True, exist_ok=True)
     for path in tqdm(files, desc="predict", unit="img"):
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            tqdm.write(f"skipped {path}: not a readable image")
+        try:
+            rgb = read_rgb(path)
+        except UnreadableImage as exc:
+            tqdm.write(f"skipped {exc}")
             continue
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         pred = segmenter.predict(rgb)
         stem = args.out / path.stem
         cv2.imwrite(f"{stem}_semantic.png", pred.labels)

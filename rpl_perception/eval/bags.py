@@ -3,19 +3,19 @@
 Topic layout (all ``sensor_msgs/msg/Image``, one message per frame, matched by header stamp):
 
 * camera frames on the image topic, e.g. ``/cam/image_raw`` (rgb8 by default; any encoding of
-  :data:`rpl_perception.ros.codec.CAMERA_ENCODINGS` is read back as RGB);
+  :data:`rpl_perception.image_codec.CAMERA_ENCODINGS` is read back as RGB);
 * anomaly ground truth on the sibling ``labels`` topic, e.g. ``/cam/labels``: mono8 with
   0 = in-distribution, 1 = anomaly, 255 = void — the values the dataset readers of
   :mod:`rpl_perception.eval.datasets` produce (RoadAnomaly's raw 2 is already mapped to 1);
 * semantic ground truth (Cityscapes train ids, 255 = void) on the sibling ``semantic_labels``
   topic, e.g. ``/cam/semantic_labels``;
 * the node's outputs, where a bag holds them (``ros2 bag record`` next to ``ros2 bag play``), on
-  the sibling topics :func:`rpl_perception.ros.topics.output_topics` names: ``/cam/anomaly``
+  the sibling topics :func:`rpl_perception.topics.output_topics` names: ``/cam/anomaly``
   (32FC1 score) and ``/cam/semantic`` (mono8 train ids).
 
 Ground-truth messages carry exactly the header (stamp and frame id) of their camera frame, and
 each message's bag (log) time equals its header stamp. Images go through the node's codec
-(:mod:`rpl_perception.ros.codec`), so the bag holds byte-for-byte what a camera driver publishes.
+(:mod:`rpl_perception.image_codec`), so the bag holds byte-for-byte what a camera driver publishes.
 """
 
 from dataclasses import dataclass
@@ -24,8 +24,8 @@ from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequenc
 
 import numpy as np
 
-from ..ros.codec import fill_image, image_to_array, image_to_rgb
-from ..ros.topics import output_topics, sibling_topic
+from ..image_codec import fill_image, image_to_array, image_to_rgb
+from ..topics import output_topics, sibling_topic
 
 __all__ = [
     "IMAGE_MSGTYPE", "STORAGE_PLUGINS", "DEFAULT_IMAGE_TOPIC", "label_topic_for",

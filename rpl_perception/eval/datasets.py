@@ -28,14 +28,13 @@ from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 import cv2
 import numpy as np
 
-from ..image import IMAGE_SUFFIXES
+from ..image import IMAGE_SUFFIXES, read_rgb
+from ..labels import VOID
 
 __all__ = [
     "Sample", "SampleFiles", "LabelledImageDataset", "DatasetLayoutError", "DatasetKind", "DATASET_KINDS",
     "open_dataset", "detect_kind", "read_rgb", "read_label", "CITYSCAPES_ID_TO_TRAIN_ID",
 ]
-
-VOID = 255
 
 ANOMALY_LABELS_01 = {0: 0, 1: 1}
 ROAD_ANOMALY_LABELS = {0: 0, 2: 1}
@@ -66,14 +65,6 @@ class SampleFiles:
 
 
 # ----------------------------------------------------------------------------- file reading
-
-def read_rgb(path) -> np.ndarray:
-    """An image file as an H×W×3 RGB uint8 array (OpenCV; 16-bit files scaled to 8 bit)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise OSError(f"cannot read image {path} (missing, unreadable or not an image)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
 
 def _lookup_table(mapping: Mapping[int, int], size: int) -> np.ndarray:
     table = np.full(size, VOID, dtype=np.uint8)

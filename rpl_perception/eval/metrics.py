@@ -31,6 +31,8 @@ from typing import Dict, List, Tuple
 import cv2
 import numpy as np
 
+from ..labels import NUM_CITYSCAPES_CLASSES, VOID
+
 __all__ = [
     "pixel_metrics", "PixelMetricAccumulator", "to_float16",
     "component_metrics", "ComponentMetricAccumulator", "SIOU_THRESHOLDS",
@@ -372,7 +374,7 @@ class ConfusionMatrix:
     absent from both ground truth and prediction, which the ``miou`` mean leaves out.
     """
 
-    def __init__(self, num_classes: int = 19, ignore_index: int = 255):
+    def __init__(self, num_classes: int = NUM_CITYSCAPES_CLASSES, ignore_index: int = VOID):
         if int(num_classes) != num_classes or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}")
         if 0 <= ignore_index < num_classes:
@@ -409,7 +411,7 @@ class ConfusionMatrix:
         return {"miou": float(np.nanmean(iou)), "iou": iou}
 
 
-def miou(pred_labels, gt_labels, num_classes: int = 19, ignore_index: int = 255) -> Dict[str, object]:
+def miou(pred_labels, gt_labels, num_classes: int = NUM_CITYSCAPES_CLASSES, ignore_index: int = VOID) -> Dict[str, object]:
     """Mean IoU over one H×W pair or two lists of label maps, confusion matrix summed over images
     (not averaged per image). Classes absent from both ground truth and prediction are excluded
     from the mean; see :class:`ConfusionMatrix`."""

@@ -9,7 +9,7 @@ The plots put every evaluated score side by side (the RPL score and the closed-s
 * ``worst_frames.png``: the frames with the lowest per-frame AP of the primary score: camera
   frame with the heatmap and the threshold contour, ground truth, heatmap.
 
-Numbers come from :class:`~rpl_perception.eval.runner.EvaluationResult`; nothing is recomputed here.
+Numbers come from :class:`~rpl_perception.eval.evaluation.EvaluationResult`; nothing is recomputed here.
 """
 
 import json
@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .runner import EvaluationResult
+from .evaluation import EvaluationResult
 
 __all__ = ["write_report", "metrics_table", "to_json_safe", "PLOTS"]
 

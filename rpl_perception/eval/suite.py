@@ -92,7 +92,7 @@ def run_suite(load_segmenter: Callable[[Optional[Tuple[int, int]]], object], set
         if network_size == "native":
             first = dataset[0].image
             probe = load_segmenter(None)
-            divisor = getattr(probe.network.segmenter, "size_divisor", 1)
+            divisor = probe.network.size_divisor
             size = native_size((first.shape[1], first.shape[0]), divisor)
         segmenter = load_segmenter(size)
         frames, total = frames_from_dataset(dataset)

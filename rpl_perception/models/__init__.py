@@ -1,34 +1,36 @@
-"""Segmentation architectures, their RPL attachment, and loading them from checkpoints.
+"""Segmentation architectures and their RPL attachment: the architecture registry.
 
 The registry maps an architecture name (stored in every checkpoint) to how to build the
 closed-set segmenter and its RPL branch. Add an architecture with :func:`register_architecture`.
+Loading weights from files is :mod:`rpl_perception.checkpoint`'s (e.g. ``load_closed_set``); this
+package imports none of it.
 """
 
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Tuple
 
 from torch import nn
 
+from ..labels import CITYSCAPES_CLASSES
 from .anomaly import AnomalyModel, ImageNormalisation
-from .deeplabv3plus import (DeepLabV3PlusResNet, DeepLabV3PlusWRN38, deeplabv3plus_resnet50,
-                            deeplabv3plus_resnet101, deeplabv3plus_rpl_branch, deeplabv3plus_wrn38)
+from .deeplabv3plus import (
+    DeepLabV3PlusResNet,
+    DeepLabV3PlusWRN38,
+    deeplabv3plus_resnet50,
+    deeplabv3plus_resnet101,
+    deeplabv3plus_rpl_branch,
+    deeplabv3plus_wrn38,
+)
 from .espnetv2 import EfficientPyrPool, ESPNetv2Segmentation, espnetv2_cityscapes
-from .rpl import FineRPLBranch, RPLBranch, RPLOutput, RPLSegmenter, SeparableASPP
+from .rpl import FineRPLBranch, RPLBranch, RPLNetwork, RPLOutput, RPLSegmenter, SeparableASPP
 
 __all__ = [
     "Architecture", "ARCHITECTURES", "CITYSCAPES_CLASSES", "register_architecture",
-    "get_architecture", "load_segmenter", "AnomalyModel", "ImageNormalisation", "RPLBranch", "RPLOutput",
-    "RPLSegmenter", "ESPNetv2Segmentation", "DeepLabV3PlusWRN38", "DeepLabV3PlusResNet",
+    "get_architecture", "AnomalyModel", "ImageNormalisation", "RPLBranch", "RPLOutput",
+    "RPLNetwork", "RPLSegmenter", "ESPNetv2Segmentation", "DeepLabV3PlusWRN38", "DeepLabV3PlusResNet",
 ]
 
-#: the 19 Cityscapes train ids, in order
-CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-    "motorcycle", "bicycle",
-)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -125,15 +127,11 @@ for _depth, _build in ((50, deeplabv3plus_resnet50), (101, deeplabv3plus_resnet1
         ))
 
 
-def load_segmenter(path, architecture: Optional[str] = None) -> nn.Module:
-    """Frozen closed-set segmenter in eval mode: normalised (B,3,H,W) → logits (B,C,H,W).
+def __getattr__(name):
+    # ``load_segmenter`` lived here before it became checkpoint.load_closed_set; resolved on use so
+    # that the registry imports no checkpoint code (the import-graph test lists this alias)
+    if name == "load_segmenter":
+        from ..checkpoint import load_closed_set
 
-    ``path`` is an rpl_perception checkpoint (``.safetensors``) or a plain PyTorch state dict of
-    the segmenter (loaded with ``weights_only=True``; ``architecture`` defaults to ESPNetv2).
-    Keys must match exactly; a mismatch raises :class:`~rpl_perception.checkpoint.CheckpointError`
-    naming the file and the keys.
-    """
-    from ..checkpoint import load_model
-
-    model, _ = load_model(Path(path), architecture=architecture, with_branch=False)
-    return model.segmenter
+        return load_closed_set
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..scoring import BASELINE_SCORES, SCORES, closed_set_score, gaussian_smooth
-from .rpl import RPLSegmenter
+from .rpl import RPLNetwork
 
 __all__ = ["AnomalyModel", "AnomalyScoring", "ImageNormalisation", "SCORING_SCOPE"]
 
@@ -99,7 +99,7 @@ class AnomalyModel(nn.Module):
     (:meth:`with_scores`). With ``return_logits`` the closed-set logits (B, C, H, W) come third.
     """
 
-    def __init__(self, network: RPLSegmenter, *, num_inlier: int, mean: Sequence[float],
+    def __init__(self, network: RPLNetwork, *, num_inlier: int, mean: Sequence[float],
                  std: Sequence[float], score: str = "rpl_energy", smoothing_sigma: float = 1.0,
                  return_logits: bool = False, scores: Optional[Sequence[str]] = None):
         super().__init__()

@@ -5,7 +5,7 @@ Two families, each with the key names of the checkpoints people actually have:
 - :class:`DeepLabV3PlusWRN38`: NVIDIA's DeepWV3Plus on WiderResNet38-A2, the network of the RPL
   paper, written from the fact sheet ``shared/specs/wrn38_rpl.md``. Its state dict keys are those
   of NVIDIA's ``cityscapes_best.pth`` (without ``module.``), and of the official RPL checkpoints
-  without ``branch1.`` (see :mod:`rpl_perception.models.adapters` for the mapping).
+  without ``branch1.`` (see :mod:`rpl_perception.checkpoint.pytorch_files` for the mapping).
 - :class:`DeepLabV3PlusResNet`: ResNet-50/101, output stride 8 or 16, in the layout of the
   widely used VainF DeepLabV3Plus-Pytorch models (``backbone.*`` is torchvision's ResNet,
   ``classifier.{project,aspp,classifier}``) that the RPL code also offers as a trunk.
@@ -15,7 +15,7 @@ concatenation [fine 48, upsampled ASPP 256] that feeds the frozen ``final`` laye
 run twice: ỹ = final(dec0), ŷ = final(dec0 + residual). The residual comes from a copy of the
 segmenter's ASPP and bottleneck, upsampled to the decoder size, then a 1×1 (256 → 304, no bias).
 :meth:`extract_features` returns ``(deep, dec0)`` and :meth:`head` is the frozen ``final``, so
-both families plug into :class:`~rpl_perception.models.rpl.RPLSegmenter` unchanged.
+both families plug into :class:`~rpl_perception.models.rpl.RPLNetwork` unchanged.
 """
 
 import copy
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..labels import NUM_CITYSCAPES_CLASSES
 from .resnet import ResNet, dilation_for_output_stride, resnet50, resnet101
 from .rpl import RPLBranch, init_kaiming_fan_in
 from .wide_resnet import WiderResNetA2
@@ -160,7 +161,7 @@ class DeepLabV3PlusWRN38(_DeepLabV3PlusBase, WiderResNetA2):
     deep_stride = 8
     align_corners = True
 
-    def __init__(self, num_classes: int = 19):
+    def __init__(self, num_classes: int = NUM_CITYSCAPES_CLASSES):
         super().__init__()  # the WiderResNet38-A2 stages
         self.num_classes = num_classes
         self.aspp = DeepWV3PlusASPP(self.deep_channels, rates=(12, 24, 36))
@@ -216,7 +217,7 @@ class DeepLabV3PlusResNet(_DeepLabV3PlusBase):
     head_stride = 4
     align_corners = False
 
-    def __init__(self, backbone: ResNet, num_classes: int = 19, output_stride: int = 16):
+    def __init__(self, backbone: ResNet, num_classes: int = NUM_CITYSCAPES_CLASSES, output_stride: int = 16):
         super().__init__()
         rates = {8: (12, 24, 36), 16: (6, 12, 18)}.get(output_stride)
         if rates is None:
@@ -277,17 +278,17 @@ class DeepLabRPLBranch(RPLBranch):
 # --- builders (the architecture registry in rpl_perception.models uses these) -----------------
 
 
-def deeplabv3plus_wrn38(num_classes: int = 19) -> DeepLabV3PlusWRN38:
+def deeplabv3plus_wrn38(num_classes: int = NUM_CITYSCAPES_CLASSES) -> DeepLabV3PlusWRN38:
     """DeepLabV3+ WiderResNet38-A2 as in NVIDIA's ``cityscapes_best.pth`` and the RPL paper."""
     return DeepLabV3PlusWRN38(num_classes)
 
 
-def deeplabv3plus_resnet50(num_classes: int = 19, output_stride: int = 16) -> DeepLabV3PlusResNet:
+def deeplabv3plus_resnet50(num_classes: int = NUM_CITYSCAPES_CLASSES, output_stride: int = 16) -> DeepLabV3PlusResNet:
     return DeepLabV3PlusResNet(resnet50(dilation_for_output_stride(output_stride)), num_classes,
                                output_stride)
 
 
-def deeplabv3plus_resnet101(num_classes: int = 19, output_stride: int = 16) -> DeepLabV3PlusResNet:
+def deeplabv3plus_resnet101(num_classes: int = NUM_CITYSCAPES_CLASSES, output_stride: int = 16) -> DeepLabV3PlusResNet:
     return DeepLabV3PlusResNet(resnet101(dilation_for_output_stride(output_stride)), num_classes,
                                output_stride)
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RPLOutput", "RPLBranch", "FineRPLBranch", "RPLSegmenter", "SeparableASPP", "init_kaiming_fan_in"]
+__all__ = ["RPLOutput", "RPLBranch", "FineRPLBranch", "RPLNetwork", "RPLSegmenter", "SeparableASPP",
+           "init_kaiming_fan_in"]
 
 
 class RPLOutput(NamedTuple):
@@ -114,35 +115,45 @@ class FineRPLBranch(RPLBranch):
         return self.residual(self.fuse(torch.cat([coarse, feat], 1)))
 
 
-class RPLSegmenter(nn.Module):
-    """A frozen closed-set segmenter with an optional RPL branch.
+class RPLNetwork(nn.Module):
+    """The network: a frozen closed-set segmenter (``closed_set``) with an optional RPL branch.
 
-    The segmenter must provide ``extract_features(x) -> (deep, feat)``, ``extract_deep(x) -> deep``
+    The closed-set segmenter must provide ``extract_features(x) -> (deep, feat)``, ``extract_deep(x) -> deep``
     (for training), ``head(feat)`` and ``upsample_logits(logits, size)`` (see :class:`~rpl_perception.models.espnetv2.ESPNetv2Segmentation`).
-    The segmenter stays in eval mode with frozen parameters whatever ``train()`` is called with:
-    RPL never changes it, and its BatchNorm must keep using the running statistics.
+    It stays in eval mode with frozen parameters whatever ``train()`` is called with: RPL never
+    changes it, and its BatchNorm must keep using the running statistics.
     """
 
-    def __init__(self, segmenter: nn.Module, branch: Optional[RPLBranch] = None):
+    def __init__(self, closed_set: nn.Module, branch: Optional[RPLBranch] = None):
         super().__init__()
-        self.segmenter = segmenter
+        self.closed_set = closed_set
         self.branch = branch
-        for p in self.segmenter.parameters():
+        for p in self.closed_set.parameters():
             p.requires_grad_(False)
-        self.segmenter.eval()
+        self.closed_set.eval()
+
+    @property
+    def segmenter(self) -> nn.Module:
+        """The closed-set segmenter under its earlier name (alias of :attr:`closed_set`)."""
+        return self.closed_set
 
     @property
     def has_branch(self) -> bool:
         return self.branch is not None
 
+    @property
+    def size_divisor(self) -> int:
+        """Input sizes must be multiples of this (the closed-set segmenter's own, else 1)."""
+        return getattr(self.closed_set, "size_divisor", 1)
+
     def train(self, mode: bool = True):
         super().train(mode)
-        self.segmenter.eval()
+        self.closed_set.eval()
         return self
 
     def forward(self, x: torch.Tensor) -> RPLOutput:
         size = x.shape[-2:]
-        seg = self.segmenter
+        seg = self.closed_set
         deep, feat = seg.extract_features(x)
         closed = seg.upsample_logits(seg.head(feat), size)
         if self.branch is None:
@@ -150,3 +161,7 @@ class RPLSegmenter(nn.Module):
         residual, embedding = self.branch(deep, feat)
         rpl = seg.upsample_logits(seg.head(feat + residual), size)
         return RPLOutput(closed, rpl, embedding)
+
+
+#: the network's earlier name, kept for existing code
+RPLSegmenter = RPLNetwork

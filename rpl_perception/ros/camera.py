@@ -19,14 +19,14 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions, QoSPolicyKind
 from sensor_msgs.msg import CompressedImage, Image
 
+from ..topics import is_compressed, output_topics
+from .parameters import AUTO
 from .stats import WARN, CameraStats, input_problems
 from .throttle import ProblemThrottle
-from .topics import is_compressed, output_topics
 
 __all__ = ["AUTO", "RELIABILITIES", "Camera"]
 
-#: the value of a reliability parameter that means "match the publishers"
-AUTO = "best_available"
+#: reliability parameter value → rclpy policy (AUTO: match the publishers)
 RELIABILITIES = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE,
                  "system_default": ReliabilityPolicy.SYSTEM_DEFAULT, AUTO: None}
 #: depth and history through rclpy's own overrides; reliability the node resolves itself (AUTO)

@@ -5,8 +5,8 @@ from typing import Dict, Tuple
 import numpy as np
 from sensor_msgs.msg import Image
 
+from ..image_codec import fill_image
 from ..visualize import colorize_labels, overlay
-from .codec import fill_image
 
 __all__ = ["anomaly_mask", "publish_outputs"]
 

@@ -134,7 +134,7 @@ class FramePipeline:
             for decoder, raw in jobs:
                 decoder.submit(raw)
             with self._changed:
-                self._changed.wait_for(lambda: self.stopping.is_set() or not any(d.busy for d, _ in jobs),
+                self._changed.wait_for(lambda jobs=jobs: self.stopping.is_set() or not any(d.busy for d, _ in jobs),
                                        DECODE_WAIT_S)
                 batch = []
                 for decoder in self._decoders.values():

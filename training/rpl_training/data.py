@@ -18,8 +18,16 @@ import numpy as np
 import torch
 
 from .config import inlier_sources
-from .datasets import (CityscapesInliers, CocoOutliers, CutoutOutliers, DatasetLayoutError, FrameInliers,
-                       IDDInliers, UnreadableImage, VoidLabels)
+from .datasets import (
+    CityscapesInliers,
+    CocoOutliers,
+    CutoutOutliers,
+    DatasetLayoutError,
+    FrameInliers,
+    IDDInliers,
+    UnreadableImage,
+    VoidLabels,
+)
 from .transforms import OutlierExposure
 
 __all__ = ["SampleKey", "ConcatSources", "OutlierExposureDataset", "IterationBatchSampler", "collate",

@@ -37,8 +37,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from rpl_perception.image import IMAGE_SUFFIXES
 from rpl_perception.eval.datasets import DatasetLayoutError, open_dataset, read_label
+from rpl_perception.image import IMAGE_SUFFIXES, UnreadableImage, decode_image, read_image
+from rpl_perception.labels import BACKGROUND, VOID
+from rpl_perception.labels import OUTLIER as OBJECT
 
 __all__ = [
     "DatasetLayoutError", "UnreadableImage", "read_image", "decode_image", "CityscapesInliers",
@@ -48,46 +50,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OBJECT, BACKGROUND, VOID = 254, 0, 255
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 #: COCO classes that are Cityscapes classes (or parts of driving scenes): an outlier image holding
 #: any of them is dropped (official RPL / Meta-OoD filter)
 EXCLUDED_COCO_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck", "traffic light",
                          "stop sign")
-
-
-class UnreadableImage(OSError):
-    """An image file that is missing, truncated or cannot be decoded."""
-
-
-def decode_image(data: bytes, source, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
-    """Decode encoded image bytes → RGB (or RGBA with ``cv2.IMREAD_UNCHANGED``) uint8 array.
-
-    A JPEG without its end-of-image marker is reported as truncated: OpenCV would otherwise
-    return it with the missing part filled grey.
-    """
-    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
-        raise UnreadableImage(f"{source}: truncated JPEG (no end-of-image marker)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if image is None:
-        raise UnreadableImage(f"{source}: not a decodable image (truncated or corrupt)")
-    if image.dtype != np.uint8:
-        image = cv2.convertScaleAbs(image, alpha=255.0 / 65535.0)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def read_image(path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
-    """An image file → RGB uint8 (RGBA with ``cv2.IMREAD_UNCHANGED``); :class:`UnreadableImage` if not."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UnreadableImage(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return decode_image(data, path, flags)
 
 
 def _layout_error(title: str, root: Path, problems: Sequence[str], layout: Sequence[str]) -> DatasetLayoutError:

@@ -11,10 +11,10 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["OOD_LABEL", "VOID_LABEL", "rpl_losses", "corocl_loss", "entropy"]
+from rpl_perception.labels import OUTLIER as OOD_LABEL
+from rpl_perception.labels import VOID as VOID_LABEL
 
-OOD_LABEL = 254
-VOID_LABEL = 255
+__all__ = ["OOD_LABEL", "VOID_LABEL", "rpl_losses", "corocl_loss", "entropy"]
 
 
 def _check_pair(logits: torch.Tensor, target: torch.Tensor, where: str) -> None:

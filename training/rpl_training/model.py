@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, CheckpointMeta, load_model
-from rpl_perception.models import ImageNormalisation, RPLSegmenter, get_architecture
+from rpl_perception.models import ImageNormalisation, RPLNetwork, get_architecture
 from rpl_perception.models.rpl import init_kaiming_fan_in
 
 from .losses import OOD_LABEL, VOID_LABEL, corocl_loss, rpl_losses
@@ -40,15 +40,15 @@ class RPLTrainingModel(nn.Module):
     official code (its BatchNorm statistics are those of the whole batch).
     """
 
-    def __init__(self, network: RPLSegmenter, projector: nn.Conv2d, mean: Sequence[float], std: Sequence[float],
+    def __init__(self, network: RPLNetwork, projector: nn.Conv2d, mean: Sequence[float], std: Sequence[float],
                  compile_frozen: bool = False):
         super().__init__()
         if not network.has_branch:
-            raise ValueError("RPLTrainingModel needs an RPLSegmenter with a branch")
+            raise ValueError("RPLTrainingModel needs an RPLNetwork with a branch")
         self.network = network
         self.projector = projector
         self.normalise = ImageNormalisation(mean, std)
-        seg = network.segmenter
+        seg = network.closed_set
         # the frozen segmenter is pure inference: torch.compile fuses its many small BatchNorm /
         # PReLU / add kernels (several times faster on a CPU; minutes of compilation per input shape)
         self._features = torch.compile(seg.extract_features, dynamic=False) if compile_frozen else seg.extract_features
@@ -56,14 +56,14 @@ class RPLTrainingModel(nn.Module):
 
     def _project(self, embedding: torch.Tensor, input_hw) -> torch.Tensor:
         projected = self.projector(embedding)
-        stride = getattr(self.network.segmenter, "head_stride", None)
+        stride = getattr(self.network.closed_set, "head_stride", None)
         if stride:
             size = (-(-input_hw[0] // stride), -(-input_hw[1] // stride))
             projected = F.interpolate(projected, size, mode="bilinear", align_corners=True)
         return projected
 
     def forward(self, images: torch.Tensor, context: Optional[torch.Tensor] = None) -> TrainingOutput:
-        seg, branch = self.network.segmenter, self.network.branch
+        seg, branch = self.network.closed_set, self.network.branch
         x = self.normalise(images)
         size = x.shape[-2:]
         with torch.no_grad():
@@ -79,7 +79,7 @@ class RPLTrainingModel(nn.Module):
         return TrainingOutput(closed, rpl, projected[:n], projected[n:] if context is not None else None)
 
 
-def build_network(model_cfg: Dict[str, object]) -> Tuple[RPLSegmenter, nn.Conv2d, CheckpointMeta]:
+def build_network(model_cfg: Dict[str, object]) -> Tuple[RPLNetwork, nn.Conv2d, CheckpointMeta]:
     """Frozen segmenter from ``model.segmenter`` + a fresh RPL branch + the CoroCL projector.
 
     Initialisation as the official code: the branch's context block starts as a copy of the
@@ -94,17 +94,17 @@ def build_network(model_cfg: Dict[str, object]) -> Tuple[RPLSegmenter, nn.Conv2d
     design = model_cfg.get("rpl_design") or arch.rpl_designs[0]
     if design not in arch.rpl_designs:
         raise ValueError(f"model.rpl_design {design!r} is unknown for {arch.name}; known: {', '.join(arch.rpl_designs)}")
-    segmenter = frozen.segmenter
+    segmenter = frozen.closed_set
     branch = arch.build_rpl_branch(segmenter, width, design)
     projector = nn.Conv2d(branch.context_channels, segmenter.head_channels, kernel_size=1, bias=True)
     init_kaiming_fan_in(projector)
     meta = dataclasses.replace(meta, rpl_width=width, rpl_design=design, score="rpl_energy")
     if "source" not in meta.provenance:
         meta.provenance = {**meta.provenance, "source": str(path)}
-    return RPLSegmenter(segmenter, branch), projector, meta
+    return RPLNetwork(segmenter, branch), projector, meta
 
 
-def build_optimizer(network: RPLSegmenter, projector: nn.Module, train_cfg: Dict[str, object]) -> torch.optim.Adam:
+def build_optimizer(network: RPLNetwork, projector: nn.Module, train_cfg: Dict[str, object]) -> torch.optim.Adam:
     """Adam: the branch's final 1×1 at ``residual_lr_factor`` × lr, everything else trained at lr."""
     residual = list(network.branch.residual.parameters())
     ids = {id(p) for p in residual}

@@ -81,7 +81,7 @@ class RunState:
     ctx: DistContext
     out_dir: Path
     meta: CheckpointMeta
-    network: nn.Module  # RPLSegmenter
+    network: nn.Module  # RPLNetwork
     projector: nn.Module
     model: nn.Module  # RPLTrainingModel, wrapped in DDP when distributed
     optimizer: torch.optim.Optimizer
@@ -284,7 +284,7 @@ def setup_run(cfg, ctx: DistContext, out_dir: Path, resume: bool):
     train_cfg, seed = cfg["train"], int(cfg["seed"])
     torch.manual_seed(seed)  # the same initial weights in every process
     network, projector, meta = build_network(cfg["model"])
-    divisor = getattr(network.segmenter, "size_divisor", 1)
+    divisor = network.size_divisor
     if any(side % divisor for side in cfg["data"]["crop_size"]):
         raise ConfigError(f"data.crop_size {cfg['data']['crop_size']} must be multiples of {divisor} "
                           f"for {meta.architecture}")

@@ -20,7 +20,7 @@ from rpl_perception.checkpoint import CheckpointMeta
 from rpl_perception.eval.datasets import open_dataset
 from rpl_perception.eval.metrics import PixelMetricAccumulator
 from rpl_perception.eval.suite import SuiteSet, load_suite
-from rpl_perception.models import AnomalyModel, RPLSegmenter
+from rpl_perception.models import AnomalyModel, RPLNetwork
 from rpl_perception.segmenter import AnomalySegmenter
 
 from .losses import OOD_LABEL, VOID_LABEL
@@ -87,7 +87,7 @@ def _validate_set(segmenter: AnomalySegmenter, dataset, count: int, show_progres
     return accumulator.compute()
 
 
-def validate(network: RPLSegmenter, meta: CheckpointMeta, sets, *, device: torch.device,
+def validate(network: RPLNetwork, meta: CheckpointMeta, sets, *, device: torch.device,
              network_size=None, max_images: Optional[int] = None, show_progress: bool = True):
     """AP / FPR95 / AUROC of the ``rpl_energy`` score (labels 0 in, 1 anomaly, else void), through
     :class:`AnomalySegmenter` exactly as at inference, and the score's calibration (display range,
@@ -112,7 +112,7 @@ def validate(network: RPLSegmenter, meta: CheckpointMeta, sets, *, device: torch
     return metrics, calibration
 
 
-def calibrate_on_batch(network: RPLSegmenter, meta: CheckpointMeta, batch: Dict[str, torch.Tensor]):
+def calibrate_on_batch(network: RPLNetwork, meta: CheckpointMeta, batch: Dict[str, torch.Tensor]):
     """Calibration from a training batch when no validation set is configured: pasted objects
     count as anomalies, every other non-void pixel as in-distribution."""
     model = AnomalyModel(network, num_inlier=meta.num_inlier, mean=meta.mean, std=meta.std,

@@ -5,6 +5,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+
 from rpl_training_testdata import make_anomaly_set, make_cityscapes, make_frames, make_small_coco
 
 _REPO_CONFTEST = Path(__file__).resolve().parents[2] / "test" / "conftest.py"

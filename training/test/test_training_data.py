@@ -4,13 +4,28 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from rpl_training_testdata import (make_cityscapes, make_frames, polygon, rle, small_config,
-                      uncompressed_rle, write_coco, write_rgb)
 
 from rpl_training.data import IterationBatchSampler, build_dataset, collate
-from rpl_training.datasets import (CityscapesInliers, CocoOutliers, CutoutOutliers, DatasetLayoutError,
-                                   FrameInliers, UnreadableImage, read_image)
+from rpl_training.datasets import (
+    CityscapesInliers,
+    CocoOutliers,
+    CutoutOutliers,
+    DatasetLayoutError,
+    FrameInliers,
+    UnreadableImage,
+    read_image,
+)
 from rpl_training.transforms import OutlierExposure, object_bbox, pad_center_crop
+from rpl_training_testdata import (
+    make_cityscapes,
+    make_frames,
+    polygon,
+    rle,
+    small_config,
+    uncompressed_rle,
+    write_coco,
+    write_rgb,
+)
 
 PAD = (124, 116, 104)  # round(255 · ImageNet mean)
 

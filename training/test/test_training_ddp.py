@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
-from rpl_training_testdata import CROP_HW, small_config
 
 from rpl_perception import AnomalySegmenter
 from rpl_training.train import STATE_FILE, RPLTrainingModel, build_network, forward_losses, train
+from rpl_training_testdata import CROP_HW, small_config
 
 WORLD_SIZE = 2
 

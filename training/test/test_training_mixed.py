@@ -4,14 +4,23 @@ several COCO folders; the faster training forward; validation on a suite of sets
 import numpy as np
 import pytest
 import torch
-from rpl_training_testdata import (SCENE_HW, make_anomaly_set, make_frames, make_small_coco, scene, small_config,
-                                   write_coco, write_gray, write_rgb)
 
 from rpl_training.config import ConfigError, inlier_sources, load_config
 from rpl_training.data import ConcatSources, IterationBatchSampler, build_dataset, build_outliers, collate
 from rpl_training.datasets import FrameInliers, IDDInliers, VoidLabels
 from rpl_training.model import RPLTrainingModel, build_network, forward_losses
 from rpl_training.validation import ValidationSets, validate
+from rpl_training_testdata import (
+    SCENE_HW,
+    make_anomaly_set,
+    make_frames,
+    make_small_coco,
+    scene,
+    small_config,
+    write_coco,
+    write_gray,
+    write_rgb,
+)
 
 MEAN = (0.485, 0.456, 0.406)
 

@@ -25,8 +25,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from ..checkpoint import CheckpointError, CheckpointMeta, describe_mismatch
-from . import get_architecture
+from ..models import get_architecture
+from .metadata import CheckpointError, CheckpointMeta, describe_mismatch
 
 __all__ = ["FORMATS", "OFFICIAL_PREFIXES", "WRN38_ARCHITECTURE", "read_pytorch_checkpoint",
            "convert_pytorch_object", "unwrap_state_dict", "detect_format", "official_to_groups", "groups_to_official",
