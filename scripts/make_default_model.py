@@ -4,14 +4,15 @@
     python scripts/make_default_model.py ../shared/models/espnetv2/espnetv2_s_2.0_city_1024x512.pth \
         --calibration ../shared/data/roadanomaly_dev --out rpl_perception/weights/espnetv2_cityscapes.safetensors
 
-    # segmenter + trained RPL branch (what ships; see docs/rpl_training_udacity.md)
-    python scripts/make_default_model.py runs/udacity_coco_cpu/last.safetensors \
-        --calibration ../shared/data/roadanomaly_dev --out rpl_perception/weights/espnetv2_cityscapes.safetensors
+    # segmenter + trained RPL branch (what ships; see docs/rpl_training.md): calibrated on the
+    # development suite, with the suite's metrics of that model file in its provenance
+    python scripts/make_default_model.py runs/mixed_cpu/best.safetensors --calibration scripts/dev_suite.yaml \
+        --metrics runs/eval_mixed_cpu/suite.json --out rpl_perception/weights/espnetv2_cityscapes.safetensors
 
 The output holds the segmenter and, where the input has one, the RPL branch (the CoroCL projector
 is training-only and left out), the training provenance (data, config, commit, metrics) of an
 ``rpl-train`` checkpoint, and per score two display constants measured on the calibration set
-(a RoadAnomaly-style folder: images/ + labels/, 0 normal, 2 anomaly):
+(the labelled sets of a suite file, or a RoadAnomaly-style folder: images/ + labels/, 0 normal, 2 anomaly):
 - ``display_range``: the 1st and 99th percentile of the score over all pixels, so heatmap colours
   span the scores that occur on real roads and mean the same in every frame;
 - ``anomaly_threshold``: the score at which 5 % of the normal pixels are flagged (a sensitive
@@ -21,6 +22,7 @@ is training-only and left out), the training provenance (data, config, commit, m
 
 import argparse
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -30,24 +32,33 @@ from rpl_perception.calibration import calibrate
 from rpl_perception.checkpoint import load_model, save_checkpoint
 from rpl_perception.eval.datasets import open_dataset
 from rpl_perception.eval.runner import MultiScorePredictor, available_scores
+from rpl_perception.eval.suite import load_suite
 from rpl_perception.image import resize_labels
 from rpl_perception.segmenter import AnomalySegmenter
 
 SEGMENTER = "ESPNetv2 s=2.0 Cityscapes, EdgeNets model zoo (Sachin Mehta), MIT licence"
 
 
-def calibrate_on_folder(segmenter: AnomalySegmenter, folder: Path):
-    """{score: display range}, {score: threshold} over every pixel of the folder at network size."""
-    dataset = open_dataset("road_anomaly", folder)
+def calibration_sets(path: Path):
+    """The labelled datasets of a suite file (.yaml), or a RoadAnomaly-style folder."""
+    if path.suffix in (".yaml", ".yml"):
+        return [open_dataset(entry.kind, entry.root) for entry in load_suite(path)]
+    return [open_dataset("road_anomaly", path)]
+
+
+def calibrate_on_sets(segmenter: AnomalySegmenter, datasets, stride: int = 2):
+    """{score: display range}, {score: threshold} over the pixels of every set at network size
+    (every ``stride``-th row and column: sets of 2048×1024 frames would not fit in memory whole)."""
     predictor = MultiScorePredictor(segmenter)
     size = segmenter.network_size
     values = {s: [] for s in predictor.scores}
     labels = []
-    for sample in tqdm(dataset, desc="calibrating", unit="img"):
-        (_, maps), = predictor.predict_batch([sample.image], sizes=[size])
-        for s in predictor.scores:
-            values[s].append(maps[s].ravel())
-        labels.append(resize_labels(sample.label, size).ravel())
+    for dataset in datasets:
+        for sample in tqdm(dataset, desc=f"calibrating on {dataset.root.name}", unit="img"):
+            (_, maps), = predictor.predict_batch([sample.image], sizes=[size])
+            for s in predictor.scores:
+                values[s].append(maps[s][::stride, ::stride].ravel())
+            labels.append(resize_labels(sample.label, size)[::stride, ::stride].ravel())
     labels = np.concatenate(labels)
     display, threshold = {}, {}
     for s in predictor.scores:
@@ -63,7 +74,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="segmenter state dict (.pth) or rpl_perception checkpoint "
                                                  "(e.g. rpl-train's last.safetensors)")
-    parser.add_argument("--calibration", type=Path, required=True, help="folder with images/ and labels/")
+    parser.add_argument("--calibration", type=Path, required=True,
+                        help="a suite file (e.g. scripts/dev_suite.yaml: every set's pixels) or a RoadAnomaly-style "
+                             "folder with images/ and labels/")
+    parser.add_argument("--metrics", type=Path, default=None, metavar="SUITE_JSON",
+                        help="suite.json of `rpl-perception eval --suite` on the input model: its metrics on every set "
+                             "are recorded in the provenance")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -71,7 +87,7 @@ def main():
     # the score chosen here does not matter: MultiScorePredictor computes every score the model has
     segmenter = AnomalySegmenter(network, meta, score="energy")
     scores = available_scores(segmenter)
-    meta.display_range, meta.anomaly_threshold = calibrate_on_folder(segmenter, args.calibration)
+    meta.display_range, meta.anomaly_threshold = calibrate_on_sets(segmenter, calibration_sets(args.calibration))
     meta.score = scores[0]
     provenance = dict(meta.provenance)
     if "training" in provenance:  # rpl-train kept the segmenter's own record; add the branch's file
@@ -81,6 +97,10 @@ def main():
         provenance.update(segmenter=SEGMENTER, source_file=record["file"], source_sha256=record["sha256"])
     provenance["calibration"] = (f"{args.calibration.name}: display_range = 1st/99th percentile of all pixels, "
                                  "anomaly_threshold = 95th percentile of normal pixels (network input size)")
+    if args.metrics is not None:
+        report = json.loads(args.metrics.read_text(encoding="utf-8"))
+        provenance["evaluation"] = {"suite": report["suite"], "network_sizes": report["network_sizes"],
+                                    "summary": report["summary"]}
     meta.provenance = provenance
     save_checkpoint(args.out, meta, network)  # no projector: training-only
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB), default score {meta.score}")
