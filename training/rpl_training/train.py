@@ -13,8 +13,8 @@ objects → Adam step → poly learning-rate step.
 
 In the style of torchvision's ``references/segmentation``: :func:`train_one_epoch` runs the
 iterations up to the next validation or checkpoint, :func:`evaluate` validates and keeps the best
-model, :func:`save` writes the model and the resumable state; :class:`RunState` is everything a run
-carries between them.
+model, :func:`save` writes the model and the resumable state; :class:`~rpl_training.run_state.RunState`
+(built by :func:`~rpl_training.run_state.setup_run`) is everything a run carries between them.
 
 The output folder receives ``config.yaml``, ``metrics.csv`` (and ``validation.csv``, TensorBoard
 events when the ``tensorboard`` package is installed), the runtime model files
@@ -34,20 +34,19 @@ from typing import Dict, List, Optional
 
 import torch
 import yaml
-from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from rpl_perception.checkpoint import CheckpointMeta, save_checkpoint
+from rpl_perception.checkpoint import save_checkpoint
 from rpl_perception.eval.datasets import DatasetLayoutError
 
-from .config import ConfigError, inlier_sources, load_config
-from .data import ConcatSources, IterationBatchSampler, build_dataset, make_loader
-from .distributed import DistContext, all_gather_objects, all_reduce, barrier, cleanup_distributed, init_distributed
+from .config import ConfigError, load_config
+from .distributed import all_gather_objects, all_reduce, barrier, cleanup_distributed, init_distributed
 from .losses import OOD_LABEL
 from .model import RPLTrainingModel, build_network, build_optimizer, forward_losses, poly_schedule
-from .utils import VALIDATION_FIELDS, MetricsLog, StopRequest, git_commit
-from .validation import ValidationSets, calibrate_on_batch, describe, open_validation, validate
+from .run_state import STATE_FILE, WINDOW_TERMS, RunState, make_loader_for, rng_state, setup_run
+from .utils import VALIDATION_FIELDS, MetricsLog, StopRequest
+from .validation import ValidationSets, describe, validate
 
 __all__ = ["RPLTrainingModel", "RunState", "TrainResult", "build_network", "build_optimizer", "poly_schedule",
            "forward_losses", "validate", "train_one_epoch", "evaluate", "save", "train", "main", "STATE_FILE",
@@ -55,10 +54,8 @@ __all__ = ["RPLTrainingModel", "RunState", "TrainResult", "build_network", "buil
 
 log = logging.getLogger("rpl_training")
 
-STATE_FILE = "train_state.pt"
 LAST_CHECKPOINT = "last.safetensors"
 BEST_CHECKPOINT = "best.safetensors"
-WINDOW_TERMS = ("loss", "ce", "reg", "energy", "corocl", "corocl_fraction")
 
 
 @dataclasses.dataclass
@@ -71,77 +68,6 @@ class TrainResult:
     best_checkpoint: Optional[Path]
     best_ap: Optional[float]
     last_metrics: Dict[str, float]
-
-
-@dataclasses.dataclass
-class RunState:
-    """What a run carries from one iteration to the next; :func:`save` writes it to ``train_state.pt``."""
-
-    cfg: dict
-    ctx: DistContext
-    out_dir: Path
-    meta: CheckpointMeta
-    network: nn.Module  # RPLNetwork
-    projector: nn.Module
-    model: nn.Module  # RPLTrainingModel, wrapped in DDP when distributed
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    generator: torch.Generator  # CoroCL sampling
-    total: int
-    iterations_per_epoch: int
-    provenance: dict
-    iteration: int = 0  # iterations completed
-    best_ap: Optional[float] = None
-    best_iteration: Optional[int] = None
-    calibration: Optional[tuple] = None  # ((low, high), threshold) of the rpl_energy score
-    calibration_source: Optional[str] = None
-    train_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)  # last logging window
-    val_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)  # latest validation
-    last_batch: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
-    skipped_reads: int = 0
-    warned: set = dataclasses.field(default_factory=set)
-    window: Optional[torch.Tensor] = None  # sums of WINDOW_TERMS over the logging window
-    window_count: int = 0
-    window_seconds: float = 0.0
-    metrics_log: Optional[MetricsLog] = None
-    progress: Optional[tqdm] = None
-
-    @property
-    def device(self) -> torch.device:
-        return self.ctx.device
-
-    def current_metrics(self) -> Dict[str, float]:
-        best = {"best_ap": self.best_ap} if self.best_ap is not None else {}
-        return {**self.train_metrics, **{f"val_{k}": v for k, v in self.val_metrics.items()}, **best}
-
-    def checkpoint_meta(self) -> CheckpointMeta:
-        """The model file's metadata: calibration and provenance of this point of the run."""
-        if self.calibration is None:
-            self.calibration = calibrate_on_batch(self.network, self.meta, self.last_batch)
-            self.calibration_source = "pasted objects of the last training batch"
-        (low, high), threshold = self.calibration
-        training = {**self.provenance, "iterations": self.iteration, "metrics": self.current_metrics(),
-                    "calibration": f"rpl_energy display_range / anomaly_threshold from {self.calibration_source}"}
-        return dataclasses.replace(
-            self.meta, display_range={**self.meta.display_range, "rpl_energy": (low, high)},
-            anomaly_threshold={**self.meta.anomaly_threshold, "rpl_energy": threshold},
-            provenance={**self.meta.provenance, "training": training})
-
-
-# ----------------------------------------------------------------------------- RNG state
-
-def _rng_state(run: RunState) -> Dict[str, Optional[torch.Tensor]]:
-    cuda = run.device.type == "cuda"
-    return {"torch": torch.get_rng_state(), "corocl": run.generator.get_state(),
-            "cuda": torch.cuda.get_rng_state(run.device) if cuda else None}
-
-
-def _set_rng_state(run: RunState, state) -> None:
-    torch.set_rng_state(state["torch"])
-    run.generator.set_state(state["corocl"])
-    if run.device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], run.device)
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -224,7 +150,7 @@ def evaluate(run: RunState, sets: ValidationSets) -> None:
 
 def save(run: RunState) -> Path:
     """Runtime model (main process) + resumable state; every process takes part (RNG states)."""
-    rng_states = all_gather_objects(_rng_state(run), run.ctx)
+    rng_states = all_gather_objects(rng_state(run), run.ctx)
     path = run.out_dir / LAST_CHECKPOINT
     if run.ctx.is_main:
         save_checkpoint(path, run.checkpoint_meta(), run.network, run.projector)
@@ -241,113 +167,6 @@ def save(run: RunState) -> Path:
         tmp.replace(state_path)
     barrier(run.ctx)
     return path
-
-
-# ----------------------------------------------------------------------------- set-up
-
-def _open_data(cfg, meta: CheckpointMeta, seed: int):
-    """Training dataset and validation sets; every missing dataset reported in one error."""
-    problems, dataset, sets = [], None, None
-    try:
-        dataset = build_dataset(cfg["data"], meta.mean, seed)
-    except DatasetLayoutError as exc:
-        problems.append(str(exc))
-    val_cfg = cfg["validation"]
-    try:
-        sets = open_validation(val_cfg)
-    except DatasetLayoutError as exc:
-        problems.append(f"validation data ({val_cfg['kind'] if val_cfg['root'] else val_cfg['suite']}): {exc}")
-    if problems:
-        raise DatasetLayoutError("\n".join(problems))
-    return dataset, sets
-
-
-def _provenance(cfg, dataset) -> dict:
-    out = cfg["data"]["outlier"]
-    roots = out["root"] if isinstance(out["root"], list) else [out["root"]]
-    sources = [{"kind": s["kind"], "root": str(Path(s["root"]).resolve()), "weight": s["weight"]}
-               for s in inlier_sources(cfg["data"])]
-    inlier = sources[0] if len(sources) == 1 else sources
-    return {"data": {"inlier": inlier,
-                     "outlier": {"kind": out["kind"], "filter": out["filter"],
-                                 "root": str(Path(roots[0]).resolve()) if len(roots) == 1
-                                 else [str(Path(r).resolve()) for r in roots]},
-                     "inlier_images": len(dataset.inliers), "outlier_images": len(dataset.outliers)},
-            "config": cfg, "git_commit": git_commit()}
-
-
-def setup_run(cfg, ctx: DistContext, out_dir: Path, resume: bool):
-    """Network, data, optimiser and schedule of a new run, or of the run resumed from ``train_state.pt``.
-
-    Returns ``(run, dataset, validation sets)``.
-    """
-    train_cfg, seed = cfg["train"], int(cfg["seed"])
-    torch.manual_seed(seed)  # the same initial weights in every process
-    network, projector, meta = build_network(cfg["model"])
-    divisor = network.size_divisor
-    if any(side % divisor for side in cfg["data"]["crop_size"]):
-        raise ConfigError(f"data.crop_size {cfg['data']['crop_size']} must be multiples of {divisor} "
-                          f"for {meta.architecture}")
-    dataset, sets = _open_data(cfg, meta, seed)
-
-    batch_size = int(train_cfg["batch_size"])
-    if batch_size % ctx.world_size:
-        raise ConfigError(f"train.batch_size {batch_size} must be divisible by the {ctx.world_size} processes")
-    iterations_per_epoch = len(dataset) // batch_size
-    if iterations_per_epoch == 0:
-        raise ConfigError(f"{len(dataset)} inlier images are fewer than one batch of {batch_size}")
-    total = int(train_cfg["iterations"] or train_cfg["epochs"] * iterations_per_epoch)
-    state = torch.load(out_dir / STATE_FILE, map_location="cpu", weights_only=True) if resume else None
-    if state is not None:
-        total = int(state["total"])  # the schedule of the run being resumed
-
-    device = ctx.device
-    if ctx.distributed and device.type == "cuda" and train_cfg["sync_bn"]:
-        network.branch = nn.SyncBatchNorm.convert_sync_batchnorm(network.branch)
-    model = RPLTrainingModel(network, projector, meta.mean, meta.std,
-                             compile_frozen=bool(train_cfg["compile"])).to(device).train()
-    optimizer = build_optimizer(network, projector, train_cfg)
-    scheduler = poly_schedule(optimizer, total, float(train_cfg["lr_power"]), int(train_cfg["warmup_iterations"]))
-    scaler = torch.amp.GradScaler(device.type, enabled=bool(train_cfg["amp"]) and device.type == "cuda")
-    generator = torch.Generator().manual_seed(seed + ctx.rank)
-    torch.manual_seed(seed + ctx.rank)
-    if device.type == "cuda":
-        torch.cuda.manual_seed(seed + ctx.rank)
-    ddp_model = model
-    if ctx.distributed:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=bool(train_cfg["corocl"]["enabled"]))
-    run = RunState(cfg, ctx, out_dir, meta, network, projector, ddp_model, optimizer, scheduler, scaler, generator,
-                   total, iterations_per_epoch, _provenance(cfg, dataset),
-                   window=torch.zeros(len(WINDOW_TERMS), dtype=torch.float64, device=device))
-    if state is not None:
-        network.branch.load_state_dict(state["branch"])
-        projector.load_state_dict(state["projector"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        run.iteration = int(state["iteration"])
-        run.best_ap, run.best_iteration = state["best"]["ap"], state["best"]["iteration"]
-        if state["world_size"] == ctx.world_size:
-            _set_rng_state(run, state["rng"][ctx.rank])
-        else:
-            log.warning("resuming with %d processes instead of %d: the data stream is unchanged, the CoroCL "
-                        "sampling RNG restarts", ctx.world_size, state["world_size"])
-        if state["config"] != cfg:
-            changed = sorted(k for k in cfg if state["config"].get(k) != cfg[k])
-            log.warning("resuming with a changed config (sections: %s)", ", ".join(changed))
-    return run, dataset, sets
-
-
-def _loader(run: RunState, dataset):
-    cfg = run.cfg
-    sources = dataset.inliers.ranges() if isinstance(dataset.inliers, ConcatSources) else None
-    weights = [s["weight"] for s in inlier_sources(cfg["data"])] if sources else None
-    sampler = IterationBatchSampler(len(dataset), int(cfg["train"]["batch_size"]), run.total, seed=int(cfg["seed"]),
-                                    start=run.iteration, rank=run.ctx.rank, world_size=run.ctx.world_size,
-                                    sources=sources, weights=weights)
-    return make_loader(dataset, sampler, int(cfg["data"]["num_workers"]), pin_memory=run.device.type == "cuda")
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -404,7 +223,7 @@ def _train(run: RunState, dataset, sets: Optional[ValidationSets], stop_after: O
                  f", resuming at {start}" if start else "")
     val_every = int(val_cfg["every"]) if sets is not None else None
     checkpoint_every = int(train_cfg["checkpoint_every"])
-    batches = iter(_loader(run, dataset))
+    batches = iter(make_loader_for(run, dataset))
     interrupted, validated_at = False, None
     run.progress = tqdm(total=run.total, initial=start, desc="rpl-train", unit="it", dynamic_ncols=True,
                         disable=not ctx.is_main)
