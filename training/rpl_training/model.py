@@ -50,9 +50,16 @@ class RPLTrainingModel(nn.Module):
         self.normalise = ImageNormalisation(mean, std)
         seg = network.closed_set
         # the frozen segmenter is pure inference: torch.compile fuses its many small BatchNorm /
-        # PReLU / add kernels (several times faster on a CPU; minutes of compilation per input shape)
-        self._features = torch.compile(seg.extract_features, dynamic=False) if compile_frozen else seg.extract_features
+        # PReLU / add kernels (faster on a CPU after minutes of compilation per input shape)
+        self._frozen = torch.compile(self.frozen_forward, dynamic=False) if compile_frozen else self.frozen_forward
         self._deep = torch.compile(seg.extract_deep, dynamic=False) if compile_frozen else seg.extract_deep
+        # (compiling the trainable part too was measured slower on the CPU: its backward kernels)
+
+    def frozen_forward(self, x: torch.Tensor):
+        """The frozen segmenter on normalised images → (deep, head input, ỹ at the input size)."""
+        seg = self.network.closed_set
+        deep, feat = seg.extract_features(x)
+        return deep, feat, seg.upsample_logits(seg.head(feat), x.shape[-2:])
 
     def _project(self, embedding: torch.Tensor, input_hw) -> torch.Tensor:
         projected = self.projector(embedding)
@@ -67,8 +74,7 @@ class RPLTrainingModel(nn.Module):
         x = self.normalise(images)
         size = x.shape[-2:]
         with torch.no_grad():
-            deep, feat = self._features(x)
-            closed = seg.upsample_logits(seg.head(feat), size)
+            deep, feat, closed = self._frozen(x)
             if context is not None:
                 deep = torch.cat([deep, self._deep(self.normalise(context))])
         embedding = branch.embed(deep)

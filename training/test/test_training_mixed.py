@@ -173,7 +173,7 @@ def test_compile_option_compiles_only_the_frozen_feature_extraction(tiny_data, t
     monkeypatch.setattr(torch, "compile", fake_compile)
     network, projector, meta = build_network(small_config(tiny_data, tmp_path / "run")["model"])
     RPLTrainingModel(network, projector, meta.mean, meta.std, compile_frozen=True)
-    assert compiled == [("extract_features", {"dynamic": False}), ("extract_deep", {"dynamic": False})]
+    assert compiled == [("frozen_forward", {"dynamic": False}), ("extract_deep", {"dynamic": False})]
     compiled.clear()
     RPLTrainingModel(network, projector, meta.mean, meta.std)
     assert compiled == []
