@@ -31,7 +31,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     fig, (terms_ax, val_ax) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for run in args.runs:
+    # one colour per run; the loss term / the validation set is told by the line style
+    term_styles = {"ce": "-", "reg": ":", "energy": "--", "corocl": "-."}
+    set_styles = ["--", ":", "-.", (0, (1, 3)), (0, (5, 1))]
+    for index, run in enumerate(args.runs):
+        colour = f"C{index % 10}"
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         weights = {"ce": 1.0, "reg": 1.0, "energy": float(cfg["train"]["energy_weight"]),
                    "corocl": float(cfg["train"]["corocl"]["weight"])}
@@ -40,15 +44,17 @@ def main(argv=None) -> int:
         for term, weight in weights.items():
             values = [weight * r[term] for r in rows]
             if any(values):
-                terms_ax.plot(its, values, label=f"{run.name}: {term}" + (f" × {weight:g}" if weight != 1 else ""))
+                terms_ax.plot(its, values, color=colour, linestyle=term_styles[term],
+                              label=f"{run.name}: {term}" + (f" × {weight:g}" if weight != 1 else ""))
         validation = read_csv(run / "validation.csv")
         if validation:
             sets = [k[:-3] for k in validation[0] if k.endswith("_ap") and k != "best_ap"]
             x = [r["iteration"] for r in validation]
-            val_ax.plot(x, [100 * r["ap"] for r in validation], marker="o", linewidth=2, label=f"{run.name}: mean")
-            for name in sets:
-                val_ax.plot(x, [100 * r[f"{name}_ap"] for r in validation], marker=".", linestyle="--",
-                            label=f"{run.name}: {name}")
+            val_ax.plot(x, [100 * r["ap"] for r in validation], color=colour, marker="o", linewidth=2.5,
+                        label=f"{run.name}: mean")
+            for set_index, name in enumerate(sets):
+                val_ax.plot(x, [100 * r[f"{name}_ap"] for r in validation], color=colour, marker=".", linewidth=1,
+                            linestyle=set_styles[set_index % len(set_styles)], label=f"{run.name}: {name}")
     terms_ax.set(xlabel="iteration", ylabel="loss term (as weighted in the total)", yscale="log",
                  title="loss terms (means over logging windows)")
     val_ax.set(xlabel="iteration", ylabel="AP (%)", title="validation AP of rpl_energy")

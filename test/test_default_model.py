@@ -20,7 +20,7 @@ def test_default_model_is_one_small_file_with_branch_and_provenance():
     assert groups["rpl"] and not groups["projector"]  # the CoroCL projector is training-only
     training = meta.provenance["training"]
     assert re.fullmatch(r"[0-9a-f]{40}", training["git_commit"])
-    assert training["config"]["train"]["iterations"] == 800 and training["config"]["train"]["corocl"]["enabled"] is True
+    assert training["config"]["train"]["iterations"] == 800 and training["config"]["train"]["corocl"]["enabled"] is False
     assert [source["kind"] for source in training["data"]["inlier"]] == ["frames", "frames", "idd"]
     assert training["data"]["outlier"]["kind"] == "coco"
     # the suite metrics of this very file, every set, the closed-set baselines beside
