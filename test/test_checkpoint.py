@@ -1,5 +1,6 @@
 """The single-file checkpoint format and its error messages."""
 
+import dataclasses
 import json
 
 import pytest
@@ -20,14 +21,11 @@ def test_round_trip_with_rpl_branch_and_projector(tmp_path, default_model):
     torch.manual_seed(0)
     network, meta = default_model
     arch = get_architecture(meta.architecture)
-    model = RPLSegmenter(network.segmenter, arch.build_rpl_branch(network.segmenter, 32))
+    model = RPLSegmenter(network.segmenter, arch.build_rpl_branch(network.segmenter, 32, "pyramid"))
     projector = torch.nn.Conv2d(32, 32, 1)
-    meta.rpl_width, meta.score = 32, "rpl_energy"
-    meta.provenance = {"data": "unit test", "iterations": 0}
-    try:
-        path = save_checkpoint(tmp_path / "m.safetensors", meta, model, projector)
-    finally:
-        meta.rpl_width, meta.score = None, "energy"
+    branch_meta = dataclasses.replace(meta, rpl_width=32, rpl_design="pyramid", score="rpl_energy",
+                                      provenance={"data": "unit test", "iterations": 0})
+    path = save_checkpoint(tmp_path / "m.safetensors", branch_meta, model, projector)
     loaded, loaded_meta = load_model(path)
     assert loaded_meta.rpl_width == 32 and loaded_meta.provenance["data"] == "unit test"
     for key, value in model.branch.state_dict().items():
@@ -80,8 +78,6 @@ def test_corrupt_and_foreign_files_are_clear_errors(tmp_path):
 
 
 def test_branch_design_is_recorded_and_rebuilt(tmp_path):
-    import dataclasses
-
     from rpl_perception.models.rpl import SeparableASPP
 
     torch.manual_seed(0)

@@ -273,8 +273,6 @@ def test_offline_eval_on_roadanomaly_dev(tmp_path, roadanomaly_dev, capsys):
     # closed-set energy AP measured at native label resolution (1280×720): 0.236 (float16 rounding: 0.2373)
     assert report["metrics"]["energy"]["ap"] == pytest.approx(0.236, abs=0.01)
     # the embedded RPL branch (docs/rpl_training.md): what its model file records for this set
-    from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model
-
     recorded = load_model(DEFAULT_CHECKPOINT)[1].provenance["evaluation"]["summary"]["rpl_energy"]["sets"]
     assert report["primary_score"] == "rpl_energy"
     assert report["metrics"]["rpl_energy"]["ap"] == pytest.approx(recorded["RoadAnomaly dev"]["ap"], abs=0.005)
