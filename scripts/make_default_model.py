@@ -36,6 +36,7 @@ from rpl_perception.eval.suite import load_suite
 from rpl_perception.image import resize_labels
 from rpl_perception.segmenter import AnomalySegmenter
 
+CALIBRATION_STRIDE = 2  # pixel rows / columns: sets of 2048×1024 frames would not fit in memory whole
 SEGMENTER = "ESPNetv2 s=2.0 Cityscapes, EdgeNets model zoo (Sachin Mehta), MIT licence"
 
 
@@ -46,7 +47,7 @@ def calibration_sets(path: Path):
     return [open_dataset("road_anomaly", path)]
 
 
-def calibrate_on_sets(segmenter: AnomalySegmenter, datasets, stride: int = 2):
+def calibrate_on_sets(segmenter: AnomalySegmenter, datasets, stride: int = CALIBRATION_STRIDE):
     """{score: display range}, {score: threshold} over the pixels of every set at network size
     (every ``stride``-th row and column: sets of 2048×1024 frames would not fit in memory whole)."""
     predictor = MultiScorePredictor(segmenter)
@@ -96,7 +97,8 @@ def main():
         record = file_record(args.model)
         provenance.update(segmenter=SEGMENTER, source_file=record["file"], source_sha256=record["sha256"])
     provenance["calibration"] = (f"{args.calibration.name}: display_range = 1st/99th percentile of all pixels, "
-                                 "anomaly_threshold = 95th percentile of normal pixels (network input size)")
+                                 "anomaly_threshold = 95th percentile of normal pixels (network input size, every "
+                                 f"{CALIBRATION_STRIDE}nd row and column)")
     if args.metrics is not None:
         report = json.loads(args.metrics.read_text(encoding="utf-8"))
         provenance["evaluation"] = {"suite": report["suite"], "network_sizes": report["network_sizes"],
