@@ -151,7 +151,8 @@ def training_step(device, batch_size, crop, steps):
     torch.manual_seed(0)
     train_cfg = DEFAULTS["train"]
     network, projector, meta = build_network(DEFAULTS["model"])
-    model = RPLTrainingModel(network, projector, meta.mean, meta.std).to(device).train()
+    model = RPLTrainingModel(network, projector, meta.mean, meta.std,
+                             num_inlier=meta.num_inlier).to(device).train()
     optimizer = build_optimizer(network, projector, train_cfg)
     width, height = crop
     generator = torch.Generator().manual_seed(0)
@@ -164,8 +165,8 @@ def training_step(device, batch_size, crop, steps):
 
     def step():
         started = time.perf_counter()
-        loss, _ = forward_losses(model, batch, use_corocl=True, num_inlier=meta.num_inlier,
-                                 train_cfg=train_cfg, generator=torch.Generator().manual_seed(1), amp=amp)
+        loss, _ = forward_losses(model, batch, use_corocl=True, train_cfg=train_cfg,
+                                 generator=torch.Generator().manual_seed(1), amp=amp)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -90,7 +90,14 @@ DEFAULTS: Dict[str, Any] = {
             "max_views": 512,
             "min_images": 2,  # per process, as the official trainer
         },
-        "compile": False,  # torch.compile the frozen segmenter (inference only; minutes to compile, then faster)
+        "compile": False,  # torch.compile the frozen segmenter (torch backend) and the loss terms (minutes to
+                           # compile, then faster)
+        "frozen": {
+            "where": "auto",  # model | loader | auto: the frozen pass in the data loader's worker on a CPU
+                              # (overlapping the trainable step) when num_workers >= 1, else in the model
+            "backend": "auto",  # loader only: torch | onnxruntime | auto (onnxruntime where installed)
+        },
+        "threads": None,  # PyTorch threads of the training process; None = PyTorch's default
         "amp": True,  # CUDA only
         "sync_bn": True,  # CUDA + several processes only
         "device": "auto",  # auto | cpu | cuda
@@ -194,7 +201,9 @@ def _check(cfg: Dict[str, Any]) -> None:
             raise ConfigError(f"{where}.object_scale must be a positive number or null; got {source['object_scale']!r}")
     choices = {("data", "outlier", "kind"): ("coco", "cutouts"),
                ("data", "outlier", "filter"): ("image", "object"),
-               ("train", "device"): ("auto", "cpu", "cuda")}
+               ("train", "device"): ("auto", "cpu", "cuda"),
+               ("train", "frozen", "where"): ("auto", "model", "loader"),
+               ("train", "frozen", "backend"): ("auto", "torch", "onnxruntime")}
     for keys, allowed in choices.items():
         node = cfg
         for k in keys[:-1]:
@@ -215,6 +224,8 @@ def _check(cfg: Dict[str, Any]) -> None:
             raise ConfigError(f"train.{key} must be a positive integer; got {train[key]!r}")
     if train["iterations"] is not None and (not isinstance(train["iterations"], int) or train["iterations"] < 1):
         raise ConfigError(f"train.iterations must be a positive integer or null; got {train['iterations']!r}")
+    if train["threads"] is not None and (not isinstance(train["threads"], int) or train["threads"] < 1):
+        raise ConfigError(f"train.threads must be a positive integer or null; got {train['threads']!r}")
     for key in ("lr", "residual_lr_factor", "lr_power", "entropy_t"):
         if not isinstance(train[key], (int, float)) or train[key] <= 0:
             raise ConfigError(f"train.{key} must be a positive number; got {train[key]!r}")

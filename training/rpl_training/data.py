@@ -277,7 +277,7 @@ def worker_init(_worker_id: int) -> None:
 
 
 def make_loader(dataset: OutlierExposureDataset, sampler: IterationBatchSampler, num_workers: int,
-                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+                pin_memory: bool = False, collate_fn=collate) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                       collate_fn=collate, pin_memory=pin_memory,
+                                       collate_fn=collate_fn, pin_memory=pin_memory,
                                        worker_init_fn=worker_init if num_workers > 0 else None)

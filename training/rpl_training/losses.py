@@ -6,7 +6,9 @@ in value. Targets hold 254 = OoD (pasted object), 255 = void, any other value = 
 pixels enter no term.
 """
 
-from typing import Dict, Optional
+import functools
+import math
+from typing import Dict, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,8 @@ import torch.nn.functional as F
 from rpl_perception.labels import OUTLIER as OOD_LABEL
 from rpl_perception.labels import VOID as VOID_LABEL
 
-__all__ = ["OOD_LABEL", "VOID_LABEL", "rpl_losses", "corocl_loss", "entropy"]
+__all__ = ["OOD_LABEL", "VOID_LABEL", "ClosedSetTargets", "closed_set_targets", "rpl_losses", "corocl_loss",
+           "entropy"]
 
 
 def _check_pair(logits: torch.Tensor, target: torch.Tensor, where: str) -> None:
@@ -26,10 +29,38 @@ def _check_pair(logits: torch.Tensor, target: torch.Tensor, where: str) -> None:
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over ``mask``; an empty mask gives 0 that still backpropagates."""
-    if mask.any():
-        return values[mask].mean()
-    return values.sum() * 0.0
+    """Mean of ``values`` over ``mask``; an empty mask gives 0 that still backpropagates.
+
+    Written without a data-dependent branch or boolean indexing, so that ``torch.compile`` fuses it.
+    """
+    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp(min=1)
+
+
+#: log of the probability floor of the official ``disimilarity_entropy`` (q clamped to ≥ 1e-7)
+_LOG_FLOOR = math.log(1e-7)
+
+
+class ClosedSetTargets(NamedTuple):
+    """What the losses read from the frozen segmenter's logits ỹ, per pixel (N,H,W)."""
+
+    pseudo: torch.Tensor  # argmax_c ỹ (the first maximum), integer
+    entropy: torch.Tensor  # H(ỹ) at temperature 1, float
+
+
+def _entropy_last(z: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """−Σ_c q_c log q_c over the last dim, q = clamp(softmax(z), min=1e-7), given lse = logsumexp(z).
+
+    log q = z − lse, and log(clamp(q, 1e-7)) = clamp(log q, log 1e-7) (log is monotonic; the
+    gradient is cut at the same pixels), so no softmax is taken a second time.
+    """
+    log_q = z - lse.unsqueeze(-1)
+    return -(log_q.exp().clamp(min=1e-7) * log_q.clamp(min=_LOG_FLOOR)).sum(dim=-1)
+
+
+def _channels_last(logits: torch.Tensor) -> torch.Tensor:
+    """(N,C,H,W) → (N,H,W,C) view: a reduction over C then reads contiguous memory when the
+    tensor is stored channels-last (a copy otherwise, which is still faster than strided reductions)."""
+    return logits.permute(0, 2, 3, 1).contiguous()
 
 
 def entropy(logits: torch.Tensor, t: float = 1.0) -> torch.Tensor:
@@ -37,14 +68,23 @@ def entropy(logits: torch.Tensor, t: float = 1.0) -> torch.Tensor:
 
     The clamp is the official ``disimilarity_entropy``'s; it keeps log finite.
     """
-    q = torch.clamp(torch.softmax(logits, dim=1), min=1e-7)
-    return -(q * torch.log(q)).sum(dim=1) / t
+    z = _channels_last(logits)
+    return _entropy_last(z, torch.logsumexp(z, dim=-1)) / t
 
 
-def rpl_losses(logits_rpl: torch.Tensor, logits_closed: torch.Tensor, target: torch.Tensor, *,
+def closed_set_targets(logits_closed: torch.Tensor) -> ClosedSetTargets:
+    """Pseudo-labels and entropy of the frozen logits ỹ (N,C,H,W), without autograd."""
+    with torch.no_grad():
+        z = _channels_last(logits_closed)
+        pseudo = z.max(dim=-1).indices  # = argmax (first maximum), several times faster on a CPU
+        return ClosedSetTargets(pseudo, _entropy_last(z, torch.logsumexp(z, dim=-1)))
+
+
+def rpl_losses(logits_rpl: torch.Tensor, closed: Union[torch.Tensor, ClosedSetTargets], target: torch.Tensor, *,
                ood_label: int = OOD_LABEL, void_label: int = VOID_LABEL, t: float = 1.0,
-               energy_weight: float = 0.05) -> Dict[str, torch.Tensor]:
-    """RPL losses on ŷ (``logits_rpl``, with the branch) and ỹ (``logits_closed``, frozen segmenter).
+               energy_weight: float = 0.05, compiled: bool = False) -> Dict[str, torch.Tensor]:
+    """RPL losses on ŷ (``logits_rpl``, with the branch) and ỹ (the frozen segmenter's logits,
+    or their :func:`closed_set_targets`, which the training computes with the frozen pass).
 
     As the official ``energy_loss`` (paper Eq. 4–6), with pseudo = argmax_c ỹ:
 
@@ -56,21 +96,43 @@ def rpl_losses(logits_rpl: torch.Tensor, logits_closed: torch.Tensor, target: to
     * ``total``  = ce + reg + energy_weight · energy.
 
     A term whose pixel set is empty is 0. Shapes: logits (N,C,H,W) float32/float64, target (N,H,W).
+    One log-softmax serves all three terms (CE = −log q at the pseudo-label, H from log q); the
+    reductions run over the channels stored last. The values are the definitions' up to float rounding.
+    ``compiled``: the terms run as one ``torch.compile``-d function (fused kernels, same values;
+    compiled once per process and shape).
     """
     _check_pair(logits_rpl, target, "rpl_losses")
-    if logits_closed.shape != logits_rpl.shape:
-        raise ValueError(f"rpl_losses: logits_closed {tuple(logits_closed.shape)} and logits_rpl "
-                         f"{tuple(logits_rpl.shape)} differ")
+    if isinstance(closed, torch.Tensor):
+        if closed.shape != logits_rpl.shape:
+            raise ValueError(f"rpl_losses: logits_closed {tuple(closed.shape)} and logits_rpl "
+                             f"{tuple(logits_rpl.shape)} differ")
+        closed = closed_set_targets(closed)
     if target.shape != logits_rpl.shape[:1] + logits_rpl.shape[2:]:
         raise ValueError(f"rpl_losses: target {tuple(target.shape)} does not match logits "
                          f"{tuple(logits_rpl.shape)}")
+    if closed.pseudo.shape != target.shape:
+        raise ValueError(f"rpl_losses: closed-set targets {tuple(closed.pseudo.shape)} do not match "
+                         f"the target {tuple(target.shape)}")
+    terms = _compiled_rpl_terms() if compiled else _rpl_terms
+    return terms(_channels_last(logits_rpl), closed.pseudo.long(), closed.entropy.to(logits_rpl.dtype),
+                      target, ood_label, void_label, float(t), float(energy_weight))
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_rpl_terms():
+    return torch.compile(_rpl_terms, dynamic=False)
+
+
+def _rpl_terms(z: torch.Tensor, pseudo: torch.Tensor, closed_entropy: torch.Tensor, target: torch.Tensor,
+               ood_label: int, void_label: int, t: float, energy_weight: float) -> Dict[str, torch.Tensor]:
+    """:func:`rpl_losses` on (N,H,W,C) logits; a pure tensor function (``torch.compile`` fuses it)."""
     ood = target == ood_label
     inlier = ~ood & (target != void_label)
-
-    pseudo = logits_closed.max(dim=1).indices  # = argmax (first maximum), several times faster on a CPU
-    ce = _masked_mean(F.cross_entropy(logits_rpl, pseudo, reduction="none"), inlier)
-    reg = _masked_mean((entropy(logits_rpl, t) - entropy(logits_closed, t)) ** 2, inlier)
-    energy = _masked_mean(F.relu(torch.logsumexp(logits_rpl, dim=1)), ood)
+    lse = torch.logsumexp(z, dim=-1)
+    ce = lse - z.gather(-1, pseudo.unsqueeze(-1)).squeeze(-1)  # −log softmax at the pseudo-label
+    reg = (_entropy_last(z, lse) / t - closed_entropy / t) ** 2
+    ce, reg = _masked_mean(ce, inlier), _masked_mean(reg, inlier)
+    energy = _masked_mean(F.relu(lse), ood)
     return {"ce": ce, "reg": reg, "energy": energy, "total": ce + reg + energy_weight * energy}
 
 

@@ -10,56 +10,52 @@ import torch.nn.functional as F
 from torch import nn
 
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, CheckpointMeta, load_model
-from rpl_perception.models import ImageNormalisation, RPLNetwork, get_architecture
+from rpl_perception.models import RPLNetwork, get_architecture
 from rpl_perception.models.rpl import init_kaiming_fan_in
 
-from .losses import OOD_LABEL, VOID_LABEL, corocl_loss, rpl_losses
+from .frozen import FROZEN_KEYS, FrozenEncoder, FrozenSegmenter, TorchFrozenPass
+from .losses import OOD_LABEL, VOID_LABEL, ClosedSetTargets, corocl_loss, rpl_losses
 
 __all__ = ["TrainingOutput", "RPLTrainingModel", "build_network", "build_optimizer", "poly_schedule",
            "forward_losses"]
 
 
 class TrainingOutput(NamedTuple):
-    closed: torch.Tensor  # ỹ (B, C, H, W) of the mixed images, without autograd
-    rpl: torch.Tensor  # ŷ, same shape
+    targets: ClosedSetTargets  # pseudo-labels and entropy of ỹ (the frozen segmenter), without autograd
+    rpl: torch.Tensor  # ŷ over the inlier classes (B, C, H, W)
     projected: torch.Tensor  # CoroCL embedding of the mixed images (B, C', h, w)
     context_projected: Optional[torch.Tensor]  # that of the context images; None without them
 
 
 class RPLTrainingModel(nn.Module):
-    """uint8 (B,H,W,3) RGB → ỹ, ŷ and the projected embeddings, for training.
+    """uint8 (B,H,W,3) RGB → the closed-set targets, ŷ and the projected embeddings, for training.
 
-    Normalises exactly as :meth:`rpl_perception.models.AnomalyModel.normalise` (x · 1/(255σ) − μ/σ).
-    The projector (CoroCL, paper Fig. 6: one 1×1 conv to the head's input width) reads the
-    branch's context feature; its output is bilinearly resized to the head's resolution, where the
-    official code projects (1×1 and bilinear resizing commute, as in :class:`RPLBranch`).
+    The frozen share of the step (:mod:`rpl_training.frozen`: deep feature, head input, closed-set
+    pseudo-labels and entropy, context images' deep feature) comes precomputed from the data
+    loader (``frozen``, a batch's :data:`~rpl_training.frozen.FROZEN_KEYS`) or is computed here
+    on the model's device. The projector (CoroCL, paper Fig. 6: one 1×1 conv to the head's input
+    width) reads the branch's context feature; its output is bilinearly resized to the head's
+    resolution, where the official code projects (1×1 and bilinear resizing commute, as in
+    :class:`RPLBranch`).
 
-    The frozen segmenter runs without autograd. The context images of CoroCL only need the
-    branch's embedding, so they go through the encoder and the branch's context block, never the
-    decoder or the heads; the context block sees mixed and context images as one batch, as in the
-    official code (its BatchNorm statistics are those of the whole batch).
+    The context images of CoroCL only need the branch's embedding, so they go through the encoder
+    and the branch's context block, never the decoder or the heads; the context block sees mixed
+    and context images as one batch, as in the official code (its BatchNorm statistics are those
+    of the whole batch). On a CPU the head input is stored channels-last: the frozen head's
+    convolutions and the losses' channel reductions run faster on it (same values).
     """
 
-    def __init__(self, network: RPLNetwork, projector: nn.Conv2d, mean: Sequence[float], std: Sequence[float],
-                 compile_frozen: bool = False):
+    def __init__(self, network: RPLNetwork, projector: nn.Conv2d, mean: Sequence[float], std: Sequence[float], *,
+                 num_inlier: int, compile_frozen: bool = False):
         super().__init__()
         if not network.has_branch:
             raise ValueError("RPLTrainingModel needs an RPLNetwork with a branch")
         self.network = network
         self.projector = projector
-        self.normalise = ImageNormalisation(mean, std)
-        seg = network.closed_set
-        # the frozen segmenter is pure inference: torch.compile fuses its many small BatchNorm /
-        # PReLU / add kernels (faster on a CPU after minutes of compilation per input shape)
-        self._frozen = torch.compile(self.frozen_forward, dynamic=False) if compile_frozen else self.frozen_forward
-        self._deep = torch.compile(seg.extract_deep, dynamic=False) if compile_frozen else seg.extract_deep
+        self.num_inlier = int(num_inlier)
+        self.frozen = TorchFrozenPass(FrozenSegmenter(network.closed_set, mean, std, num_inlier),
+                                      FrozenEncoder(network.closed_set, mean, std), compile=compile_frozen)
         # (compiling the trainable part too was measured slower on the CPU: its backward kernels)
-
-    def frozen_forward(self, x: torch.Tensor):
-        """The frozen segmenter on normalised images → (deep, head input, ỹ at the input size)."""
-        seg = self.network.closed_set
-        deep, feat = seg.extract_features(x)
-        return deep, feat, seg.upsample_logits(seg.head(feat), x.shape[-2:])
 
     def _project(self, embedding: torch.Tensor, input_hw) -> torch.Tensor:
         projected = self.projector(embedding)
@@ -69,20 +65,24 @@ class RPLTrainingModel(nn.Module):
             projected = F.interpolate(projected, size, mode="bilinear", align_corners=True)
         return projected
 
-    def forward(self, images: torch.Tensor, context: Optional[torch.Tensor] = None) -> TrainingOutput:
+    def forward(self, images: torch.Tensor, context: Optional[torch.Tensor] = None,
+                frozen: Optional[Dict[str, torch.Tensor]] = None) -> TrainingOutput:
         seg, branch = self.network.closed_set, self.network.branch
-        x = self.normalise(images)
-        size = x.shape[-2:]
-        with torch.no_grad():
-            deep, feat, closed = self._frozen(x)
-            if context is not None:
-                deep = torch.cat([deep, self._deep(self.normalise(context))])
+        if frozen is None:
+            frozen = self.frozen(images, context)
+        deep, feat = frozen["deep"], frozen["feat"]
+        if feat.device.type == "cpu":
+            feat = feat.contiguous(memory_format=torch.channels_last)
+        size = images.shape[1:3]
+        if context is not None:
+            deep = torch.cat([deep, frozen["context_deep"]])
         embedding = branch.embed(deep)
         n = images.shape[0]
         residual = branch.residual_from(embedding[:n], feat)
-        rpl = seg.upsample_logits(seg.head(feat + residual), size)
+        rpl = seg.upsample_logits(seg.head(feat + residual)[:, : self.num_inlier], size)
         projected = self._project(embedding, size)
-        return TrainingOutput(closed, rpl, projected[:n], projected[n:] if context is not None else None)
+        targets = ClosedSetTargets(frozen["pseudo"], frozen["closed_entropy"])
+        return TrainingOutput(targets, rpl, projected[:n], projected[n:] if context is not None else None)
 
 
 def build_network(model_cfg: Dict[str, object]) -> Tuple[RPLNetwork, nn.Conv2d, CheckpointMeta]:
@@ -130,19 +130,22 @@ def poly_schedule(optimizer, total: int, power: float, warmup: int = 0) -> torch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def forward_losses(model: nn.Module, batch: Dict[str, torch.Tensor], *, use_corocl: bool, num_inlier: int,
+def forward_losses(model: nn.Module, batch: Dict[str, torch.Tensor], *, use_corocl: bool,
                    train_cfg: Dict[str, object], generator: Optional[torch.Generator] = None,
                    amp: bool = False) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Forward one batch (tensors on the model's device) → (loss, detached terms).
 
-    Only the first ``num_inlier`` logit channels enter the losses, as they enter the score.
+    Only the inlier logit channels enter the losses, as they enter the score. The batch's
+    :data:`~rpl_training.frozen.FROZEN_KEYS`, where the data loader computed them, are used as
+    they are. With ``train.compile`` the loss terms run as one compiled function (same values).
     """
     images, labels = batch["image"], batch["label"].long()
+    frozen = {k: batch[k] for k in (*FROZEN_KEYS, "context_deep") if k in batch} or None
     with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
-        out = model(images, batch["context"] if use_corocl else None)
-    closed, rpl = out.closed[:, :num_inlier].float(), out.rpl[:, :num_inlier].float()
-    terms = rpl_losses(rpl, closed, labels, ood_label=OOD_LABEL, void_label=VOID_LABEL,
-                       t=float(train_cfg["entropy_t"]), energy_weight=float(train_cfg["energy_weight"]))
+        out = model(images, batch["context"] if use_corocl else None, frozen)
+    terms = rpl_losses(out.rpl.float(), out.targets, labels, ood_label=OOD_LABEL, void_label=VOID_LABEL,
+                       t=float(train_cfg["entropy_t"]), energy_weight=float(train_cfg["energy_weight"]),
+                       compiled=bool(train_cfg["compile"]))
     corocl_cfg = train_cfg["corocl"]
     if use_corocl:
         with_objects = (labels == OOD_LABEL).flatten(1).any(dim=1)

@@ -18,13 +18,15 @@ from rpl_perception.checkpoint import CheckpointMeta
 from rpl_perception.eval.datasets import DatasetLayoutError
 
 from .config import ConfigError, inlier_sources
-from .data import ConcatSources, IterationBatchSampler, build_dataset, make_loader
+from .data import ConcatSources, IterationBatchSampler, build_dataset, collate, make_loader
 from .distributed import DistContext
+from .frozen import FrozenCollate, OnnxFrozenPass, export_frozen, onnxruntime_available
 from .model import RPLTrainingModel, build_network, build_optimizer, poly_schedule
 from .utils import MetricsLog, git_commit
 from .validation import calibrate_on_batch, open_validation
 
-__all__ = ["RunState", "STATE_FILE", "WINDOW_TERMS", "rng_state", "set_rng_state", "setup_run", "make_loader_for"]
+__all__ = ["RunState", "STATE_FILE", "WINDOW_TERMS", "rng_state", "set_rng_state", "setup_run", "frozen_in_loader",
+           "make_loader_for"]
 
 log = logging.getLogger("rpl_training")
 
@@ -162,7 +164,9 @@ def setup_run(cfg, ctx: DistContext, out_dir: Path, resume: bool):
     device = ctx.device
     if ctx.distributed and device.type == "cuda" and train_cfg["sync_bn"]:
         network.branch = nn.SyncBatchNorm.convert_sync_batchnorm(network.branch)
-    model = RPLTrainingModel(network, projector, meta.mean, meta.std,
+    if train_cfg["threads"]:
+        torch.set_num_threads(int(train_cfg["threads"]))
+    model = RPLTrainingModel(network, projector, meta.mean, meta.std, num_inlier=meta.num_inlier,
                              compile_frozen=bool(train_cfg["compile"])).to(device).train()
     optimizer = build_optimizer(network, projector, train_cfg)
     scheduler = poly_schedule(optimizer, total, float(train_cfg["lr_power"]), int(train_cfg["warmup_iterations"]))
@@ -198,12 +202,45 @@ def setup_run(cfg, ctx: DistContext, out_dir: Path, resume: bool):
     return run, dataset, sets
 
 
+def frozen_in_loader(cfg, device: torch.device) -> Optional[str]:
+    """The backend of the frozen pass when the data loader runs it (``train.frozen``), else None."""
+    frozen = cfg["train"]["frozen"]
+    workers = int(cfg["data"]["num_workers"])
+    where = frozen["where"]
+    if where == "auto":
+        where = "loader" if device.type == "cpu" and workers >= 1 else "model"
+    if where == "model":
+        return None
+    if device.type != "cpu":
+        raise ConfigError("train.frozen.where: loader needs train.device cpu (the loader's batches live on the CPU)")
+    backend = frozen["backend"]
+    if backend == "auto":
+        backend = "onnxruntime" if onnxruntime_available() else "torch"
+    if backend == "onnxruntime" and not onnxruntime_available():
+        raise ConfigError("train.frozen.backend onnxruntime: the onnxruntime package is not installed")
+    return backend
+
+
+def _frozen_collate(run: RunState, backend: str) -> FrozenCollate:
+    base = run.model.module if isinstance(run.model, nn.parallel.DistributedDataParallel) else run.model
+    frozen = base.frozen
+    if backend == "onnxruntime":
+        paths = export_frozen(frozen.segmenter, frozen.encoder, run.out_dir / "frozen", run.cfg["data"]["crop_size"])
+        frozen = OnnxFrozenPass(paths, threads=1)
+    log.info("the frozen segmenter runs in the data loader (%s)", backend)
+    return FrozenCollate(frozen, with_context=bool(run.cfg["train"]["corocl"]["enabled"]))
+
+
 def make_loader_for(run: RunState, dataset):
-    """The run's sample stream from its current iteration (every source weighted as configured)."""
+    """The run's sample stream from its current iteration (every source weighted as configured); the
+    frozen pass joins the loader's work where ``train.frozen`` says so."""
     cfg = run.cfg
     sources = dataset.inliers.ranges() if isinstance(dataset.inliers, ConcatSources) else None
     weights = [s["weight"] for s in inlier_sources(cfg["data"])] if sources else None
     sampler = IterationBatchSampler(len(dataset), int(cfg["train"]["batch_size"]), run.total, seed=int(cfg["seed"]),
                                     start=run.iteration, rank=run.ctx.rank, world_size=run.ctx.world_size,
                                     sources=sources, weights=weights)
-    return make_loader(dataset, sampler, int(cfg["data"]["num_workers"]), pin_memory=run.device.type == "cuda")
+    backend = frozen_in_loader(cfg, run.device)
+    collate_fn = collate if backend is None else _frozen_collate(run, backend)
+    return make_loader(dataset, sampler, int(cfg["data"]["num_workers"]), pin_memory=run.device.type == "cuda",
+                       collate_fn=collate_fn)

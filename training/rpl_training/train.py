@@ -110,8 +110,8 @@ def train_one_epoch(run: RunState, batches, end: int, stop: StopRequest) -> bool
         use_corocl = bool(corocl_cfg["enabled"]) and -flags[1].item() >= corocl_cfg["min_images"]
 
         run.optimizer.zero_grad(set_to_none=True)
-        loss, terms = forward_losses(run.model, batch, use_corocl=use_corocl, num_inlier=run.meta.num_inlier,
-                                     train_cfg=train_cfg, generator=run.generator, amp=use_amp)
+        loss, terms = forward_losses(run.model, batch, use_corocl=use_corocl, train_cfg=train_cfg,
+                                     generator=run.generator, amp=use_amp)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()

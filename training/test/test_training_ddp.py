@@ -51,13 +51,13 @@ def _worker(rank: int, ports, cfg, out: str) -> None:
     try:
         torch.manual_seed(0)
         network, projector, meta = build_network(cfg["model"])
-        model = RPLTrainingModel(network, projector, meta.mean, meta.std).train()
+        model = RPLTrainingModel(network, projector, meta.mean, meta.std, num_inlier=meta.num_inlier).train()
         alone = copy.deepcopy(model)
         ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
         batch = _batch(rank)  # a different batch in each process
         for module in (ddp, alone):
-            loss, _ = forward_losses(module, batch, use_corocl=True, num_inlier=meta.num_inlier,
-                                     train_cfg=cfg["train"], generator=torch.Generator().manual_seed(5))
+            loss, _ = forward_losses(module, batch, use_corocl=True, train_cfg=cfg["train"],
+                                     generator=torch.Generator().manual_seed(5))
             loss.backward()
         own = {n: p.grad.clone() for n, p in alone.named_parameters() if p.requires_grad}
         gathered = [None] * WORLD_SIZE

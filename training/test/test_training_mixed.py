@@ -139,8 +139,8 @@ def test_training_forward_equals_the_whole_network_on_the_joint_batch(tiny_data,
     dataset = build_dataset(cfg["data"], MEAN, 0)
     batch = collate([dataset[k] for k in IterationBatchSampler(len(dataset), 2, 1, seed=0).keys(0)])
     batch.pop("skipped")
-    model = RPLTrainingModel(network, projector, meta.mean, meta.std).train()
-    loss, terms = forward_losses(model, batch, use_corocl=True, num_inlier=19, train_cfg=cfg["train"],
+    model = RPLTrainingModel(network, projector, meta.mean, meta.std, num_inlier=meta.num_inlier).train()
+    loss, terms = forward_losses(model, batch, use_corocl=True, train_cfg=cfg["train"],
                                  generator=torch.Generator().manual_seed(0))
     loss.backward()
     grads = [p.grad.clone() for p in network.branch.parameters()]
@@ -149,7 +149,7 @@ def test_training_forward_equals_the_whole_network_on_the_joint_batch(tiny_data,
     from rpl_training.losses import corocl_loss, rpl_losses
     for p in network.branch.parameters():
         p.grad = None
-    x = model.normalise(torch.cat([batch["image"], batch["context"]]))
+    x = model.frozen.segmenter.normalise(torch.cat([batch["image"], batch["context"]]))
     out = network(x)
     projected = torch.nn.functional.interpolate(projector(out.embedding), (32, 64), mode="bilinear",
                                                 align_corners=True)
@@ -163,19 +163,19 @@ def test_training_forward_equals_the_whole_network_on_the_joint_batch(tiny_data,
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
 
 
-def test_compile_option_compiles_only_the_frozen_feature_extraction(tiny_data, tmp_path, monkeypatch):
+def test_compile_option_compiles_only_the_frozen_pass(tiny_data, tmp_path, monkeypatch):
     compiled = []
 
     def fake_compile(fn, **kwargs):
-        compiled.append((fn.__name__, kwargs))
+        compiled.append((type(fn).__name__, kwargs))
         return fn
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     network, projector, meta = build_network(small_config(tiny_data, tmp_path / "run")["model"])
-    RPLTrainingModel(network, projector, meta.mean, meta.std, compile_frozen=True)
-    assert compiled == [("frozen_forward", {"dynamic": False}), ("extract_deep", {"dynamic": False})]
+    RPLTrainingModel(network, projector, meta.mean, meta.std, num_inlier=meta.num_inlier, compile_frozen=True)
+    assert compiled == [("FrozenSegmenter", {"dynamic": False}), ("FrozenEncoder", {"dynamic": False})]
     compiled.clear()
-    RPLTrainingModel(network, projector, meta.mean, meta.std)
+    RPLTrainingModel(network, projector, meta.mean, meta.std, num_inlier=meta.num_inlier)
     assert compiled == []
 
 
