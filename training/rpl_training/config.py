@@ -67,6 +67,15 @@ DEFAULTS: Dict[str, Any] = {
             "paste_prob": 1.0,  # fraction of inlier crops that get an object
             "flip_prob": 0.0,  # object augmentation
             "colour_jitter": 0.0,  # object augmentation strength (brightness/contrast/saturation)
+            "on_road": {  # obstacles pasted where obstacles lie (rpl_training.transforms.RoadPlacement)
+                "share": 0.0,  # of the pasted objects, placed on the frozen segmenter's road pixels
+                "height_at_bottom": [0.04, 0.3],  # object height at the frame's bottom row / frame height
+                "min_height": 6,  # px; smaller objects (near the horizon) are not pasted there
+                "soft_edge": 0.0,  # σ px of the outline's feathering (0: hard edges)
+                "shadow": 0.0,  # darkening (0-1) of an ellipse of road under the object
+                "classes": [0],  # train ids that count as road (0 road, 1 sidewalk, 9 terrain)
+                "cache_dir": "runs/road_masks",  # the masks, computed once per segmenter (rpl_training.road_masks)
+            },
         },
         "crop_size": [352, 352],  # [height, width]; multiples of the segmenter's size divisor
         "flip_prob": 0.8,  # inlier horizontal flip; the official random_mirror flips 80 %
@@ -115,8 +124,8 @@ DEFAULTS: Dict[str, Any] = {
     },
 }
 
-_PATH_KEYS = (("model", "segmenter"), ("data", "outlier", "root"), ("validation", "root"), ("validation", "suite"),
-              ("output_dir",))
+_PATH_KEYS = (("model", "segmenter"), ("data", "outlier", "root"), ("data", "outlier", "on_road", "cache_dir"),
+              ("validation", "root"), ("validation", "suite"), ("output_dir",))
 
 
 def inlier_sources(data_cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -215,6 +224,13 @@ def _check(cfg: Dict[str, Any]) -> None:
     scales = data["outlier"]["scales"]
     if not scales or not all(isinstance(s, (int, float)) and s > 0 for s in scales):
         raise ConfigError(f"data.outlier.scales must be a non-empty list of positive numbers; got {scales!r}")
+    road = data["outlier"]["on_road"]
+    if not isinstance(road["share"], (int, float)) or not 0 <= road["share"] <= 1:
+        raise ConfigError(f"data.outlier.on_road.share must be a number in [0, 1]; got {road['share']!r}")
+    heights = road["height_at_bottom"]
+    if not (isinstance(heights, list) and len(heights) == 2 and 0 < heights[0] <= heights[1] <= 1):
+        raise ConfigError(f"data.outlier.on_road.height_at_bottom must be [low, high] with 0 < low <= high <= 1; "
+                          f"got {heights!r}")
     if cfg["validation"]["root"] and cfg["validation"]["suite"]:
         raise ConfigError("give validation.root (one set) or validation.suite (a suite file), not both")
     if not isinstance(train["warmup_iterations"], int) or train["warmup_iterations"] < 0:

@@ -28,7 +28,7 @@ from .datasets import (
     UnreadableImage,
     VoidLabels,
 )
-from .transforms import OutlierExposure
+from .transforms import OutlierExposure, RoadPlacement
 
 __all__ = ["SampleKey", "ConcatSources", "OutlierExposureDataset", "IterationBatchSampler", "collate",
            "build_inliers", "build_outliers", "build_dataset", "make_loader", "worker_init"]
@@ -78,8 +78,10 @@ class OutlierExposureDataset(torch.utils.data.Dataset):
     ``inliers`` may be a :class:`ConcatSources` of several sources, each with its own transform
     (``transform`` is then a list, one per source: sources differ in resolution)."""
 
-    def __init__(self, inliers, outliers, transform, seed: int):
+    def __init__(self, inliers, outliers, transform, seed: int, road_masks=None):
         self.inliers, self.outliers, self.seed = inliers, outliers, int(seed)
+        #: :class:`~rpl_training.road_masks.RoadMasks` for on-road pasting, or None
+        self.road_masks = road_masks
         self.transforms = list(transform) if isinstance(transform, (list, tuple)) else [transform]
         self.transform = self.transforms[0]
 
@@ -93,17 +95,18 @@ class OutlierExposureDataset(torch.utils.data.Dataset):
 
     @staticmethod
     def _read_first_readable(source, first: int, skipped: List[str], what: str):
-        # a skipped inlier is replaced by the next one of the same source (same resolution)
+        """→ (image, label, the index read): a skipped inlier is replaced by the next one of the
+        same source (same resolution)."""
         if isinstance(source, ConcatSources):
             which = source.source_of(first)
             offset = int(source.offsets[which])
-            image, label = OutlierExposureDataset._read_first_readable(
+            image, label, index = OutlierExposureDataset._read_first_readable(
                 source.sources[which], first - offset, skipped, what)
-            return image, label
+            return image, label, index + offset
         for step in range(len(source)):
             index = (first + step) % len(source)
             try:
-                return source.read(index)
+                return (*source.read(index), index)
             except UnreadableImage as exc:
                 skipped.append(f"{source.describe(index)} ({exc})")
         raise RuntimeError(f"no readable {what} image: all {len(source)} files failed to load")
@@ -113,9 +116,10 @@ class OutlierExposureDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, int(epoch), int(position)])
         skipped: List[str] = []
         outlier_index = int(rng.integers(len(self.outliers)))
-        image, label = self._read_first_readable(self.inliers, int(index), skipped, "inlier")
-        obj_image, obj_mask = self._read_first_readable(self.outliers, outlier_index, skipped, "outlier")
-        sample = self._transform_for(int(index))(image, label, obj_image, obj_mask, rng)
+        image, label, read = self._read_first_readable(self.inliers, int(index), skipped, "inlier")
+        obj_image, obj_mask, _ = self._read_first_readable(self.outliers, outlier_index, skipped, "outlier")
+        road = None if self.road_masks is None else self.road_masks.read(read, image)
+        sample = self._transform_for(read)(image, label, obj_image, obj_mask, rng, road=road)
         sample["skipped"] = skipped
         return sample
 
@@ -247,6 +251,7 @@ def build_dataset(data_cfg: Dict[str, object], mean: Sequence[float], seed: int,
     if problems:
         raise DatasetLayoutError("\n".join(problems))
     out = data_cfg["outlier"]
+    road = out["on_road"]
 
     def transform(source_cfg) -> OutlierExposure:
         return OutlierExposure(
@@ -260,6 +265,9 @@ def build_dataset(data_cfg: Dict[str, object], mean: Sequence[float], seed: int,
             paste_prob=float(out["paste_prob"]),
             object_flip_prob=float(out["flip_prob"]),
             object_colour_jitter=float(out["colour_jitter"]),
+            road=RoadPlacement(share=float(road["share"]), height_at_bottom=tuple(road["height_at_bottom"]),
+                               min_height=int(road["min_height"]), soft_edge=float(road["soft_edge"]),
+                               shadow=float(road["shadow"])),
         )
     return OutlierExposureDataset(inliers, outliers, [transform(c) for c in inlier_sources(data_cfg)], seed)
 

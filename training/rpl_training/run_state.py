@@ -14,14 +14,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from rpl_perception.checkpoint import CheckpointMeta
+from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, CheckpointMeta
 from rpl_perception.eval.datasets import DatasetLayoutError
 
 from .config import ConfigError, inlier_sources
 from .data import ConcatSources, IterationBatchSampler, build_dataset, collate, make_loader
-from .distributed import DistContext
+from .distributed import DistContext, barrier
 from .frozen import FrozenCollate, OnnxFrozenPass, export_frozen, onnxruntime_available
 from .model import RPLTrainingModel, build_network, build_optimizer, poly_schedule
+from .road_masks import RoadMasks
 from .utils import MetricsLog, git_commit
 from .validation import calibrate_on_batch, open_validation
 
@@ -105,11 +106,26 @@ def set_rng_state(run: RunState, state) -> None:
         torch.cuda.set_rng_state(state["cuda"], run.device)
 
 
-def _open_data(cfg, meta: CheckpointMeta, seed: int):
+def prepare_road_masks(cfg, dataset, ctx: DistContext) -> RoadMasks:
+    """The inlier frames' road masks for on-road pasting, prepared by the main process."""
+    road = cfg["data"]["outlier"]["on_road"]
+    sizes = [tuple(s["resize"]) if s["resize"] else None for s in inlier_sources(cfg["data"])]
+    masks = RoadMasks(dataset.inliers, sizes, Path(cfg["model"]["segmenter"] or DEFAULT_CHECKPOINT),
+                      Path(road["cache_dir"]), road["classes"])
+    if ctx.is_main:
+        computed = masks.prepare()
+        log.info("road masks for on-road pasting: %s (%d computed now)", masks.folder, computed)
+    barrier(ctx)
+    return masks
+
+
+def _open_data(cfg, meta: CheckpointMeta, seed: int, ctx: DistContext):
     """Training dataset and validation sets; every missing dataset reported in one error."""
     problems, dataset, sets = [], None, None
     try:
         dataset = build_dataset(cfg["data"], meta.mean, seed)
+        if cfg["data"]["outlier"]["on_road"]["share"] > 0:
+            dataset.road_masks = prepare_road_masks(cfg, dataset, ctx)
     except DatasetLayoutError as exc:
         problems.append(str(exc))
     val_cfg = cfg["validation"]
@@ -148,7 +164,7 @@ def setup_run(cfg, ctx: DistContext, out_dir: Path, resume: bool):
     if any(side % divisor for side in cfg["data"]["crop_size"]):
         raise ConfigError(f"data.crop_size {cfg['data']['crop_size']} must be multiples of {divisor} "
                           f"for {meta.architecture}")
-    dataset, sets = _open_data(cfg, meta, seed)
+    dataset, sets = _open_data(cfg, meta, seed, ctx)
 
     batch_size = int(train_cfg["batch_size"])
     if batch_size % ctx.world_size:

@@ -13,12 +13,18 @@ Per training sample (all randomness from one ``numpy.random.Generator``):
 3. the context image for CoroCL: the unscaled outlier image padded / centre-cropped to
    ``crop_size``, labels 0 background / 254 object / 255 padding or void.
 
+With a :class:`RoadPlacement` of share > 0 and the frame's road mask (the frozen segmenter's own
+road pixels, :mod:`rpl_training.road_masks`), that share of the objects is instead pasted on the
+whole (resized, flipped) inlier frame where obstacles lie: standing on a road pixel, scaled by
+perspective (:func:`paste_on_road`), and the crop is then drawn among the windows that hold the
+object. This is not in the official code; the paper pastes anywhere.
+
 Differences from the official code, none of which changes what is learnt: the crop offset is
 drawn from [0, H − h] (the official ``randint(0, H − h + 1)`` can leave one padded row); the flip
 probability is a parameter (the official ``random_mirror`` flips with probability 0.8).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple
 
 import cv2
@@ -28,8 +34,8 @@ from rpl_perception.image import resize_labels, resize_rgb
 
 from .datasets import OBJECT, VOID
 
-__all__ = ["OFFICIAL_OUTLIER_SCALES", "OutlierExposure", "random_crop_pad", "pad_center_crop", "object_bbox", "paste_objects",
-           "jitter_colour", "scale_pair"]
+__all__ = ["OFFICIAL_OUTLIER_SCALES", "OutlierExposure", "RoadPlacement", "random_crop_pad", "pad_center_crop",
+           "object_bbox", "paste_objects", "paste_on_road", "crop_around", "jitter_colour", "scale_pair"]
 
 #: the official ``ood_train_scale_array`` (0.5 twice: drawn twice as often)
 OFFICIAL_OUTLIER_SCALES = (0.25, 0.5, 0.5, 0.75, 0.1, 0.125)
@@ -103,6 +109,113 @@ def paste_objects(image: np.ndarray, label: np.ndarray, obj_image: np.ndarray, o
     return image, label, True
 
 
+@dataclass
+class RoadPlacement:
+    """Objects pasted on the road (see :func:`paste_on_road`).
+
+    ``share`` of the pasted objects go on the road (0: none, the paper's way); an object standing
+    at the frame's bottom row is ``height_at_bottom`` (a range, drawn uniformly) × the frame's
+    height tall, and smaller towards the horizon in proportion to its row's distance from it;
+    ``min_height`` px is the smallest object pasted; ``soft_edge`` (σ in px, 0: hard) feathers the
+    object's outline; ``shadow`` (0–1) darkens an ellipse of road under it by up to that fraction.
+    """
+
+    share: float = 0.0
+    height_at_bottom: Tuple[float, float] = (0.04, 0.3)
+    min_height: int = 6
+    soft_edge: float = 0.0
+    shadow: float = 0.0
+
+
+def _object_box(obj_image: np.ndarray, obj_mask: np.ndarray):
+    box = object_bbox(obj_mask)
+    if box is None:
+        return None
+    y0, x0, y1, x1 = box
+    return obj_image[y0:y1, x0:x1], obj_mask[y0:y1, x0:x1]
+
+
+def _cast_shadow(image: np.ndarray, centre_xy, half_axes, strength: float, keep: np.ndarray) -> None:
+    """Darken a soft ellipse of ``image`` in place (not where ``keep`` is set, the object itself)."""
+    shade = np.zeros(image.shape[:2], np.float32)
+    cv2.ellipse(shade, (int(centre_xy[0]), int(centre_xy[1])), (max(1, int(half_axes[0])), max(1, int(half_axes[1]))),
+                0, 0, 360, 1.0, -1)
+    shade = cv2.GaussianBlur(shade, (0, 0), max(1.0, half_axes[1] / 2)) * strength
+    shade[keep] = 0.0
+    image[:] = np.clip(image.astype(np.float32) * (1.0 - shade[..., None]) + 0.5, 0, 255).astype(np.uint8)
+
+
+def paste_on_road(image: np.ndarray, label: np.ndarray, road: np.ndarray, obj_image: np.ndarray,
+                  obj_mask: np.ndarray, placement: RoadPlacement, rng: np.random.Generator):
+    """Paste an object standing on the road of a whole frame → ``(image, label, box)``.
+
+    The horizon is taken as the topmost road row ``y_h`` (where the road ends in the distance). A
+    row ``y`` below it is drawn uniformly (far rows as often as near ones: small obstacles are the
+    hard case), then a road pixel of that row: the object's contact point (the middle of its
+    bottom edge). On a flat road seen by a level pinhole camera an object's image height is
+    proportional to ``y − y_h``, so the object is scaled to ``f · H · (y − y_h) / (H − y_h)`` px
+    with ``f`` drawn from ``height_at_bottom``. Object pixels (after feathering: where the blend
+    weight is ≥ ½) get label 254; the shadow is road and keeps its label. ``box`` is
+    (y0, x0, y1, x1) of the pasted object, or None when nothing was pasted (no road, no object,
+    or an object smaller than ``min_height`` at the drawn row); the inputs then come back unchanged.
+    """
+    piece = _object_box(obj_image, obj_mask)
+    rows = np.flatnonzero(road.any(axis=1))
+    if piece is None or rows.size == 0:
+        return image, label, None
+    h, w = label.shape
+    horizon = int(rows[0])
+    fraction = float(rng.uniform(*placement.height_at_bottom))
+    y = int(rng.integers(horizon, h))
+    target_h = int(round(fraction * h * (y - horizon) / max(1, h - horizon)))
+    xs = np.flatnonzero(road[y])
+    if target_h < placement.min_height or xs.size == 0:
+        return image, label, None
+    x = int(xs[rng.integers(xs.size)])
+    piece_image, piece_mask = piece
+    target_w = max(1, int(round(piece_mask.shape[1] * target_h / piece_mask.shape[0])))
+    if target_h > h or target_w > w:
+        return image, label, None
+    piece_image = resize_rgb(piece_image, (target_w, target_h))
+    alpha = (resize_labels(piece_mask, (target_w, target_h)) == OBJECT).astype(np.float32)
+    if placement.soft_edge > 0:
+        alpha = cv2.GaussianBlur(alpha, (0, 0), placement.soft_edge)
+    y1 = y + 1
+    y0 = y1 - target_h
+    x0 = min(max(0, x - target_w // 2), w - target_w)
+    x1 = x0 + target_w
+    if y0 < 0:
+        return image, label, None
+    image, label = image.copy(), label.copy()
+    inside = alpha >= 0.5
+    if placement.shadow > 0:
+        keep = np.zeros((h, w), bool)
+        keep[y0:y1, x0:x1] = inside
+        strength = placement.shadow * float(rng.uniform(0.5, 1.0))
+        _cast_shadow(image, ((x0 + x1) / 2, y), (0.6 * target_w, max(2.0, 0.12 * target_h)), strength, keep)
+    region = image[y0:y1, x0:x1].astype(np.float32)
+    blended = region * (1.0 - alpha[..., None]) + piece_image.astype(np.float32) * alpha[..., None]
+    image[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    label[y0:y1, x0:x1][inside] = OBJECT
+    return image, label, (y0, x0, y1, x1)
+
+
+def crop_around(image: np.ndarray, label: np.ndarray, box, size_hw, rng: np.random.Generator, pad_rgb=(0, 0, 0)):
+    """A random ``size_hw`` window among those that hold ``box`` whole (padded as
+    :func:`random_crop_pad` where the frame is smaller); None when the box does not fit."""
+    y0, x0, y1, x1 = box
+    h, w = label.shape
+    ch, cw = size_hw
+    if y1 - y0 > ch or x1 - x0 > cw:
+        return None
+    ys = (max(0, y1 - ch), min(y0, h - ch)) if h > ch else (0, 0)
+    xs = (max(0, x1 - cw), min(x0, w - cw)) if w > cw else (0, 0)
+    top, left = int(rng.integers(ys[0], ys[1] + 1)), int(rng.integers(xs[0], xs[1] + 1))
+    image, label = image[top:top + ch, left:left + cw], label[top:top + ch, left:left + cw]
+    image, label = _pad(image, label, size_hw, pad_rgb)
+    return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+
 def _flip(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array[:, ::-1])
 
@@ -145,28 +258,58 @@ class OutlierExposure:
     paste_prob: float = 1.0
     object_flip_prob: float = 0.0
     object_colour_jitter: float = 0.0
+    road: RoadPlacement = field(default_factory=RoadPlacement)
 
-    def inlier(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
+    def _resize_flip(self, image, label, road, rng):
         if self.inlier_size is not None:
             image, label = resize_rgb(image, self.inlier_size), resize_labels(label, self.inlier_size)
+            road = None if road is None else resize_labels(road, self.inlier_size)
         if rng.random() < self.flip_prob:
             image, label = _flip(image), _flip(label)
+            road = None if road is None else _flip(road)
+        return image, label, road
+
+    def inlier(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
+        image, label, _ = self._resize_flip(image, label, None, rng)
         image, label = random_crop_pad(image, label, self.crop_size, rng, self.pad_rgb)
         return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
-    def outlier(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
-        """→ (scaled object image, its mask, context image, context label), all at ``crop_size``."""
+    def _augment_object(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
         image, mask = scale_pair(image, mask, self.relative_scale)
         if rng.random() < self.object_flip_prob:
             image, mask = _flip(image), _flip(mask)
-        image = jitter_colour(image, self.object_colour_jitter, rng)
+        return jitter_colour(image, self.object_colour_jitter, rng), mask
+
+    def outlier(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
+        """→ (scaled object image, its mask, context image, context label), all at ``crop_size``."""
+        image, mask = self._augment_object(image, mask, rng)
         factor = float(self.scales[int(rng.integers(len(self.scales)))])
         scaled_image, scaled_mask = pad_center_crop(*scale_pair(image, mask, factor), self.crop_size, self.pad_rgb)
         context_image, context_label = pad_center_crop(image, mask, self.crop_size, self.pad_rgb)
         return scaled_image, scaled_mask, context_image, context_label
 
-    def __call__(self, inlier_image, inlier_label, outlier_image, outlier_mask, rng: np.random.Generator):
-        """→ dict ``image``, ``label`` (the mixed inlier crop), ``context``, ``context_label``, ``pasted``."""
+    def _on_road(self, inlier_image, inlier_label, road, outlier_image, outlier_mask, rng):
+        """The sample with the object on the road, or None (then the caller pastes the usual way)."""
+        image, label, road = self._resize_flip(inlier_image, inlier_label, road, rng)
+        obj_image, obj_mask = self._augment_object(outlier_image, outlier_mask, rng)
+        image, label, box = paste_on_road(image, label, road, obj_image, obj_mask, self.road, rng)
+        cropped = None if box is None else crop_around(image, label, box, self.crop_size, rng, self.pad_rgb)
+        if cropped is None:
+            return None
+        context, context_label = pad_center_crop(obj_image, obj_mask, self.crop_size, self.pad_rgb)
+        return {"image": cropped[0], "label": cropped[1], "context": context, "context_label": context_label,
+                "pasted": True}
+
+    def __call__(self, inlier_image, inlier_label, outlier_image, outlier_mask, rng: np.random.Generator,
+                 road: Optional[np.ndarray] = None):
+        """→ dict ``image``, ``label`` (the mixed inlier crop), ``context``, ``context_label``, ``pasted``.
+
+        ``road``: the inlier frame's road mask (its size, nonzero = road), for the on-road share.
+        """
+        if road is not None and self.road.share > 0 and rng.random() < self.road.share * self.paste_prob:
+            sample = self._on_road(inlier_image, inlier_label, road, outlier_image, outlier_mask, rng)
+            if sample is not None:
+                return sample
         image, label = self.inlier(inlier_image, inlier_label, rng)
         obj_image, obj_mask, context, context_label = self.outlier(outlier_image, outlier_mask, rng)
         pasted = False

@@ -1,0 +1,157 @@
+"""Obstacles pasted where obstacles lie: on the frozen segmenter's road pixels, standing on them,
+scaled by perspective, optionally feathered and shadowed; the road masks that say where the road is."""
+
+import numpy as np
+import pytest
+
+from rpl_perception.checkpoint import DEFAULT_CHECKPOINT
+from rpl_perception.segmenter import AnomalySegmenter
+from rpl_training.data import IterationBatchSampler, build_dataset
+from rpl_training.datasets import FrameInliers
+from rpl_training.distributed import DistContext
+from rpl_training.road_masks import RoadMasks
+from rpl_training.run_state import prepare_road_masks
+from rpl_training.transforms import OutlierExposure, RoadPlacement, crop_around, paste_on_road
+from rpl_training_testdata import small_config
+
+H, W = 200, 300
+HORIZON = 80
+
+
+def _road_frame():
+    """Grey frame; the road a trapezoid from row HORIZON (a point) widening to the bottom row."""
+    image = np.full((H, W, 3), 100, np.uint8)
+    road = np.zeros((H, W), np.uint8)
+    for y in range(HORIZON, H):
+        half = int((y - HORIZON) * 1.2)
+        road[y, max(0, W // 2 - half): W // 2 + half + 1] = 1
+    return image, np.zeros((H, W), np.uint8), road
+
+
+def _object():
+    """A 40×20 magenta object (mask 254) on a 60×40 background."""
+    obj = np.zeros((60, 40, 3), np.uint8)
+    mask = np.zeros((60, 40), np.uint8)
+    obj[10:50, 10:30] = (230, 30, 200)
+    mask[10:50, 10:30] = 254
+    return obj, mask
+
+
+def test_objects_stand_on_the_road_and_shrink_towards_the_horizon():
+    image, label, road = _road_frame()
+    obj, mask = _object()
+    placement = RoadPlacement(share=1.0, height_at_bottom=(0.1, 0.3), min_height=4)
+    ratios, pasted = [], 0
+    for seed in range(60):
+        out_image, out_label, box = paste_on_road(image, label, road, obj, mask, placement,
+                                                  np.random.default_rng(seed))
+        if box is None:
+            assert out_label is label  # nothing pasted: the inputs come back
+            continue
+        pasted += 1
+        y0, x0, y1, x1 = box
+        rows, cols = np.nonzero(out_label == 254)
+        assert rows.min() == y0 and rows.max() == y1 - 1 and cols.min() >= x0 and cols.max() < x1
+        bottom = cols[rows == y1 - 1]
+        assert road[y1 - 1, bottom].any()  # it stands on the road
+        assert (out_image[out_label == 254] == (230, 30, 200)).all()  # hard edges: object colours only
+        assert (out_image[out_label != 254] == 100).all()  # nothing else changed
+        # height = f · H · (y − horizon) / (H − horizon), f in [0.1, 0.3]
+        ratios.append((y1 - y0) / (H * (y1 - 1 - HORIZON) / (H - HORIZON)))
+    assert pasted >= 40
+    ratios = np.array(ratios)
+    assert ratios.min() >= 0.1 - 0.02 and ratios.max() <= 0.3 + 0.02
+    assert ratios.max() - ratios.min() > 0.1  # the size factor is drawn
+
+
+def test_no_road_no_object_or_too_small_pastes_nothing():
+    image, label, road = _road_frame()
+    obj, mask = _object()
+    rng = np.random.default_rng(0)
+    assert paste_on_road(image, label, np.zeros_like(road), obj, mask, RoadPlacement(), rng)[2] is None
+    assert paste_on_road(image, label, road, obj, np.zeros_like(mask), RoadPlacement(), rng)[2] is None
+    huge_minimum = RoadPlacement(height_at_bottom=(0.1, 0.1), min_height=H)
+    assert all(paste_on_road(image, label, road, obj, mask, huge_minimum, np.random.default_rng(s))[2] is None
+               for s in range(10))
+
+
+def test_soft_edges_blend_and_shadows_darken_the_road_only():
+    image, label, road = _road_frame()
+    obj, mask = _object()
+    placement = RoadPlacement(share=1.0, height_at_bottom=(0.3, 0.3), soft_edge=1.5, shadow=0.8)
+    for seed in range(20):
+        out_image, out_label, box = paste_on_road(image, label, road, obj, mask, placement,
+                                                  np.random.default_rng(seed))
+        if box is not None:
+            break
+    y0, x0, y1, x1 = box
+    values = out_image[..., 1].astype(int)  # green: 100 on the road, 30 in the object
+    inside = out_label == 254
+    blended = (values > 30) & (values < 100) & ~inside
+    assert blended.any()  # feathered outline pixels outside the object label
+    assert (out_label[~inside] == 0).all()  # the shadow and the outline keep the road's label
+    below = values[y1 - 1, x0:x1][~inside[y1 - 1, x0:x1]]
+    assert below.size == 0 or below.min() < 100  # darker road at the contact row
+    assert values[5, 5] == 100  # far from the object nothing changes
+
+
+def test_crop_around_holds_the_box():
+    image, label, _ = _road_frame()
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        label[:] = 0
+        label[150:170, 200:230] = 254
+        crop_image, crop_label = crop_around(image, label, (150, 200, 170, 230), (64, 128), rng)
+        assert crop_label.shape == (64, 128) and crop_image.shape == (64, 128, 3)
+        assert (crop_label == 254).sum() == 20 * 30
+    assert crop_around(image, label, (0, 0, 100, 10), (64, 128), np.random.default_rng(0)) is None
+
+
+def test_outlier_exposure_pastes_on_the_road_only_when_asked():
+    image, label, road = _road_frame()
+    obj, mask = _object()
+    usual = OutlierExposure(crop_size=(64, 128), pad_rgb=(0, 0, 0), scales=(0.5,))
+    on_road = OutlierExposure(crop_size=(64, 128), pad_rgb=(0, 0, 0), scales=(0.5,),
+                              road=RoadPlacement(share=1.0, height_at_bottom=(0.2, 0.3)))
+    for seed in range(10):
+        a = usual(image, label, obj, mask, np.random.default_rng(seed))
+        b = usual(image, label, obj, mask, np.random.default_rng(seed), road=road)  # share 0: road unused
+        assert all(np.array_equal(a[k], b[k]) for k in ("image", "label", "context"))
+    rows_on_road, rows_usual = [], []
+    for seed in range(30):
+        sample = on_road(image, label, obj, mask, np.random.default_rng(seed), road=road)
+        assert sample["image"].shape == (64, 128, 3) and sample["pasted"]
+        rows_on_road.append(np.nonzero(sample["label"] == 254)[0].size)
+        rows_usual.append(np.nonzero(usual(image, label, obj, mask, np.random.default_rng(seed))["label"] == 254)[0].size)
+    assert all(n > 0 for n in rows_on_road)
+    assert rows_on_road != rows_usual  # the objects are placed and sized differently
+
+
+def test_road_masks_are_the_segmenters_road_cached_once(tiny_data, tmp_path):
+    frames = FrameInliers(tiny_data["frames"])
+    masks = RoadMasks(frames, [(128, 64)], DEFAULT_CHECKPOINT, tmp_path / "cache", classes=[0])
+    assert len(masks.missing()) == len(frames)
+    assert masks.prepare(show_progress=False) == len(frames)
+    assert masks.missing() == [] and masks.prepare(show_progress=False) == 0  # cached
+    image = frames.read(0)[0]
+    from rpl_perception.image import resize_rgb
+    expected = AnomalySegmenter.from_pretrained(score="energy", network_size=(128, 64)).predict(
+        resize_rgb(image, (128, 64))).labels == 0
+    mask = masks.read(0, image)
+    assert mask.shape == (64, 128) and mask.dtype == np.uint8
+    assert np.array_equal(mask.astype(bool), expected)
+    other = RoadMasks(frames, [(128, 64)], DEFAULT_CHECKPOINT, tmp_path / "cache", classes=[0, 1])
+    assert other.folder != masks.folder and other.read(0, image) is None  # other classes, other cache
+
+
+def test_training_data_with_on_road_share(tiny_data, tmp_path):
+    cfg = small_config(tiny_data, tmp_path / "run", "data.outlier.on_road.share=1.0",
+                       f"data.outlier.on_road.cache_dir={tmp_path / 'masks'}", "data.outlier.on_road.classes=[0,1,10]",
+                       "data.outlier.on_road.height_at_bottom=[0.2,0.4]")
+    dataset = build_dataset(cfg["data"], (0.485, 0.456, 0.406), 0)
+    dataset.road_masks = prepare_road_masks(cfg, dataset, DistContext())
+    assert not dataset.road_masks.missing()
+    samples = [dataset[k] for k in IterationBatchSampler(len(dataset), 2, 4, seed=0).keys(0)]
+    assert all((s["label"] == 254).any() for s in samples)
+    with pytest.raises(Exception, match="on_road.share"):
+        small_config(tiny_data, tmp_path / "run", "data.outlier.on_road.share=2")
