@@ -171,12 +171,14 @@ def save(run: RunState) -> Path:
 
 # ----------------------------------------------------------------------------- the loop
 
-def train(cfg: Dict[str, object], *, resume: bool = False, stop_after: Optional[int] = None) -> TrainResult:
+def train(cfg: Dict[str, object], *, resume: bool = False, stop_after: Optional[int] = None,
+          time_budget_s: Optional[float] = None) -> TrainResult:
     """Train as ``cfg`` (from :func:`rpl_training.config.load_config`) says; see the module docstring.
 
     ``resume`` continues the run in ``cfg["output_dir"]`` exactly where its ``train_state.pt``
-    left it. ``stop_after`` ends this session after that many iterations, saving as on Ctrl-C
-    (for time-sliced jobs). Under torchrun every process calls this.
+    left it. ``stop_after`` ends this session after that many iterations, ``time_budget_s`` at the
+    first iteration boundary after that many seconds, saving as on Ctrl-C (for time-sliced jobs:
+    resume them later). Under torchrun every process calls this.
     """
     ctx = init_distributed(cfg["train"]["device"])
     out_dir = Path(cfg["output_dir"])
@@ -195,8 +197,9 @@ def train(cfg: Dict[str, object], *, resume: bool = False, stop_after: Optional[
             log.addHandler(file_handler)
             if level == logging.NOTSET:
                 log.setLevel(logging.INFO)  # the run's log file records progress whatever the root level
+        deadline = None if time_budget_s is None else time.monotonic() + float(time_budget_s)
         run, dataset, sets = setup_run(cfg, ctx, out_dir, resume)
-        return _train(run, dataset, sets, stop_after)
+        return _train(run, dataset, sets, stop_after, deadline)
     finally:
         if file_handler is not None:
             log.removeHandler(file_handler)
@@ -209,7 +212,8 @@ def _next_stop(iteration: int, every: Optional[int], total: int) -> int:
     return total if not every else min(total, (iteration // every + 1) * every)
 
 
-def _train(run: RunState, dataset, sets: Optional[ValidationSets], stop_after: Optional[int]) -> TrainResult:
+def _train(run: RunState, dataset, sets: Optional[ValidationSets], stop_after: Optional[int],
+           deadline: Optional[float]) -> TrainResult:
     cfg, ctx = run.cfg, run.ctx
     train_cfg, val_cfg = cfg["train"], cfg["validation"]
     start = run.iteration
@@ -227,7 +231,7 @@ def _train(run: RunState, dataset, sets: Optional[ValidationSets], stop_after: O
     interrupted, validated_at = False, None
     run.progress = tqdm(total=run.total, initial=start, desc="rpl-train", unit="it", dynamic_ncols=True,
                         disable=not ctx.is_main)
-    with StopRequest() as stop, logging_redirect_tqdm():
+    with StopRequest(deadline) as stop, logging_redirect_tqdm():
         while run.iteration < stop_at:
             end = min(stop_at, _next_stop(run.iteration, val_every, run.total),
                       _next_stop(run.iteration, checkpoint_every, run.total))
@@ -272,6 +276,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue the run in the output folder exactly")
     parser.add_argument("--stop-after", type=int, metavar="N",
                         help="stop (and save, as on Ctrl-C) after N iterations of this session")
+    parser.add_argument("--time-budget", type=float, metavar="S",
+                        help="stop (and save, as on Ctrl-C) at the first iteration boundary after S seconds")
     return parser.parse_args(argv)
 
 
@@ -285,14 +291,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         overrides.append(f"train.device={args.device}")
     try:
         cfg = load_config(args.config, overrides)
-        result = train(cfg, resume=args.resume, stop_after=args.stop_after)
+        result = train(cfg, resume=args.resume, stop_after=args.stop_after, time_budget_s=args.time_budget)
     except (ConfigError, DatasetLayoutError) as exc:
         print(f"rpl-train: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rpl-train: aborted", file=sys.stderr)
         return 130
-    return 130 if result.interrupted and args.stop_after is None else 0
+    planned = args.stop_after is not None or args.time_budget is not None
+    return 130 if result.interrupted and not planned else 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import logging
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -75,16 +76,22 @@ class MetricsLog:
 
 class StopRequest:
     """Ctrl-C (SIGINT) and SIGTERM set a flag the loop checks at iteration boundaries; a second
-    signal aborts at once. Handlers are installed only in the main thread and restored on exit."""
+    signal aborts at once. Handlers are installed only in the main thread and restored on exit.
+    ``deadline`` (a ``time.monotonic()`` value) also requests the stop once passed (a time budget)."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, deadline: Optional[float] = None):
+        self._signalled = False
+        self.deadline = deadline
         self._previous = {}
 
+    @property
+    def requested(self) -> bool:
+        return self._signalled or (self.deadline is not None and time.monotonic() >= self.deadline)
+
     def _handle(self, signum, _frame):
-        if self.requested:
+        if self._signalled:
             raise KeyboardInterrupt
-        self.requested = True
+        self._signalled = True
         log.warning("%s received: stopping after this iteration and saving (send it again to abort)",
                     signal.Signals(signum).name)
 

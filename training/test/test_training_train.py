@@ -237,3 +237,22 @@ def test_shipped_configs():
     cpu = load_config(CONFIGS / "udacity_coco_cpu.yaml")
     assert cpu["data"]["inlier"]["kind"] == "frames" and cpu["data"]["outlier"]["filter"] == "object"
     assert cpu["train"]["device"] == "cpu" and cpu["data"]["crop_size"] == [256, 512]
+
+
+def test_time_budget_stops_at_an_iteration_boundary(tiny_data, tmp_path, monkeypatch):
+    import time as time_module
+
+    from rpl_training.utils import StopRequest
+
+    now = {"t": 100.0}
+    monkeypatch.setattr(time_module, "monotonic", lambda: now["t"])
+    stop = StopRequest(deadline=105.0)
+    assert not stop.requested
+    now["t"] = 105.0
+    assert stop.requested
+    monkeypatch.undo()
+
+    out = tmp_path / "budget"
+    result = train(_run_config(tiny_data, out), time_budget_s=0.0)  # spent before the first iteration
+    assert result.interrupted and result.iteration == 0 and not (out / STATE_FILE).exists()
+    assert main(["--config", str(out / "config.yaml"), "--time-budget", "0"]) == 0  # a planned stop: exit 0

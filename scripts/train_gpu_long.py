@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""The long training recipe on a lent GPU machine in one call: train until a time budget, save,
+validate, and copy the checkpoints, logs and curve into ``--out``.
+
+    python scripts/train_gpu_long.py --out "$OUT"                  # a GPU: CUDA + AMP, ≤ 8 min in all
+    python scripts/train_gpu_long.py --out "$OUT" --resume-from DIR  # continue a run brought back earlier
+    python scripts/train_gpu_long.py --out /tmp/t --device cpu --set train.iterations=4 ...  # CPU smoke run
+
+It runs ``rpl-train`` on ``--config`` (default ``training/rpl_training/configs/mixed_long.yaml``:
+8,000 iterations of batch 8, half of the objects on the road) with ``train.device`` cuda,
+``train.amp`` on, the frozen segmenter on the GPU and ``data.num_workers`` from the machine's
+cores, until ``--budget-s`` (default 390 s of training; the run's set-up, road masks, the final
+validation and the copies come on top). A run that is not finished stops at an iteration boundary
+and saves ``train_state.pt``; the next call with ``--resume-from`` (the ``run/`` folder this call
+wrote) continues it exactly. ``--out`` receives ``run/`` (config, metrics.csv, validation.csv,
+train.log, last/best ``.safetensors``, train_state.pt), ``curves.png`` and ``summary.json``.
+
+Data paths of the config that start with ``../shared/data`` are rewritten to ``--data-root``
+(default: ``../shared/data``, or ``shared/data`` inside the repository where that exists). Needs
+this repository's packages importable (``pip install -e . -e ./training``, or their dependencies
+next to torch: numpy, opencv-python-headless, safetensors, pycocotools, pyyaml, tqdm, matplotlib);
+``--deps DIR`` puts a folder of extra packages first on ``sys.path``.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED = ("numpy", "torch", "cv2", "safetensors", "pycocotools", "yaml", "tqdm", "matplotlib")
+RUN_FILES = ("config.yaml", "metrics.csv", "validation.csv", "train.log", "last.safetensors", "best.safetensors",
+             "train_state.pt")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="folder for run/, curves.png and summary.json")
+    p.add_argument("--config", type=Path, default=REPO / "training/rpl_training/configs/mixed_long.yaml")
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu for a smoke run")
+    p.add_argument("--budget-s", type=float, default=390.0, help="seconds of training before it stops and saves")
+    p.add_argument("--resume-from", type=Path, help="a run/ folder an earlier call wrote: continue it")
+    p.add_argument("--data-root", type=Path, help="where ../shared/data of the config lies on this machine")
+    p.add_argument("--workers", type=int, help="data loader workers (default: cores - 2, at most 12)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="more config overrides (repeatable)")
+    p.add_argument("--deps", type=Path, help="a folder of extra packages, put first on sys.path")
+    return p.parse_args(argv)
+
+
+def _check_imports():
+    import importlib
+
+    missing = []
+    for name in REQUIRED:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise SystemExit(f"train_gpu_long: missing packages: {', '.join(missing)} (see --deps)")
+
+
+def _data_root(arg):
+    if arg is not None:
+        return arg.resolve()
+    inside = REPO / "shared" / "data"
+    return inside if inside.is_dir() else (REPO.parent / "shared" / "data").resolve()
+
+
+def _rewrite_paths(node, old: str, new: str):
+    """Every string of a config that starts with ``old`` → ``new`` + the rest."""
+    if isinstance(node, dict):
+        return {k: _rewrite_paths(v, old, new) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rewrite_paths(v, old, new) for v in node]
+    if isinstance(node, str) and node.startswith(old):
+        return new + node[len(old):]
+    return node
+
+
+def build_config(args, run_dir: Path):
+    import yaml
+
+    from rpl_training.config import load_config
+
+    workers = args.workers if args.workers is not None else max(1, min(12, (os.cpu_count() or 4) - 2))
+    # no torch.compile: its minutes of compilation would eat a large part of one call's budget
+    overrides = [f"train.device={args.device}", f"train.amp={'true' if args.device.startswith('cuda') else 'false'}",
+                 f"data.num_workers={workers}", "train.threads=null", "train.compile=false", *args.overrides]
+    cwd = Path.cwd()
+    os.chdir(REPO)  # the config's relative paths are the repository root's
+    try:
+        cfg = load_config(args.config, overrides)
+    finally:
+        os.chdir(cwd)
+    default_root, data_root = str((REPO.parent / "shared" / "data").resolve()), str(_data_root(args.data_root))
+    cfg = _rewrite_paths(_rewrite_paths(cfg, default_root, data_root), "../shared/data", data_root)
+    cfg["output_dir"] = str(run_dir)
+    for key in ("suite", "root"):
+        value = cfg["validation"][key]
+        if value and not Path(value).is_absolute():
+            cfg["validation"][key] = str(REPO / value)
+    if cfg["validation"]["suite"]:  # its set roots are relative to the suite file: absolute, rewritten
+        suite_path = Path(cfg["validation"]["suite"])
+        suite = yaml.safe_load(suite_path.read_text())
+        for entry in suite["sets"]:
+            entry["root"] = str((suite_path.parent / entry["root"]).resolve())
+        suite = _rewrite_paths(suite, default_root, data_root)
+        cfg["validation"]["suite"] = str(run_dir.parent / "suite.yaml")
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg["validation"]["suite"]).write_text(yaml.safe_dump(suite, sort_keys=False))
+    road = cfg["data"]["outlier"]["on_road"]
+    road["cache_dir"] = str(run_dir.parent / "road_masks")
+    return cfg
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.deps is not None:
+        sys.path.insert(0, str(args.deps.resolve()))
+    sys.path[:0] = [str(REPO), str(REPO / "training")]
+    _check_imports()
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("train_gpu_long: no CUDA device (use --device cpu for a smoke run)")
+    import yaml
+
+    from rpl_training.train import train
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    run_dir = (args.out / "run").resolve()
+    if args.resume_from is not None and args.resume_from.resolve() != run_dir:
+        shutil.copytree(args.resume_from, run_dir, dirs_exist_ok=True)
+    resume = (run_dir / "train_state.pt").is_file()
+    cfg = build_config(args, run_dir)
+    if resume:  # the resumed run keeps its own schedule and recipe; only where it runs changes
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        saved["train"].update({k: cfg["train"][k] for k in ("device", "amp", "threads")})
+        saved["data"]["num_workers"] = cfg["data"]["num_workers"]
+        saved["output_dir"] = cfg["output_dir"]
+        cfg = saved
+    start = time.monotonic()
+    result = train(cfg, resume=resume, time_budget_s=args.budget_s)
+    seconds = time.monotonic() - start
+    subprocess.run([sys.executable, str(REPO / "scripts" / "plot_training.py"), str(run_dir), "--out",
+                    str(args.out / "curves.png")], check=False)
+    summary = {"iteration": result.iteration, "total_iterations": result.total_iterations,
+               "finished": not result.interrupted, "resumed": resume, "seconds": round(seconds, 1),
+               "best_ap": result.best_ap, "last_metrics": result.last_metrics,
+               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+               "files": sorted(name for name in RUN_FILES if (run_dir / name).is_file())}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
