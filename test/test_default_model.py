@@ -55,3 +55,25 @@ def test_closed_set_labels_are_bit_identical_to_the_plain_segmenter(roadanomaly_
     for sample in open_dataset("road_anomaly", roadanomaly_dev):
         np.testing.assert_array_equal(with_branch.predict(sample.image).labels, plain.predict(sample.image).labels,
                                       err_msg=sample.name)
+
+
+def test_shipped_file_measured_again_on_roadanomaly_dev(roadanomaly_dev):
+    """The model file's recorded suite metrics are re-measured here, not read back: RoadAnomaly dev
+    (15 labelled scenes) at the model's 1024×512 through the evaluation command's own code path,
+    the RPL score and the closed-set energy beside it."""
+    from rpl_perception.eval.datasets import DATASET_KINDS
+    from rpl_perception.eval.frames import frames_from_dataset
+    from rpl_perception.eval.offline import evaluate_offline
+
+    segmenter = AnomalySegmenter.from_pretrained()
+    dataset = open_dataset("road_anomaly", roadanomaly_dev)
+    frames, total = frames_from_dataset(dataset)
+    result = evaluate_offline(segmenter, frames, total=total, scores=("rpl_energy", "energy"),
+                              component_sizes=DATASET_KINDS[dataset.kind].component_sizes, progress=False)
+    recorded = load_model(DEFAULT_CHECKPOINT)[1].provenance["evaluation"]["summary"]
+    for score in ("rpl_energy", "energy"):
+        measured, written = result.metrics[score], recorded[score]["sets"]["RoadAnomaly dev"]
+        assert measured["ap"] == pytest.approx(written["ap"], abs=2e-3), score
+        assert measured["fpr95"] == pytest.approx(written["fpr95"], abs=2e-3), score
+    rpl, energy = result.metrics["rpl_energy"], result.metrics["energy"]
+    assert rpl["ap"] > energy["ap"] + 0.15 and rpl["fpr95"] < energy["fpr95"] - 0.15  # 41.9 / 36.0 vs 23.7 / 58.2
