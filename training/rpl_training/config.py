@@ -106,7 +106,8 @@ DEFAULTS: Dict[str, Any] = {
                               # (overlapping the trainable step) when num_workers >= 1, else in the model
             "backend": "auto",  # loader only: torch | onnxruntime | auto (onnxruntime where installed)
         },
-        "threads": None,  # PyTorch threads of the training process; None = PyTorch's default
+        "threads": None,  # PyTorch threads of the training process; None = the cores the loader's workers leave
+                          # when they run the frozen pass, else PyTorch's default
         "amp": True,  # CUDA only
         "sync_bn": True,  # CUDA + several processes only
         "device": "auto",  # auto | cpu | cuda

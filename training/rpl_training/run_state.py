@@ -7,6 +7,7 @@ restores it for ``--resume``; :func:`make_loader_for` gives the run's resumable 
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -180,8 +181,13 @@ def setup_run(cfg, ctx: DistContext, out_dir: Path, resume: bool):
     device = ctx.device
     if ctx.distributed and device.type == "cuda" and train_cfg["sync_bn"]:
         network.branch = nn.SyncBatchNorm.convert_sync_batchnorm(network.branch)
-    if train_cfg["threads"]:
-        torch.set_num_threads(int(train_cfg["threads"]))
+    threads = train_cfg["threads"]
+    if threads is None and frozen_in_loader(cfg, ctx.device) is not None:
+        # the loader's workers run the frozen pass on their cores: the step takes the rest, so
+        # that no parallel region waits for a thread the workers have preempted
+        threads = max(1, (os.cpu_count() or 1) - int(cfg["data"]["num_workers"]))
+    if threads:
+        torch.set_num_threads(int(threads))
     model = RPLTrainingModel(network, projector, meta.mean, meta.std, num_inlier=meta.num_inlier,
                              compile_frozen=bool(train_cfg["compile"])).to(device).train()
     optimizer = build_optimizer(network, projector, train_cfg)
