@@ -12,6 +12,7 @@ import numpy as np
 from .evaluation import Evaluation, EvaluationResult, class_count, downscale_preview, latency_summary
 from .frames import BagTopics, EvalFrame, check_same_size, frames_from_bag
 from .offline import score_settings
+from .replay_message import camera_message, camera_message_type
 
 __all__ = ["NodeOptions", "evaluate_live"]
 
@@ -76,7 +77,7 @@ class _LiveSession:
     """A ROS 2 context of our own with the replay publisher and the output subscriptions,
     spun in a background thread; received outputs land in a queue for the main thread."""
 
-    def __init__(self, topics: "BagTopics", domain_id: Optional[int]):
+    def __init__(self, topics: "BagTopics", domain_id: Optional[int], compressed: bool = False):
         import queue
         import threading
 
@@ -93,8 +94,9 @@ class _LiveSession:
         rclpy.init(context=self.context, domain_id=domain_id)
         self.node = rclpy.create_node("rpl_eval_replay", context=self.context)
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=20, reliability=ReliabilityPolicy.RELIABLE)
-        # reliable publishes to best-effort and reliable subscribers alike
-        self.publisher = self.node.create_publisher(Image, topics.image, reliable)
+        # reliable publishes to best-effort and reliable subscribers alike; each frame as its recorded type
+        self._camera_type = camera_message_type(compressed)
+        self.publisher = self.node.create_publisher(self._camera_type, topics.image, reliable)
         self.received: "queue.Queue[_Received]" = queue.Queue()
         self.topics = topics
 
@@ -110,7 +112,6 @@ class _LiveSession:
         self.executor.add_node(self.node)
         self._spinner = threading.Thread(target=self._spin, name="rpl_eval_spin", daemon=True)
         self._spinner.start()
-        self._image_type = Image
 
     def _spin(self):
         from rclpy.executors import ExternalShutdownException
@@ -125,14 +126,10 @@ class _LiveSession:
         return (self.publisher.get_subscription_count() > 0
                 and self.node.count_publishers(self.topics.anomaly) > 0)
 
-    def publish(self, rgb: np.ndarray, stamp_ns: int, frame_id: str) -> None:
-        from ..image_codec import fill_image
+    def publish(self, frame: EvalFrame, frame_id: str) -> None:
         from .bags import ns_to_stamp
 
-        msg = self._image_type()
-        msg.header.stamp.sec, msg.header.stamp.nanosec = ns_to_stamp(stamp_ns)
-        msg.header.frame_id = frame_id
-        self.publisher.publish(fill_image(msg, rgb, "rgb8"))
+        self.publisher.publish(camera_message(self._camera_type, frame, ns_to_stamp(frame.stamp_ns), frame_id))
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=1.0)
@@ -178,7 +175,8 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
                   node_options: Optional[NodeOptions] = None, launch: bool = True, timeout_s: float = 10.0,
                   startup_timeout_s: float = 180.0, record=None, rate_scale: float = 1.0, lockstep: bool = False,
                   component_sizes: Optional[Tuple[int, int]] = (500, 100), num_worst: int = 4,
-                  domain_id: Optional[int] = None, progress: bool = True) -> EvaluationResult:
+                  domain_id: Optional[int] = None, progress: bool = True, skipped=None,
+                  observers=()) -> EvaluationResult:
     """Replay a bag's camera frames over DDS, at the recorded rate and with their original stamps,
     to ``anomaly_node`` (started here unless ``launch`` is False), and score what comes back.
 
@@ -192,18 +190,22 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
     process's monotonic clock. ``record``: a new bag with the sent frames, their ground truth and
     the received outputs (bag time = send / receipt wall time), which ``evaluate_recorded`` reads.
     ``domain_id`` defaults to ``ROS_DOMAIN_ID`` of the environment; a launched node gets the same.
+    Frames go out as the type they were recorded as (CompressedImage with its recorded bytes).
+    ``skipped`` (a :class:`~rpl_perception.eval.bag_reader.SkipLog`) collects malformed messages
+    instead of failing; ``observers`` see every scored frame with its latency (the drive's video).
     """
     import os
 
     from tqdm import tqdm
 
-    from .bags import ImageBagWriter
+    from .bags import COMPRESSED_MSGTYPE, ImageBagWriter, bag_topics
 
     if not rate_scale > 0:
         raise ValueError(f"rate scale must be > 0; got {rate_scale}")
     if not timeout_s > 0:
         raise ValueError(f"timeout must be > 0 s; got {timeout_s}")
-    frames, total = frames_from_bag(bag, image_topic, label_topic)
+    frames, total = frames_from_bag(bag, image_topic, label_topic, skipped)
+    compressed = bag_topics(bag)[image_topic][0] == COMPRESSED_MSGTYPE
     topics = BagTopics.for_camera(image_topic, label_topic)
     env = dict(os.environ)
     if domain_id is not None:
@@ -212,7 +214,7 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
         domain_id = int(env["ROS_DOMAIN_ID"])
     display, threshold = score_settings(meta, score) if meta is not None else (None, None)
     evaluation = Evaluation([score], thresholds={score: threshold}, component_sizes=component_sizes,
-                            num_worst=num_worst, num_classes=class_count(meta))
+                            num_worst=num_worst, num_classes=class_count(meta), observers=observers)
     process = _NodeProcess((node_options or NodeOptions()).command(image_topic), env) if launch else None
     session = writer = None
     sent, latencies = 0, []
@@ -220,7 +222,7 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
     outputs: Dict[int, Dict[str, _Received]] = {}
     started = time.perf_counter()
     try:
-        session = _LiveSession(topics, domain_id)
+        session = _LiveSession(topics, domain_id, compressed)
         _wait_until_ready(session, process, startup_timeout_s, topics.image)
         if record is not None:
             writer = ImageBagWriter(record).__enter__()
@@ -244,7 +246,7 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
                     latencies.append(anomaly.received_s - sent_at)
                     semantic = got["semantic"].pixels if "semantic" in got else None
                     check_same_size(anomaly.pixels, frame.label, stamp)
-                    evaluation.update(frame, {score: anomaly.pixels}, semantic)
+                    evaluation.update(frame, {score: anomaly.pixels}, semantic, latency_s=latencies[-1])
                 if len(got) == 2 or expired:
                     del pending[stamp]
                     outputs.pop(stamp, None)
@@ -266,7 +268,7 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
                     time.sleep(min(0.005, due - now))
             if process is not None:
                 process.check_alive()
-            session.publish(frame.image, frame.stamp_ns, "camera")
+            session.publish(frame, "camera")
             sent_at, sent_wall = time.perf_counter(), time.time_ns()
             sent += 1
             if writer is not None:

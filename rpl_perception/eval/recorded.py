@@ -14,7 +14,7 @@ __all__ = ["evaluate_recorded"]
 
 def evaluate_recorded(bag, image_topic: str, *, label_topic: Optional[str] = None, score: str = "node",
                       meta=None, component_sizes: Optional[Tuple[int, int]] = (500, 100), num_worst: int = 4,
-                      progress: bool = True) -> EvaluationResult:
+                      progress: bool = True, skipped=None, observers=()) -> EvaluationResult:
     """Score a bag that holds the node's outputs (``anomaly``, optionally ``semantic``) next to the
     ground truth, matched by header stamp.
 
@@ -22,11 +22,12 @@ def evaluate_recorded(bag, image_topic: str, *, label_topic: Optional[str] = Non
     display range and threshold are used for overlays and component metrics. Delivery counts the
     labelled frames with an anomaly output; where the camera topic is in the bag too, latency is
     each output's bag time minus its camera frame's bag time (as the recorder received them).
+    ``skipped`` collects malformed messages instead of failing; ``observers`` see every scored frame.
     """
     from tqdm import tqdm
 
-    topics = BagTopics.for_camera(image_topic, label_topic)
     available = bag_topics(bag)
+    topics = BagTopics.for_camera(image_topic, label_topic, available)
     for needed in (topics.label, topics.anomaly):
         if needed not in available:
             raise ValueError(f"bag {bag} has no topic {needed}: a recorded evaluation needs the ground truth "
@@ -35,10 +36,10 @@ def evaluate_recorded(bag, image_topic: str, *, label_topic: Optional[str] = Non
               if t in available]
     display, threshold = score_settings(meta, score) if meta is not None else (None, None)
     evaluation = Evaluation([score], thresholds={score: threshold}, component_sizes=component_sizes,
-                            num_worst=num_worst, num_classes=class_count(meta))
+                            num_worst=num_worst, num_classes=class_count(meta), observers=observers)
     delivered, undelivered, latencies = 0, 0, []
     started = time.perf_counter()
-    groups = match_by_stamp(read_images(bag, wanted, rgb_topics=[topics.image]), wanted)
+    groups = match_by_stamp(read_images(bag, wanted, rgb_topics=[topics.image], skipped=skipped), wanted)
     for group in tqdm(groups, total=available[topics.label][1], desc="eval recorded", unit="frame",
                       disable=not progress):
         msgs = group.images

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .drive import drive_markdown
 from .evaluation import EvaluationResult
 
 __all__ = ["write_report", "metrics_table", "to_json_safe", "PLOTS"]
@@ -115,6 +116,10 @@ def _markdown(summary: dict, plots: Sequence[str], title: str) -> str:
     if worst:
         out += ["", f"## Worst frames ({summary.get('primary_score')})", "",
                 "| frame | AP |", "|---|---:|"] + [f"| {w['name']} | {_number(w['ap'])} |" for w in worst]
+    out += drive_markdown(summary)
+    if summary.get("recorded_bag"):
+        out += ["", f"Frames, ground truth and maps recorded into `{summary['recorded_bag']}` "
+                "(`eval --mode recorded` reads it)."]
     if plots:
         out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(out) + "\n"
