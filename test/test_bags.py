@@ -149,7 +149,9 @@ def test_cli_bag_make_from_image_and_label_folders(tmp_path, capsys):
 
     assert main(["bag", "info", str(out)]) == 0
     listing = capsys.readouterr().out.splitlines()
-    assert listing == ["/front/image\tsensor_msgs/msg/Image\t3", "/front/labels\tsensor_msgs/msg/Image\t3"]
+    assert listing == ["topic\ttype\tcount\tencoding/format\tframe size",
+                       "/front/image\tsensor_msgs/msg/Image\t3\trgb8\t20x16",
+                       "/front/labels\tsensor_msgs/msg/Image\t3\tmono8\t20x16"]
 
 
 def test_cli_bag_make_from_video_keeps_every_nth_frame(tmp_path):

@@ -102,6 +102,7 @@ def _data_files(path: Path) -> List[Path]:
 
 def _damaged(path: Path, cause: str) -> DamagedBagError:
     """One line: which file, what is wrong, and how to recover a truncated MCAP file."""
+    cause = " ".join(cause.split())  # YAML errors span several lines: one line for the CLI
     files = _data_files(path)
     name = files[0] if len(files) == 1 and "metadata" not in cause else path
     line = f"damaged bag {name}: {cause.rstrip('.')}"

@@ -110,7 +110,7 @@ class DriveRecorder:
                "max_score": float(score.max()), "mean_score": float(score.mean()),
                "latency_ms": None if latency_s is None else 1e3 * latency_s}
         self.rows.append(row)
-        self._csv.writerow({k: "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
+        self._csv.writerow({k: "" if v is None else (f"{v:.7g}" if isinstance(v, float) else v)
                             for k, v in row.items()})
         picture = self._overlay(frame.image, score)
         _put_text(picture, [f"#{index}  {stamp_text(frame.stamp_ns)}",
