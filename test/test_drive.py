@@ -183,3 +183,25 @@ def test_live_replays_a_compressed_camera_as_compressed(tmp_path, monkeypatch, c
     assert len(rows) == 3 and all(float(r["latency_ms"]) > 0 for r in rows)
     assert {(r["width"], r["height"]) for r in rows} == {("96", "48")}  # the node decoded the JPEG bytes
     assert (out / "timeline.png").is_file()
+
+
+def test_mixed_encodings_and_frame_sizes_make_one_video(tmp_path, capsys):
+    """rgb8, bgr8, mono8 and bayer_rggb8 frames of three sizes in one bag: one video size, letterboxed."""
+    from rpl_perception.eval.bags import ImageBagWriter
+
+    rng = np.random.default_rng(1)
+    frames = [("rgb8", rng.integers(0, 256, (40, 80, 3), dtype=np.uint8)),
+              ("bgr8", rng.integers(0, 256, (60, 60, 3), dtype=np.uint8)),
+              ("mono8", rng.integers(0, 256, (30, 90), dtype=np.uint8)),
+              ("bayer_rggb8", rng.integers(0, 256, (40, 80), dtype=np.uint8))]
+    with ImageBagWriter(tmp_path / "bag") as bag:
+        for i, (encoding, pixels) in enumerate(frames):
+            bag.write("/cam/image_raw", pixels, START_NS + i * 100_000_000, encoding=encoding)
+    out = tmp_path / "report"
+    assert main(["eval", "--bag", str(tmp_path / "bag"), "--out", str(out), *MODEL]) == 0
+    assert "frame/s" in capsys.readouterr().err  # the progress bar's rate
+    rows = read_csv(out / "frames.csv")
+    assert [(int(r["width"]), int(r["height"])) for r in rows] == [(80, 40), (60, 60), (90, 30), (80, 40)]
+    video, fps = read_video(out / "overlay.mp4")
+    assert len(video) == 4 and {f.shape for f in video} == {(40, 80, 3)} and fps == pytest.approx(10.0)
+    assert video[1][:, :5].max() < 40  # the square frame sits between black bars

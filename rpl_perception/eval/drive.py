@@ -176,7 +176,7 @@ class DriveRecorder:
             if self.video:
                 files.insert(0, "overlay.mp4")
             plot_most_anomalous(best, self.out_dir / "most_anomalous.png", self.score_name, self.display,
-                                self.threshold)
+                                self.threshold, self.rows[0]["stamp_ns"])
             plot_timeline(self.rows, self.out_dir / "timeline.png", self.score_name, self.threshold,
                           (skipped or {}).get("messages", []))
             files[-1:-1] = ["most_anomalous.png", "timeline.png"]

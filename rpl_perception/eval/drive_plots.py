@@ -26,17 +26,17 @@ def _caption(row: dict, start_ns: Optional[int]) -> str:
 
 
 def plot_most_anomalous(best: Sequence[Tuple[dict, np.ndarray]], path: Path, score: str,
-                        display: Tuple[float, float], threshold: Optional[float], columns: int = 4) -> None:
-    """Thumbnails (overlays) of the frames with the largest anomalous area, most anomalous first."""
+                        display: Tuple[float, float], threshold: Optional[float], start_ns: Optional[int] = None,
+                        columns: int = 4) -> None:
+    """Thumbnails (overlays) of the frames with the largest anomalous area, most anomalous first; times
+    in the captions count from ``start_ns`` (the drive's first stamp)."""
     plt = _pyplot()
     columns = max(1, min(columns, len(best)))
     rows = math.ceil(len(best) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.4 * rows + 0.5), squeeze=False)
-    stamps = [row["stamp_ns"] for row, _ in best if row["stamp_ns"] is not None]
-    start = min(stamps) if stamps else None
     for ax, (row, thumbnail) in zip(axes.flat, best):
         ax.imshow(thumbnail)
-        ax.set_title(_caption(row, start), fontsize=8)
+        ax.set_title(_caption(row, start_ns), fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
     rule = "" if threshold is None else f", area above {threshold:.2f}"

@@ -63,7 +63,7 @@ def metrics_table(summary: dict) -> str:
     metrics: Dict[str, dict] = summary["metrics"]
     columns = [c for c in COLUMNS if any(c[0] in m for m in metrics.values())]
     if not columns:
-        return "_no anomaly ground truth: nothing to score_\n"
+        return "_no anomaly ground truth: no metrics_\n"
     best = {}
     for key, _, higher in columns:
         values = [m[key] for m in metrics.values() if isinstance(m.get(key), float) and math.isfinite(m[key])]
