@@ -1,6 +1,12 @@
 """Live evaluation: the bag is replayed over DDS at its recorded rate to a running
 ``anomaly_node`` (rclpy, imported only here); accuracy of what came back, plus the
-delivered-frame ratio and the latency a user gets on the vehicle."""
+delivered-frame ratio and the latency a user gets on the vehicle.
+
+Frames go out as the type they were recorded as (:mod:`.replay_message`: a CompressedImage with its
+recorded bytes). :func:`evaluate_live`'s ``skipped`` (a :class:`~.bag_reader.SkipLog`) collects
+malformed messages instead of failing; its ``observers`` (e.g. the drive's video) see every scored
+frame with its latency.
+"""
 
 import time
 from dataclasses import dataclass, fields
@@ -12,7 +18,7 @@ import numpy as np
 from .evaluation import Evaluation, EvaluationResult, class_count, downscale_preview, latency_summary
 from .frames import BagTopics, EvalFrame, check_same_size, frames_from_bag
 from .offline import score_settings
-from .replay_message import camera_message, camera_message_type
+from .replay_message import camera_message, camera_message_type_of
 
 __all__ = ["NodeOptions", "evaluate_live"]
 
@@ -77,7 +83,7 @@ class _LiveSession:
     """A ROS 2 context of our own with the replay publisher and the output subscriptions,
     spun in a background thread; received outputs land in a queue for the main thread."""
 
-    def __init__(self, topics: "BagTopics", domain_id: Optional[int], compressed: bool = False):
+    def __init__(self, topics: "BagTopics", domain_id: Optional[int], camera_type):
         import queue
         import threading
 
@@ -95,7 +101,7 @@ class _LiveSession:
         self.node = rclpy.create_node("rpl_eval_replay", context=self.context)
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=20, reliability=ReliabilityPolicy.RELIABLE)
         # reliable publishes to best-effort and reliable subscribers alike; each frame as its recorded type
-        self._camera_type = camera_message_type(compressed)
+        self._camera_type = camera_type
         self.publisher = self.node.create_publisher(self._camera_type, topics.image, reliable)
         self.received: "queue.Queue[_Received]" = queue.Queue()
         self.topics = topics
@@ -174,9 +180,8 @@ class _NodeProcess:
 def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, score: str = "node", meta=None,
                   node_options: Optional[NodeOptions] = None, launch: bool = True, timeout_s: float = 10.0,
                   startup_timeout_s: float = 180.0, record=None, rate_scale: float = 1.0, lockstep: bool = False,
-                  component_sizes: Optional[Tuple[int, int]] = (500, 100), num_worst: int = 4,
-                  domain_id: Optional[int] = None, progress: bool = True, skipped=None,
-                  observers=()) -> EvaluationResult:
+                  component_sizes: Optional[Tuple[int, int]] = (500, 100), num_worst: int = 4, skipped=None,
+                  domain_id: Optional[int] = None, progress: bool = True, observers=()) -> EvaluationResult:
     """Replay a bag's camera frames over DDS, at the recorded rate and with their original stamps,
     to ``anomaly_node`` (started here unless ``launch`` is False), and score what comes back.
 
@@ -190,22 +195,18 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
     process's monotonic clock. ``record``: a new bag with the sent frames, their ground truth and
     the received outputs (bag time = send / receipt wall time), which ``evaluate_recorded`` reads.
     ``domain_id`` defaults to ``ROS_DOMAIN_ID`` of the environment; a launched node gets the same.
-    Frames go out as the type they were recorded as (CompressedImage with its recorded bytes).
-    ``skipped`` (a :class:`~rpl_perception.eval.bag_reader.SkipLog`) collects malformed messages
-    instead of failing; ``observers`` see every scored frame with its latency (the drive's video).
     """
     import os
 
     from tqdm import tqdm
 
-    from .bags import COMPRESSED_MSGTYPE, ImageBagWriter, bag_topics
+    from .bags import ImageBagWriter
 
     if not rate_scale > 0:
         raise ValueError(f"rate scale must be > 0; got {rate_scale}")
     if not timeout_s > 0:
         raise ValueError(f"timeout must be > 0 s; got {timeout_s}")
     frames, total = frames_from_bag(bag, image_topic, label_topic, skipped)
-    compressed = bag_topics(bag)[image_topic][0] == COMPRESSED_MSGTYPE
     topics = BagTopics.for_camera(image_topic, label_topic)
     env = dict(os.environ)
     if domain_id is not None:
@@ -222,7 +223,7 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
     outputs: Dict[int, Dict[str, _Received]] = {}
     started = time.perf_counter()
     try:
-        session = _LiveSession(topics, domain_id, compressed)
+        session = _LiveSession(topics, domain_id, camera_message_type_of(bag, image_topic))
         _wait_until_ready(session, process, startup_timeout_s, topics.image)
         if record is not None:
             writer = ImageBagWriter(record).__enter__()

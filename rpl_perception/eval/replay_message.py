@@ -6,7 +6,7 @@ from typing import Optional
 from ..topics import is_compressed
 from .bag_reader import COMPRESSED_MSGTYPE, IMAGE_MSGTYPES
 
-__all__ = ["check_replayable", "camera_message_type", "camera_message"]
+__all__ = ["check_replayable", "camera_message_type", "camera_message_type_of", "camera_message"]
 
 
 def check_replayable(topic: str, msgtype: str) -> None:
@@ -24,6 +24,15 @@ def camera_message_type(compressed: bool):
     from sensor_msgs.msg import CompressedImage, Image
 
     return CompressedImage if compressed else Image
+
+
+def camera_message_type_of(bag, topic: str):
+    """The rclpy message type to replay the bag's ``topic`` as, checked against its name."""
+    from .bag_reader import bag_topics
+
+    msgtype = bag_topics(bag)[topic][0]
+    check_replayable(topic, msgtype)
+    return camera_message_type(msgtype == COMPRESSED_MSGTYPE)
 
 
 def camera_message(message_type, frame, stamp: Optional[tuple], frame_id: str):
