@@ -205,3 +205,26 @@ def test_mixed_encodings_and_frame_sizes_make_one_video(tmp_path, capsys):
     video, fps = read_video(out / "overlay.mp4")
     assert len(video) == 4 and {f.shape for f in video} == {(40, 80, 3)} and fps == pytest.approx(10.0)
     assert video[1][:, :5].max() < 40  # the square frame sits between black bars
+
+
+def test_recorded_mode_on_a_vehicle_bag_without_ground_truth(tmp_path, capsys):
+    """Camera and node outputs as `ros2 bag record` keeps them on the vehicle: no labels, still a drive."""
+    from rpl_perception.eval.bags import ImageBagWriter
+
+    rng = np.random.default_rng(2)
+    with ImageBagWriter(tmp_path / "bag") as bag:
+        for i in range(4):
+            stamp = START_NS + i * 100_000_000
+            bag.write("/cam/image_raw", rng.integers(0, 256, (30, 50, 3), dtype=np.uint8), stamp, encoding="rgb8")
+            if i != 2:  # one output lost
+                score = np.full((30, 50), -10.0, np.float32)
+                score[:, : 10 * i] = 0.0
+                bag.write("/cam/anomaly", score, stamp, encoding="32FC1", log_time_ns=stamp + 40_000_000)
+    out = tmp_path / "report"
+    assert main(["eval", "--bag", str(tmp_path / "bag"), "--mode", "recorded", "--score", "energy", "--out",
+                 str(out), *MODEL]) == 0
+    assert "delivered 3/4 frames; latency p50 40.0 ms" in capsys.readouterr().out
+    rows = read_csv(out / "frames.csv")
+    assert [float(r["anomalous_fraction"]) for r in rows] == pytest.approx([0.0, 0.2, 0.6])
+    assert [int(r["stamp_ns"]) for r in rows] == [START_NS, START_NS + 100_000_000, START_NS + 300_000_000]
+    assert len(read_video(out / "overlay.mp4")[0]) == 3

@@ -123,6 +123,7 @@ def evaluate_into(args, out: Path):
     from ..eval.drive import DriveRecorder
     from ..eval.map_recorder import MapRecorder
     from ..eval.report import write_report
+    from ..topics import output_topics
 
     components = None if args.no_components else (500, 100)
     if args.native_size:
@@ -134,9 +135,10 @@ def evaluate_into(args, out: Path):
         args.size = native_size((first.shape[1], first.shape[0]), divisor)
     segmenter = load_segmenter_from_args(args)  # recorded, live: for the score's name, display range, threshold
     skipped, observers = SkipLog(), []
-    if args.bag is not None:
-        observers.append(DriveRecorder(out, segmenter.meta, fps=frame_rate(args.bag, args.topic)
-                                       if args.mode != "recorded" else 10.0, video=not args.no_video))
+    if args.bag is not None:  # the video at the camera's rate (recorded mode: the node's output rate)
+        rate_topic = output_topics(args.topic)["anomaly"] if args.mode == "recorded" else args.topic
+        observers.append(DriveRecorder(out, segmenter.meta, fps=frame_rate(args.bag, rate_topic),
+                                       video=not args.no_video))
     if args.record is not None and args.mode == "offline":
         observers.append(MapRecorder(args.record, args.topic))
     try:

@@ -283,9 +283,11 @@ def _decode(reader, connection, log_time: int, data, rgb: bool) -> BagImage:
 
 
 def frame_rate(path, topic: str, default: float = 10.0) -> float:
-    """Messages per second of ``topic`` over the bag's duration (the overlay video's rate), within 1–60."""
+    """Messages per second of ``topic`` over the bag's duration (the overlay video's rate), within 1–60;
+    ``default`` where the bag lacks the topic or holds fewer than two of its messages."""
     with open_bag(path) as reader:
-        count, duration_ns = reader.topics[topic].msgcount, reader.duration
+        name = resolve_topic(topic, reader.topics)
+        count, duration_ns = (reader.topics[name].msgcount if name else 0), reader.duration
     if count < 2 or duration_ns <= 0:
         return default
     return float(min(60.0, max(1.0, (count - 1) / (duration_ns / 1e9))))
