@@ -78,6 +78,9 @@ def test_topic_names_match_with_or_without_the_leading_slash(shared_dir, tmp_pat
     bag = shared_dir / "data" / "bags_thirdparty" / "ros1" / "fiducials_fiducial_board_611.bag"
     # this bag stores its camera topic without the leading /
     assert camera_topic(bag, "/raspicam_node/camera/image/compressed") == "raspicam_node/camera/image/compressed"
+    with pytest.raises(ValueError, match="has topic /raspicam_node/camera/camera_info of type sensor_msgs/msg/"
+                                         "CameraInfo; its image topics .*: raspicam_node/camera/image/compressed"):
+        camera_topic(bag, "raspicam_node/camera/camera_info")
     assert resolve_topic("camera/image_raw", ["/camera/image_raw", "/x"]) == "/camera/image_raw"
     assert resolve_topic("/camera/image_raw", ["/camera/image_raw"]) == "/camera/image_raw"
     assert resolve_topic("/camera/image", ["/camera/image_raw"]) is None

@@ -111,6 +111,8 @@ def _damaged(path: Path, cause: str) -> DamagedBagError:
                  f"`mcap recover {name} -o {name.with_suffix('')}-recovered.mcap`")
     elif str(name).endswith(".db3") and "malformed" in cause:
         line += f"; `sqlite3 {name} .recover` salvages what it can"
+    elif str(name).endswith(".bag"):
+        line += f" (a ROS 1 bag cut short? `rosbag reindex {name}` rebuilds the index of one that was not closed)"
     return DamagedBagError(line)
 
 
@@ -178,11 +180,11 @@ def camera_topic(path, requested: str) -> str:
     model loads): an Image or CompressedImage topic whose first message is not a depth format."""
     topics = {s.topic: s for s in inspect_bag(path, only=requested)}
     name = resolve_topic(requested, topics)
-    images = sorted(t for t, s in topics.items() if s.msgtype in IMAGE_MSGTYPES)
     if name is None or topics[name].msgtype not in IMAGE_MSGTYPES:
-        what = "no topic" if name is None else f"topic {name} of type {topics[name].msgtype}, not an image topic"
-        raise ValueError(f"bag {path} has {what} {requested if name is None else ''}".rstrip()
-                         + f"; its image topics ({IMAGE_MSGTYPE}, {COMPRESSED_MSGTYPE}): {', '.join(images) or 'none'}")
+        images = sorted(t for t, s in topics.items() if s.msgtype in IMAGE_MSGTYPES)
+        problem = f"no topic {requested}" if name is None else f"topic {name} of type {topics[name].msgtype}"
+        raise ValueError(f"bag {path} has {problem}; its image topics ({IMAGE_MSGTYPE}, {COMPRESSED_MSGTYPE}): "
+                         f"{', '.join(images) or 'none'}")
     if "depth" in topics[name].encoding.lower():
         raise ValueError(f"topic {name} holds depth maps ({topics[name].encoding!r}), not camera frames; "
                          "accepted: Image in a camera encoding, CompressedImage jpeg / png")
