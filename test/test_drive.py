@@ -155,6 +155,9 @@ def test_offline_record_is_scored_the_same_by_recorded_mode(tmp_path, capsys):
                  "--score", "energy", "--record", str(tmp_path / "maps"), *MODEL]) == 0
     assert main(["eval", "--bag", str(tmp_path / "maps"), "--out", str(tmp_path / "recorded"), "--mode", "recorded",
                  "--score", "energy", *MODEL]) == 0
+    assert main(["eval", "--bag", str(tmp_path / "bag"), "--out", str(tmp_path / "again"), "--record",
+                 str(tmp_path / "maps"), *MODEL]) == 2
+    assert f"--record {tmp_path / 'maps'} exists already" in capsys.readouterr().err
     offline = json.loads((tmp_path / "offline" / "report.json").read_text())
     recorded = json.loads((tmp_path / "recorded" / "report.json").read_text())
     assert recorded["num_labelled"] == 3

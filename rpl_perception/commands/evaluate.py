@@ -92,6 +92,8 @@ def run(args) -> int:
         raise ValueError("give --size or --native-size, not both")
     if args.record is not None and args.mode == "recorded":
         raise ValueError("--record works in offline and live mode; a recorded bag is recorded already")
+    if args.record is not None and args.record.exists():
+        raise ValueError(f"--record {args.record} exists already; choose a new bag path (bags are never overwritten)")
     check_fresh_output(args.out, args.overwrite)  # before any work
     if args.suite:
         with staged_output(args.out, args.overwrite) as staging:
