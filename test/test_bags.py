@@ -93,12 +93,12 @@ def test_writer_and_reader_errors(tmp_path):
     bad = BagFrame(np.zeros((4, 6, 3), np.uint8), np.zeros((4, 5), np.uint8))
     with pytest.raises(ValueError, match="label must be an H×W uint8 map of the image's size 6×4"):
         write_frames(tmp_path / "b3", [bad])
-    with pytest.raises(ValueError, match="no sensor_msgs/msg/Image topic /cam/anomaly.*/cam/image_raw, /cam/labels"):
+    with pytest.raises(ValueError, match="no image topic /cam/anomaly .*; its image topics: /cam/image_raw, /cam/labels"):
         list(read_images(tmp_path / "bag", ["/cam/anomaly"]))
     with pytest.raises(FileNotFoundError, match="no such bag"):
         bag_topics(tmp_path / "missing")
     (tmp_path / "folder").mkdir()
-    with pytest.raises(ValueError, match="not a rosbag2 bag"):
+    with pytest.raises(ValueError, match="is not a bag: a rosbag2 folder holds metadata.yaml"):
         bag_topics(tmp_path / "folder")
 
 
@@ -149,7 +149,9 @@ def test_cli_bag_make_from_image_and_label_folders(tmp_path, capsys):
 
     assert main(["bag", "info", str(out)]) == 0
     listing = capsys.readouterr().out.splitlines()
-    assert listing == ["/front/image\tsensor_msgs/msg/Image\t3", "/front/labels\tsensor_msgs/msg/Image\t3"]
+    assert listing == ["topic\ttype\tcount\tencoding/format\tframe size",
+                       "/front/image\tsensor_msgs/msg/Image\t3\trgb8\t20x16",
+                       "/front/labels\tsensor_msgs/msg/Image\t3\tmono8\t20x16"]
 
 
 def test_cli_bag_make_from_video_keeps_every_nth_frame(tmp_path):

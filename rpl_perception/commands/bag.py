@@ -1,9 +1,12 @@
 """``rpl-perception bag``: make ROS 2 bags of camera frames and ground truth, and list what a bag holds.
 
 ``bag make OUT`` writes camera frames as ``sensor_msgs/Image`` on ``--topic`` (default
-``/cam/image_raw``) at ``--rate`` Hz, and ground truth as mono8 images with identical stamps on
-the sibling topics (``/cam/labels``: 0 in-distribution, 1 anomaly, 255 void; Cityscapes train
-ids on ``/cam/semantic_labels``); see :mod:`rpl_perception.eval.bags`.
+``/cam/image_raw``; with ``--encoding jpeg`` or ``png`` as ``CompressedImage`` on
+``/cam/image_raw/compressed``) at ``--rate`` Hz, and ground truth as mono8 images with identical
+stamps on the sibling topics (``/cam/labels``: 0 in-distribution, 1 anomaly, 255 void; Cityscapes
+train ids on ``/cam/semantic_labels``); see :mod:`rpl_perception.eval.bags`. ``bag info BAG`` lists
+any bag's topics (rosbag2 folder, ``.mcap``, ``.db3``, ROS 1 ``.bag``) with type, count, and for image
+topics the encoding / format and frame size of the first message; it loads no model.
 """
 
 from pathlib import Path
@@ -35,19 +38,26 @@ def register(subparsers):
                            "(0 in, 1 anomaly, 255 void) unless --label-map is given")
     make.add_argument("--label-map", default=None, metavar="RAW:LABEL,...",
                       help="convert raw label values, e.g. 0:0,2:1 for RoadAnomaly; unlisted values become 255")
-    make.add_argument("--topic", default="/cam/image_raw", help="camera topic (default: /cam/image_raw)")
+    make.add_argument("--topic", default=None,
+                      help="camera topic (default: /cam/image_raw, or /cam/image_raw/compressed for jpeg / png)")
     make.add_argument("--rate", type=float, default=None,
                       help="frames per second in bag time (default: 10, or the video's rate / --stride)")
     make.add_argument("--stride", type=int, default=1, help="with --video: keep every N-th frame")
     make.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     make.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="bag storage (default: mcap)")
-    make.add_argument("--encoding", choices=("rgb8", "bgr8"), default="rgb8", help="camera encoding")
+    make.add_argument("--encoding", choices=("rgb8", "bgr8", "jpeg", "png"), default="rgb8",
+                      help="camera encoding: rgb8 / bgr8 Image, or jpeg / png CompressedImage (default: rgb8)")
+    make.add_argument("--compression", choices=("none", "file", "message"), default="none",
+                      help="zstd compression of the bag, as `ros2 bag record --compression-mode` (default: none)")
     make.add_argument("--frame-id", default="camera", help="header frame_id")
     make.add_argument("--start-time", type=float, default=None, metavar="SECONDS",
                       help="stamp of the first frame in seconds since the epoch (default: now)")
     make.set_defaults(func=run_make)
 
-    info = actions.add_parser("info", help="list a bag's topics, types and message counts")
+    info = actions.add_parser("info", help="list a bag's topics: type, count, encoding / format, frame size",
+                              description="List a bag's topics (rosbag2 folder, .mcap, .db3 or ROS 1 .bag): type, "
+                                          "message count and, for image topics, the encoding (Image) or format "
+                                          "(CompressedImage) and frame size of the first message.")
     info.add_argument("bag", type=Path)
     info.set_defaults(func=run_info)
 
@@ -162,10 +172,11 @@ def run_make(args) -> int:
         frames = itertools.islice(frames, args.max_frames)
         total = args.max_frames if total is None else min(total, args.max_frames)
     start = time.time() if args.start_time is None else args.start_time
+    topic = args.topic or ("/cam/image_raw/compressed" if args.encoding in ("jpeg", "png") else "/cam/image_raw")
     counts = write_frames(args.out, warn_on_unmapped_labels(tqdm(frames, total=total, desc="bag make", unit="frame")),
-                          image_topic=args.topic, rate_hz=10.0 if rate is None else rate,
+                          image_topic=topic, rate_hz=10.0 if rate is None else rate,
                           start_ns=round(start * 1e9), storage=args.storage, frame_id=args.frame_id,
-                          encoding=args.encoding)
+                          encoding=args.encoding, compression=args.compression)
     print(f"wrote {args.out} ({args.storage}, {10.0 if rate is None else rate:g} Hz): "
           + ", ".join(f"{topic} {count}" for topic, count in counts.items()))
     return 0
@@ -189,9 +200,16 @@ def warn_on_unmapped_labels(frames):
         yield frame
 
 
-def run_info(args) -> int:
-    from ..eval.bags import bag_topics
+INFO_COLUMNS = ("topic", "type", "count", "encoding/format", "frame size")
 
-    for topic, (msgtype, count) in sorted(bag_topics(args.bag).items()):
-        print(f"{topic}\t{msgtype}\t{count}")
+
+def run_info(args) -> int:
+    """One tab-separated line per topic under a header; '-' where a column does not apply."""
+    from ..eval.bag_reader import inspect_bag
+
+    print("\t".join(INFO_COLUMNS))
+    for s in inspect_bag(args.bag):
+        size = f"{s.size[0]}x{s.size[1]}" if s.size else "-"
+        print("\t".join((s.topic, s.msgtype, str(s.count), s.encoding or "-", size))
+              + (f"\t({s.problem})" if s.problem else ""))
     return 0

@@ -1,9 +1,12 @@
 """ROS 2 bags of camera frames and ground truth, written and read with ``rosbags`` (no ROS install).
 
-Topic layout (all ``sensor_msgs/msg/Image``, one message per frame, matched by header stamp):
+Reading (:mod:`.bag_reader`, re-exported here) takes any bag a camera driver records; writing makes
+rosbag2 bags (mcap or sqlite3, optionally zstd-compressed) in this layout, one message per frame,
+matched by header stamp:
 
-* camera frames on the image topic, e.g. ``/cam/image_raw`` (rgb8 by default; any encoding of
-  :data:`rpl_perception.image_codec.CAMERA_ENCODINGS` is read back as RGB);
+* camera frames on the image topic, e.g. ``/cam/image_raw`` as ``sensor_msgs/Image`` (rgb8 by default;
+  any encoding of :data:`rpl_perception.image_codec.CAMERA_ENCODINGS` is read back as RGB), or
+  ``/cam/image_raw/compressed`` as ``sensor_msgs/CompressedImage`` (jpeg or png);
 * anomaly ground truth on the sibling ``labels`` topic, e.g. ``/cam/labels``: mono8 with
   0 = in-distribution, 1 = anomaly, 255 = void — the values the dataset readers of
   :mod:`rpl_perception.eval.datasets` produce (RoadAnomaly's raw 2 is already mapped to 1);
@@ -18,26 +21,38 @@ each message's bag (log) time equals its header stamp. Images go through the nod
 (:mod:`rpl_perception.image_codec`), so the bag holds byte-for-byte what a camera driver publishes.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..image_codec import fill_image, image_to_array, image_to_rgb
+from ..image_codec import fill_image
 from ..topics import output_topics, sibling_topic
+from .bag_reader import (
+    COMPRESSED_MSGTYPE,
+    IMAGE_MSGTYPE,
+    IMAGE_MSGTYPES,
+    BagImage,
+    bag_topics,
+    decode_image,
+    read_images,
+    stamp_to_ns,
+)
 
 __all__ = [
-    "IMAGE_MSGTYPE", "STORAGE_PLUGINS", "DEFAULT_IMAGE_TOPIC", "label_topic_for",
+    "IMAGE_MSGTYPE", "COMPRESSED_MSGTYPE", "STORAGE_PLUGINS", "COMPRESSIONS", "COMPRESSED_FORMATS", "DEFAULT_IMAGE_TOPIC", "label_topic_for",
     "semantic_label_topic_for", "output_topics", "ImageBagWriter", "BagFrame", "write_frames", "BagImage",
     "read_images", "bag_topics", "list_image_topics", "decode_image", "StampedFrame", "match_by_stamp",
     "stamp_to_ns", "ns_to_stamp",
 ]
 
-IMAGE_MSGTYPE = "sensor_msgs/msg/Image"
 DEFAULT_IMAGE_TOPIC = "/cam/image_raw"
 #: storage plugin names as ``ros2 bag record -s`` spells them
 STORAGE_PLUGINS = ("mcap", "sqlite3")
+#: zstd compression modes as ``ros2 bag record --compression-mode`` spells them
+COMPRESSIONS = ("none", "file", "message")
+#: CompressedImage formats the writer encodes (OpenCV's file extensions)
+COMPRESSED_FORMATS = ("jpeg", "png")
 
 
 # ----------------------------------------------------------------------------- topics
@@ -53,11 +68,6 @@ def semantic_label_topic_for(image_topic: str) -> str:
 
 
 # ----------------------------------------------------------------------------- stamps
-
-def stamp_to_ns(stamp) -> int:
-    """builtin_interfaces/Time (anything with ``sec`` and ``nanosec``) → integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
 
 def ns_to_stamp(ns: int) -> Tuple[int, int]:
     """Integer nanoseconds → (sec, nanosec) as builtin_interfaces/Time holds them."""
@@ -75,7 +85,8 @@ def _typestore():
 # ----------------------------------------------------------------------------- writing
 
 class ImageBagWriter:
-    """Writes ``sensor_msgs/Image`` messages to a new rosbag2 (mcap or sqlite3).
+    """Writes ``sensor_msgs/Image`` (and ``CompressedImage``) messages to a new rosbag2 (mcap or
+    sqlite3; ``compression`` "file" or "message" compresses it with zstd as rosbag2 does).
 
     >>> with ImageBagWriter("out_bag", storage="mcap") as bag:      # doctest: +SKIP
     ...     bag.write("/cam/image_raw", rgb, stamp_ns, encoding="rgb8", frame_id="camera")
@@ -84,21 +95,25 @@ class ImageBagWriter:
     so what was written stays readable.
     """
 
-    def __init__(self, path, storage: str = "mcap"):
-        from rosbags.rosbag2 import StoragePlugin, Writer
+    def __init__(self, path, storage: str = "mcap", compression: str = "none"):
+        from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
         if storage not in STORAGE_PLUGINS:
             raise ValueError(f"unknown bag storage {storage!r}; choose one of {', '.join(STORAGE_PLUGINS)}")
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}")
         path = Path(path)
         if path.exists():
             raise FileExistsError(f"{path} exists already; choose a new bag path (bags are never overwritten)")
         self.path = path
         self._writer = Writer(path, version=Writer.VERSION_LATEST,
                               storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
+        if compression != "none":
+            self._writer.set_compression(CompressionMode[compression.upper()], CompressionFormat.ZSTD)
         self._typestore = _typestore()
         types = self._typestore.types
-        self._image, self._header, self._time = (types[IMAGE_MSGTYPE], types["std_msgs/msg/Header"],
-                                                 types["builtin_interfaces/msg/Time"])
+        self._image, self._compressed = types[IMAGE_MSGTYPE], types[COMPRESSED_MSGTYPE]
+        self._header, self._time = types["std_msgs/msg/Header"], types["builtin_interfaces/msg/Time"]
         self._connections = {}
         self.counts: Dict[str, int] = {}
 
@@ -115,21 +130,47 @@ class ImageBagWriter:
 
         Times are integer nanoseconds: a float cannot hold today's epoch to the nanosecond.
         """
-        log_time_ns = stamp_ns if log_time_ns is None else log_time_ns
-        for name, value in (("stamp_ns", stamp_ns), ("log_time_ns", log_time_ns)):
-            if not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{name} must be integer nanoseconds; got {value!r} ({type(value).__name__})")
-        if topic not in self._connections:
-            self._connections[topic] = self._writer.add_connection(topic, IMAGE_MSGTYPE, typestore=self._typestore)
-            self.counts[topic] = 0
-        sec, nanosec = ns_to_stamp(stamp_ns)
-        msg = self._image(header=self._header(stamp=self._time(sec=sec, nanosec=nanosec), frame_id=frame_id),
-                          height=0, width=0, encoding="", is_bigendian=0, step=0, data=np.zeros(0, np.uint8))
+        msg = self._image(header=self._header_of(stamp_ns, frame_id), height=0, width=0, encoding="",
+                          is_bigendian=0, step=0, data=np.zeros(0, np.uint8))
         fill_image(msg, pixels, encoding)
         msg.data = np.frombuffer(msg.data, np.uint8)  # the codec fills rosidl's array('B'); rosbags wants numpy
-        data = self._typestore.serialize_cdr(msg, IMAGE_MSGTYPE)
-        self._writer.write(self._connections[topic], int(log_time_ns), data)
+        self.write_raw(topic, IMAGE_MSGTYPE, self._typestore.serialize_cdr(msg, IMAGE_MSGTYPE),
+                       stamp_ns if log_time_ns is None else log_time_ns)
+
+    def write_compressed(self, topic: str, rgb: Optional[np.ndarray], stamp_ns: int, *, fmt: str = "jpeg",
+                         frame_id: str = "", log_time_ns: Optional[int] = None, encoded: Optional[bytes] = None) -> None:
+        """One ``CompressedImage`` of an H×W×3 RGB frame, encoded as ``fmt`` (jpeg or png) by OpenCV, or
+        of bytes ``encoded`` already (a recorded frame, kept as it was)."""
+        import cv2
+
+        if encoded is None:
+            if fmt not in COMPRESSED_FORMATS:
+                raise ValueError(f"compressed format must be one of {', '.join(COMPRESSED_FORMATS)}; got {fmt!r}")
+            ok, data = cv2.imencode(f".{fmt}", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            if not ok:
+                raise ValueError(f"OpenCV cannot encode a {rgb.shape} frame as {fmt}")
+            encoded = data.tobytes()
+        msg = self._compressed(header=self._header_of(stamp_ns, frame_id), format=fmt,
+                               data=np.frombuffer(encoded, np.uint8))
+        self.write_raw(topic, COMPRESSED_MSGTYPE, self._typestore.serialize_cdr(msg, COMPRESSED_MSGTYPE),
+                       stamp_ns if log_time_ns is None else log_time_ns)
+
+    def write_raw(self, topic: str, msgtype: str, data: bytes, log_time_ns: int) -> None:
+        """Serialised (CDR) bytes as one message of ``msgtype``, e.g. what another recorder stored."""
+        if not isinstance(log_time_ns, (int, np.integer)):
+            raise ValueError(f"log_time_ns must be integer nanoseconds; got {log_time_ns!r} "
+                             f"({type(log_time_ns).__name__})")
+        if topic not in self._connections:
+            self._connections[topic] = self._writer.add_connection(topic, msgtype, typestore=self._typestore)
+            self.counts[topic] = 0
+        self._writer.write(self._connections[topic], int(log_time_ns), bytes(data))
         self.counts[topic] += 1
+
+    def _header_of(self, stamp_ns: int, frame_id: str):
+        if not isinstance(stamp_ns, (int, np.integer)):
+            raise ValueError(f"stamp_ns must be integer nanoseconds; got {stamp_ns!r} ({type(stamp_ns).__name__})")
+        sec, nanosec = ns_to_stamp(stamp_ns)
+        return self._header(stamp=self._time(sec=sec, nanosec=nanosec), frame_id=frame_id)
 
 
 class BagFrame(NamedTuple):
@@ -141,27 +182,32 @@ class BagFrame(NamedTuple):
 
 def write_frames(path, frames: Iterable[BagFrame], *, image_topic: str = DEFAULT_IMAGE_TOPIC,
                  rate_hz: float = 10.0, start_ns: int = 0, storage: str = "mcap", frame_id: str = "camera",
-                 encoding: str = "rgb8") -> Dict[str, int]:
+                 encoding: str = "rgb8", compression: str = "none") -> Dict[str, int]:
     """Write frames at ``rate_hz`` starting at ``start_ns``; ground truth on the sibling topics with
     the camera frame's stamp. Returns the message count per topic.
 
-    ``encoding`` is ``rgb8`` or ``bgr8`` (what most camera drivers publish); ground truth is mono8.
+    ``encoding`` is ``rgb8`` or ``bgr8`` (what most camera drivers publish) for Image frames, or ``jpeg``
+    / ``png`` for CompressedImage frames (give a topic ending in ``/compressed``, as image_transport
+    names it, so that the node reads it as compressed); ground truth is mono8.
     """
     if not rate_hz > 0:
         raise ValueError(f"rate must be > 0 Hz; got {rate_hz}")
-    if encoding not in ("rgb8", "bgr8"):
-        raise ValueError(f"camera encoding must be rgb8 or bgr8; got {encoding!r}")
+    if encoding not in ("rgb8", "bgr8", *COMPRESSED_FORMATS):
+        raise ValueError(f"camera encoding must be rgb8, bgr8, jpeg or png; got {encoding!r}")
     topics = {"label": label_topic_for(image_topic), "semantic": semantic_label_topic_for(image_topic)}
     period_ns = 1e9 / rate_hz
-    with ImageBagWriter(path, storage) as bag:
+    with ImageBagWriter(path, storage, compression) as bag:
         for index, frame in enumerate(frames):
             image = frame.image
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"frame {index}: expected an H×W×3 uint8 RGB image; got shape {image.shape}, "
                                  f"dtype {image.dtype}")
             stamp = start_ns + round(index * period_ns)
-            bag.write(image_topic, image[:, :, ::-1] if encoding == "bgr8" else image, stamp,
-                      encoding=encoding, frame_id=frame_id)
+            if encoding in COMPRESSED_FORMATS:
+                bag.write_compressed(image_topic, image, stamp, fmt=encoding, frame_id=frame_id)
+            else:
+                bag.write(image_topic, image[:, :, ::-1] if encoding == "bgr8" else image, stamp,
+                          encoding=encoding, frame_id=frame_id)
             for kind in ("label", "semantic"):
                 truth = getattr(frame, kind)
                 if truth is None:
@@ -174,65 +220,7 @@ def write_frames(path, frames: Iterable[BagFrame], *, image_topic: str = DEFAULT
         return dict(bag.counts)
 
 
-# ----------------------------------------------------------------------------- reading
-
-@dataclass
-class BagImage:
-    """One decoded image message."""
-    topic: str
-    stamp_ns: int  # header stamp
-    log_time_ns: int  # bag (receive) time
-    frame_id: str
-    encoding: str
-    pixels: np.ndarray  # H×W×3 RGB for camera encodings, else as stored (mono8 H×W, 32FC1 float32 H×W)
-
-
-def _open_reader(path):
-    from rosbags.rosbag2 import Reader
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such bag: {path}")
-    if not (path / "metadata.yaml").is_file():
-        raise ValueError(f"{path} is not a rosbag2 bag (a folder holding metadata.yaml and .mcap or .db3 files)")
-    return Reader(path)
-
-
-def bag_topics(path) -> Dict[str, Tuple[str, int]]:
-    """topic → (message type, message count) of a bag."""
-    with _open_reader(path) as reader:
-        return {topic: (info.msgtype, info.msgcount) for topic, info in reader.topics.items()}
-
-
-def decode_image(msg, rgb: bool) -> np.ndarray:
-    """An Image message (rclpy's or rosbags') → numpy: RGB for camera frames, else as stored,
-    float32 and uint8 maps in native byte order (owning copies, not views of the message)."""
-    if rgb:
-        return np.array(image_to_rgb(msg))
-    pixels = image_to_array(msg)
-    return pixels.astype(pixels.dtype.newbyteorder("="))
-
-
-def read_images(path, topics: Sequence[str], rgb_topics: Sequence[str] = ()) -> Iterator[BagImage]:
-    """Decoded image messages of ``topics`` in bag-time order. Topics in ``rgb_topics`` are decoded
-    to H×W×3 RGB (camera frames); the others keep their own encoding (labels, scores).
-
-    Raises ``ValueError`` naming the bag's image topics if one of ``topics`` is not among them.
-    """
-    with _open_reader(path) as reader:
-        available = {t: info.msgtype for t, info in reader.topics.items()}
-        missing = [t for t in topics if available.get(t) != IMAGE_MSGTYPE]
-        if missing:
-            images = sorted(t for t, kind in available.items() if kind == IMAGE_MSGTYPE)
-            raise ValueError(f"bag {path} has no {IMAGE_MSGTYPE} topic {', '.join(missing)}; "
-                             f"its image topics: {', '.join(images) or 'none'}")
-        typestore = _typestore()
-        connections = [c for c in reader.connections if c.topic in topics]
-        for connection, log_time, data in reader.messages(connections=connections):
-            msg = typestore.deserialize_cdr(data, connection.msgtype)
-            yield BagImage(connection.topic, stamp_to_ns(msg.header.stamp), log_time, msg.header.frame_id,
-                           msg.encoding, decode_image(msg, connection.topic in rgb_topics))
-
+# ----------------------------------------------------------------------------- matching
 
 class StampedFrame(NamedTuple):
     """The messages of several topics that share one header stamp."""
@@ -274,4 +262,4 @@ def match_by_stamp(images: Iterable[BagImage], required: Sequence[str], max_pend
 
 
 def list_image_topics(path) -> List[str]:
-    return sorted(t for t, (kind, _) in bag_topics(path).items() if kind == IMAGE_MSGTYPE)
+    return sorted(t for t, (kind, _) in bag_topics(path).items() if kind in IMAGE_MSGTYPES)

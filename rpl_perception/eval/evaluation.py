@@ -62,12 +62,14 @@ class Evaluation:
     and, where a threshold is known, SMIYC component sIoU / PPV / F1 (with ``component_sizes``
     (min_pred_size, min_gt_size); None turns them off). mIoU where frames carry semantic ground truth.
     The ``num_worst`` frames with the lowest per-frame AP of ``primary`` (default: the first score)
-    are kept, downscaled, for the report's overlays.
+    are kept, downscaled, for the report's overlays. Every frame, labelled or not, also goes to each of
+    ``observers`` (``add(frame, score_name, score_map, labels, latency_s)``), e.g. the
+    :class:`~rpl_perception.eval.drive.DriveRecorder` that writes the overlay video.
     """
 
     def __init__(self, scores: Sequence[str], *, thresholds: Optional[Dict[str, float]] = None,
                  component_sizes: Optional[Tuple[int, int]] = (500, 100), num_classes: int = NUM_CITYSCAPES_CLASSES,
-                 primary: Optional[str] = None, num_worst: int = 4):
+                 primary: Optional[str] = None, num_worst: int = 4, observers: Sequence = ()):
         if not scores:
             raise ValueError("Evaluation needs at least one score name")
         self.scores = tuple(scores)
@@ -87,13 +89,18 @@ class Evaluation:
         self.num_frames = 0  # frames with predictions
         self.num_labelled = 0  # of them, with anomaly ground truth
         self.num_semantic = 0  # of them, with semantic ground truth
+        self.observers = tuple(observers)
 
-    def update(self, frame: EvalFrame, scores: Dict[str, np.ndarray], labels: Optional[np.ndarray] = None) -> None:
-        """Add one frame's predictions: score maps (all of :attr:`scores`) and predicted train ids."""
+    def update(self, frame: EvalFrame, scores: Dict[str, np.ndarray], labels: Optional[np.ndarray] = None,
+               latency_s: Optional[float] = None) -> None:
+        """Add one frame's predictions: score maps (all of :attr:`scores`), predicted train ids and, in
+        live mode, the frame's latency."""
         missing = [name for name in self.scores if name not in scores]
         if missing:
             raise ValueError(f"frame {frame.name}: no map for score(s) {missing}; got {sorted(scores)}")
         self.num_frames += 1
+        for observer in self.observers:
+            observer.add(frame, self.primary, scores[self.primary], labels, latency_s)
         if frame.label is not None:
             self.num_labelled += 1
             for name in self.scores:

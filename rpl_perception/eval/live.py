@@ -1,6 +1,12 @@
 """Live evaluation: the bag is replayed over DDS at its recorded rate to a running
 ``anomaly_node`` (rclpy, imported only here); accuracy of what came back, plus the
-delivered-frame ratio and the latency a user gets on the vehicle."""
+delivered-frame ratio and the latency a user gets on the vehicle.
+
+Frames go out as the type they were recorded as (:mod:`.replay_message`: a CompressedImage with its
+recorded bytes). :func:`evaluate_live`'s ``skipped`` (a :class:`~.bag_reader.SkipLog`) collects
+malformed messages instead of failing; its ``observers`` (e.g. the drive's video) see every scored
+frame with its latency.
+"""
 
 import time
 from dataclasses import dataclass, fields
@@ -12,6 +18,7 @@ import numpy as np
 from .evaluation import Evaluation, EvaluationResult, class_count, downscale_preview, latency_summary
 from .frames import BagTopics, EvalFrame, check_same_size, frames_from_bag
 from .offline import score_settings
+from .replay_message import camera_message, camera_message_type_of
 
 __all__ = ["NodeOptions", "evaluate_live"]
 
@@ -76,7 +83,7 @@ class _LiveSession:
     """A ROS 2 context of our own with the replay publisher and the output subscriptions,
     spun in a background thread; received outputs land in a queue for the main thread."""
 
-    def __init__(self, topics: "BagTopics", domain_id: Optional[int]):
+    def __init__(self, topics: "BagTopics", domain_id: Optional[int], camera_type):
         import queue
         import threading
 
@@ -93,8 +100,9 @@ class _LiveSession:
         rclpy.init(context=self.context, domain_id=domain_id)
         self.node = rclpy.create_node("rpl_eval_replay", context=self.context)
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=20, reliability=ReliabilityPolicy.RELIABLE)
-        # reliable publishes to best-effort and reliable subscribers alike
-        self.publisher = self.node.create_publisher(Image, topics.image, reliable)
+        # reliable publishes to best-effort and reliable subscribers alike; each frame as its recorded type
+        self._camera_type = camera_type
+        self.publisher = self.node.create_publisher(self._camera_type, topics.image, reliable)
         self.received: "queue.Queue[_Received]" = queue.Queue()
         self.topics = topics
 
@@ -110,7 +118,6 @@ class _LiveSession:
         self.executor.add_node(self.node)
         self._spinner = threading.Thread(target=self._spin, name="rpl_eval_spin", daemon=True)
         self._spinner.start()
-        self._image_type = Image
 
     def _spin(self):
         from rclpy.executors import ExternalShutdownException
@@ -125,14 +132,10 @@ class _LiveSession:
         return (self.publisher.get_subscription_count() > 0
                 and self.node.count_publishers(self.topics.anomaly) > 0)
 
-    def publish(self, rgb: np.ndarray, stamp_ns: int, frame_id: str) -> None:
-        from ..image_codec import fill_image
+    def publish(self, frame: EvalFrame, frame_id: str) -> None:
         from .bags import ns_to_stamp
 
-        msg = self._image_type()
-        msg.header.stamp.sec, msg.header.stamp.nanosec = ns_to_stamp(stamp_ns)
-        msg.header.frame_id = frame_id
-        self.publisher.publish(fill_image(msg, rgb, "rgb8"))
+        self.publisher.publish(camera_message(self._camera_type, frame, ns_to_stamp(frame.stamp_ns), frame_id))
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=1.0)
@@ -177,8 +180,8 @@ class _NodeProcess:
 def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, score: str = "node", meta=None,
                   node_options: Optional[NodeOptions] = None, launch: bool = True, timeout_s: float = 10.0,
                   startup_timeout_s: float = 180.0, record=None, rate_scale: float = 1.0, lockstep: bool = False,
-                  component_sizes: Optional[Tuple[int, int]] = (500, 100), num_worst: int = 4,
-                  domain_id: Optional[int] = None, progress: bool = True) -> EvaluationResult:
+                  component_sizes: Optional[Tuple[int, int]] = (500, 100), num_worst: int = 4, skipped=None,
+                  domain_id: Optional[int] = None, progress: bool = True, observers=()) -> EvaluationResult:
     """Replay a bag's camera frames over DDS, at the recorded rate and with their original stamps,
     to ``anomaly_node`` (started here unless ``launch`` is False), and score what comes back.
 
@@ -203,7 +206,7 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
         raise ValueError(f"rate scale must be > 0; got {rate_scale}")
     if not timeout_s > 0:
         raise ValueError(f"timeout must be > 0 s; got {timeout_s}")
-    frames, total = frames_from_bag(bag, image_topic, label_topic)
+    frames, total = frames_from_bag(bag, image_topic, label_topic, skipped)
     topics = BagTopics.for_camera(image_topic, label_topic)
     env = dict(os.environ)
     if domain_id is not None:
@@ -212,7 +215,7 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
         domain_id = int(env["ROS_DOMAIN_ID"])
     display, threshold = score_settings(meta, score) if meta is not None else (None, None)
     evaluation = Evaluation([score], thresholds={score: threshold}, component_sizes=component_sizes,
-                            num_worst=num_worst, num_classes=class_count(meta))
+                            num_worst=num_worst, num_classes=class_count(meta), observers=observers)
     process = _NodeProcess((node_options or NodeOptions()).command(image_topic), env) if launch else None
     session = writer = None
     sent, latencies = 0, []
@@ -220,7 +223,7 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
     outputs: Dict[int, Dict[str, _Received]] = {}
     started = time.perf_counter()
     try:
-        session = _LiveSession(topics, domain_id)
+        session = _LiveSession(topics, domain_id, camera_message_type_of(bag, image_topic))
         _wait_until_ready(session, process, startup_timeout_s, topics.image)
         if record is not None:
             writer = ImageBagWriter(record).__enter__()
@@ -244,7 +247,7 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
                     latencies.append(anomaly.received_s - sent_at)
                     semantic = got["semantic"].pixels if "semantic" in got else None
                     check_same_size(anomaly.pixels, frame.label, stamp)
-                    evaluation.update(frame, {score: anomaly.pixels}, semantic)
+                    evaluation.update(frame, {score: anomaly.pixels}, semantic, latency_s=latencies[-1])
                 if len(got) == 2 or expired:
                     del pending[stamp]
                     outputs.pop(stamp, None)
@@ -266,7 +269,7 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
                     time.sleep(min(0.005, due - now))
             if process is not None:
                 process.check_alive()
-            session.publish(frame.image, frame.stamp_ns, "camera")
+            session.publish(frame, "camera")
             sent_at, sent_wall = time.perf_counter(), time.time_ns()
             sent += 1
             if writer is not None:

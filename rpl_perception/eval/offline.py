@@ -94,10 +94,11 @@ class MultiScorePredictor:
 def evaluate_offline(segmenter, frames: Iterable[EvalFrame], *, total: Optional[int] = None,
                      scores: Optional[Sequence[str]] = None, batch_size: int = 1,
                      component_sizes: Optional[Tuple[int, int]] = (500, 100), num_worst: int = 4,
-                     source: str = "", progress: bool = True) -> EvaluationResult:
+                     source: str = "", progress: bool = True, observers=()) -> EvaluationResult:
     """Run the core on every frame (as fast as it goes) and score every requested score.
 
     Score maps are compared at the ground truth's size (the camera size where a frame has none).
+    ``observers`` see every frame's primary score (e.g. the drive's video; see :class:`Evaluation`).
     """
     from tqdm import tqdm
 
@@ -108,7 +109,7 @@ def evaluate_offline(segmenter, frames: Iterable[EvalFrame], *, total: Optional[
     primary = segmenter.score if segmenter.score in predictor.scores else predictor.scores[0]
     evaluation = Evaluation(predictor.scores, thresholds={n: s[1] for n, s in settings.items()},
                             component_sizes=component_sizes, primary=primary, num_worst=num_worst,
-                            num_classes=class_count(segmenter.meta))
+                            num_classes=class_count(segmenter.meta), observers=observers)
     started, network_s = time.perf_counter(), 0.0
     with tqdm(total=total, desc="eval offline", unit="frame", disable=not progress) as bar:
         for batch in batched(frames, batch_size):

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .drive import drive_markdown
 from .evaluation import EvaluationResult
 
 __all__ = ["write_report", "metrics_table", "to_json_safe", "PLOTS"]
@@ -62,7 +63,7 @@ def metrics_table(summary: dict) -> str:
     metrics: Dict[str, dict] = summary["metrics"]
     columns = [c for c in COLUMNS if any(c[0] in m for m in metrics.values())]
     if not columns:
-        return "_no anomaly ground truth: nothing to score_\n"
+        return "_no anomaly ground truth: no metrics_\n"
     best = {}
     for key, _, higher in columns:
         values = [m[key] for m in metrics.values() if isinstance(m.get(key), float) and math.isfinite(m[key])]
@@ -115,6 +116,10 @@ def _markdown(summary: dict, plots: Sequence[str], title: str) -> str:
     if worst:
         out += ["", f"## Worst frames ({summary.get('primary_score')})", "",
                 "| frame | AP |", "|---|---:|"] + [f"| {w['name']} | {_number(w['ap'])} |" for w in worst]
+    out += drive_markdown(summary)
+    if summary.get("recorded_bag"):
+        out += ["", f"Frames, ground truth and maps recorded into `{summary['recorded_bag']}` "
+                "(`eval --mode recorded` reads it)."]
     if plots:
         out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(out) + "\n"
