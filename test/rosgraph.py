@@ -209,6 +209,23 @@ class Process:
         os.unlink(self.log.name)
 
 
+def interrupt_twice(process, first_to_second=0.5, repeat_every=0.05, give_up=10.0):
+    """Ctrl-C, then from ``first_to_second`` s on Ctrl-C again every ``repeat_every`` s until the process
+    ends, so that one of them lands in every phase of its stop (ROS shutdown, the interpreter's teardown);
+    returns the seconds from the first Ctrl-C to the exit."""
+    start = time.monotonic()
+    process.signal_group(signal.SIGINT)
+    time.sleep(first_to_second)
+    while process.alive() and time.monotonic() - start < give_up:
+        try:
+            process.signal_group(signal.SIGINT)
+        except ProcessLookupError:
+            break
+        time.sleep(repeat_every)
+    process.wait(timeout=30)
+    return time.monotonic() - start
+
+
 @contextmanager
 def serving(command, topics, env, name="probe"):
     """The node started by ``command`` (anomaly_node, ros2 launch ...) and a probe publishing to

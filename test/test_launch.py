@@ -14,7 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from rosgraph import Probe, Process, Spinner, image_msg, sample_rgb, serving, venv_executable, wait_until
+from rosgraph import (
+    Probe,
+    Process,
+    Spinner,
+    image_msg,
+    interrupt_twice,
+    sample_rgb,
+    serving,
+    venv_executable,
+    wait_until,
+)
 from rpl_perception.topics import sibling_topic
 
 yaml = pytest.importorskip("yaml", reason="needs PyYAML (comes with rclpy: pip install .[ros])")
@@ -190,6 +200,25 @@ def test_ros2_launch_ends_cleanly_on_a_terminal_ctrl_c(launch_tools, small_param
     assert "rviz2 is not installed here" in output
     assert "process has finished cleanly" in output, output
     assert not process_exists(pids[0]), f"the node (pid {pids[0]}) outlived the launch"
+
+
+def test_ros2_launch_ends_cleanly_on_ctrl_c_twice(launch_tools, small_params, ros_env):
+    """Ctrl-C twice in the terminal (the second 0.5 s or more after the first), 20 times: the launch exits 0
+    within 2 s and never reports the node "exited with code -2"."""
+    topic = "/twice_launch/image_raw"
+    command = [launch_tools, "launch", "rpl_perception", "anomaly.launch.py", f"image_topics:=[{topic}]",
+               f"params_file:={small_params}"]
+    for _ in range(20):
+        process = Process(command, ros_env)
+        try:
+            wait_until(lambda p=process: "serving " in p.output() or not p.alive(), "the node to serve", 120)
+            took = interrupt_twice(process)
+            code, output = process.popen.returncode, process.output()
+        finally:
+            process.kill()
+        assert code == 0, output
+        assert took <= 2.0, f"the launch took {took:.1f} s to stop"
+        assert "exited with code" not in output and "Traceback" not in output, output
 
 
 def test_ros2_launch_fails_when_the_node_fails(launch_tools, ros_env):

@@ -13,7 +13,18 @@ import time
 
 import pytest
 
-from rosgraph import REPO, Probe, Process, Spinner, image_msg, sample_rgb, serving, venv_executable, wait_until
+from rosgraph import (
+    REPO,
+    Probe,
+    Process,
+    Spinner,
+    image_msg,
+    interrupt_twice,
+    sample_rgb,
+    serving,
+    venv_executable,
+    wait_until,
+)
 
 NODE_ARGS = ["-p", "network_width:=256", "-p", "network_height:=128", "-p", "backend:=torch"]
 
@@ -65,6 +76,26 @@ def test_ctrl_c_with_a_frame_in_flight_ends_the_process_within_two_seconds(ros_e
     assert code == 0, output
     assert took <= 2.0, f"the node took {took:.1f} s to stop"
     assert "terminate" not in output and "Traceback" not in output, output
+
+
+def test_ctrl_c_twice_ends_the_node_cleanly_twenty_times_in_twenty(ros_env):
+    """A second Ctrl-C (a user pressing twice, or ``ros2 launch`` forwarding the terminal's) used to kill
+    the stopping node by signal 2 when it arrived during the interpreter's teardown (CPython restores
+    SIGINT's default action there): ``ros2 launch`` then reported "exited with code -2"."""
+    topic = "/twice/image_raw"
+    outcomes = []
+    for _ in range(20):
+        process = Process(node_command("-p", f"image_topics:=[{topic}]"), ros_env)
+        try:
+            wait_until(lambda p=process: "serving " in p.output() or not p.alive(), "the node to serve", 120)
+            took = interrupt_twice(process)
+            outcomes.append((process.popen.returncode, took, process.output()))
+        finally:
+            process.kill()
+    for code, took, output in outcomes:
+        assert code == 0, f"exit code {code}:\n{output}"
+        assert took <= 2.0, f"the node took {took:.1f} s to stop"
+        assert "Traceback" not in output and "[ERROR]" not in output, output
 
 
 def test_the_executable_exits_with_a_clear_error_on_bad_parameters(ros_env):

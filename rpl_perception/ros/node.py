@@ -18,7 +18,6 @@ while running.
 
 import gc
 import os
-import signal
 import sys
 import time
 from typing import Dict, List, NamedTuple, Optional, Tuple
@@ -44,6 +43,7 @@ from ..topics import check_topics, output_topics
 from .camera import Camera
 from .dds import profile_environment
 from .diagnostics import diagnostics_message
+from .interrupts import ignore_interrupts_from_now_on, ignore_interrupts_while_serving
 from .log_bridge import forward_python_logging
 from .outputs import publish_outputs
 from .parameters import PARAMETERS, ParameterError, Settings, threshold_value
@@ -304,19 +304,12 @@ class AnomalyNode(Node):
         super().destroy_node()
 
 
-def _ignore_interrupts(*_) -> None:
-    """A terminal's Ctrl-C under ``ros2 launch`` reaches the node twice (from the terminal and from
-    launch): rclpy's handler shuts the node down on the first; the rest must not raise
-    KeyboardInterrupt in the middle of the shutdown."""
-
-
 def main(args=None) -> int:
     """``anomaly_node [--ros-args ...]``: serve until Ctrl-C or SIGTERM; 2 on bad parameters."""
     # Fast DDS reads its profile when the process's first participant is created (rclpy.init)
     dds_profile = profile_environment()
     os.environ.update(dds_profile)
-    # rclpy's own handler (installed by init) shuts the context down and then calls this one
-    signal.signal(signal.SIGINT, _ignore_interrupts)
+    ignore_interrupts_while_serving()  # rclpy's handler (installed by init) stops the node
     rclpy.init(args=args)
     node, code = None, 0
     try:
@@ -336,6 +329,7 @@ def main(args=None) -> int:
         # Ctrl-C or SIGTERM while the model was loading: rclpy's handler shut the context down,
         # so creating the topics failed. That is a requested stop, not an error.
     finally:
+        ignore_interrupts_from_now_on()  # a second Ctrl-C must not kill a node that is stopping
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
