@@ -251,6 +251,7 @@ def test_diagnostics_report_each_camera_and_the_model(graph):
     model = {kv.key: kv.value for kv in array.status[2].values}
     assert model["network size"] == "256x128" and model["backend"] == "torch"
     assert array.status[2].level == b"\x00"
+    assert model["min output rate [Hz]"] == "1" and model["output timeout [s]"] == "5"  # the CPU defaults
 
 
 @pytest.mark.parametrize("overrides,match", [

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from rpl_perception.ros.dds import FASTDDS_SETTINGS, find_profile, profile_environment
+from rpl_perception.ros.health import HealthLimits
 from rpl_perception.ros.pipeline import FramePipeline
-from rpl_perception.ros.stats import ERROR, OK, WARN, CameraStats, input_problems
+from rpl_perception.ros.stats import ERROR, IDLE_MESSAGE, OK, WARN, CameraStats, input_problems
 from rpl_perception.ros.throttle import ProblemThrottle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,18 +144,20 @@ def test_camera_stats_levels_and_values():
     for i in range(10):
         stats.on_received(now=1.0 + i * 0.1)
     for latency in (0.1, 0.2, 0.3, 0.4):
-        stats.on_published(latency, inference=0.05, batch_size=2)
+        stats.on_published(latency, inference=0.05, batch_size=2, now=1.9)
     for _ in range(6):
         stats.on_dropped()
     report = stats.report(now=2.0)
     values = dict(report.values)
-    assert report.level == WARN and "dropped 6 of 10 frames" in report.message
+    # replaced frames are the newest-frame policy at work: a value, not a warning
+    assert report.level == OK and report.message == "10.0 Hz in, 4.0 Hz out"
     assert values["input rate [Hz]"] == "10.00" and values["output rate [Hz]"] == "4.00"
+    assert values["dropped rate [Hz]"] == "6.00" and values["dropped frames"] == "6"
     assert values["latency p50 [ms]"] == "250.0" and values["latency p95 [ms]"] == "385.0"
     assert values["inference [ms]"] == "50.0" and values["batch size"] == "2.00"
-    assert values["dropped frames"] == "6" and values["DDS lost frames"] == "0"
+    assert values["DDS lost frames"] == "0"
     stats.on_received(now=2.5)
-    stats.on_published(0.1, 0.05, 1)
+    stats.on_published(0.1, 0.05, 1, now=2.6)
     assert stats.report(now=3.0).level == OK
     stats.on_received(now=3.5)
     stats.on_rejected("encoding 'x' is not supported")
@@ -162,7 +165,58 @@ def test_camera_stats_levels_and_values():
     assert report.level == ERROR
     assert report.message == "1 of 1 messages rejected: encoding 'x' is not supported"
     assert dict(report.values)["rejected messages"] == "1"
-    assert stats.report(now=10.0).message == "no frame for 6.5 s"
+    report = stats.report(now=7.0)
+    assert report.level == WARN and report.message == ("output 0.20 Hz is below min_output_rate_hz 1: the camera "
+                                                       "sends 0.4 Hz; no frame for 3.5 s")
+    report = stats.report(now=10.0)
+    assert (report.level, report.message) == (ERROR, "no output for 7 s (output_timeout_s 5); no frame for 6.5 s")
+
+
+def serve(stats, start, seconds, input_hz, output_hz):
+    """Frames at ``input_hz`` from ``start`` for ``seconds``, ``output_hz`` of them published."""
+    for i in range(int(seconds * input_hz)):
+        stats.on_received(now=start + i / input_hz)
+    for i in range(int(seconds * output_hz)):
+        stats.on_published(0.1, 0.05, 1, now=start + i / output_hz)
+
+
+def test_the_level_follows_the_output_rate_not_the_drops():
+    """30 Hz in, 3 Hz out: OK with min_output_rate_hz 1 (the CPU default), WARN with 10 (the GPU
+    default), naming inference as the cause; a 0.5 Hz camera is named as the cause instead."""
+    cpu, gpu = CameraStats(0.0, limits=HealthLimits.for_device(-1, 5.0, on_gpu=False)), \
+        CameraStats(0.0, limits=HealthLimits.for_device(-1, 5.0, on_gpu=True))
+    assert (cpu.limits.min_output_rate_hz, gpu.limits.min_output_rate_hz) == (1.0, 10.0)
+    for stats in (cpu, gpu):
+        serve(stats, 0.0, 6.0, input_hz=30, output_hz=3)  # 150 and 15 in (0.99, 5.99]
+    assert cpu.report(now=5.99).level == OK
+    report = gpu.report(now=5.99)
+    assert report.level == WARN
+    assert report.message == ("output 3.00 Hz is below min_output_rate_hz 10: inference keeps up with 3.0 of the "
+                              "camera's 30.0 Hz")
+    slow_camera = CameraStats(0.0)
+    serve(slow_camera, 0.0, 6.0, input_hz=0.5, output_hz=0.5)
+    report = slow_camera.report(now=6.0)
+    assert report.level == WARN and report.message.endswith("the camera sends 0.4 Hz")  # 2 frames in 5 s
+    never_judged = CameraStats(0.0, limits=HealthLimits(min_output_rate_hz=0.0))
+    serve(never_judged, 0.0, 6.0, input_hz=30, output_hz=0.5)
+    assert never_judged.report(now=6.0).level == OK
+
+
+def test_frames_without_output_are_an_error_after_the_timeout():
+    stats = CameraStats(0.0, limits=HealthLimits(output_timeout_s=2.0))
+    serve(stats, 0.0, 1.9, input_hz=30, output_hz=0)
+    assert stats.report(now=1.9).level == OK  # 1.9 s: not yet
+    serve(stats, 1.9, 0.2, input_hz=30, output_hz=0)
+    report = stats.report(now=2.1)
+    assert (report.level, report.message) == (ERROR, "no output for 2 s (output_timeout_s 2)")
+
+
+def test_an_idle_camera_is_ok_and_its_timeout_restarts_when_someone_subscribes():
+    stats = CameraStats(0.0, limits=HealthLimits(output_timeout_s=2.0))
+    report = stats.report(now=10.0, problems=[(WARN, "no publisher on this topic yet")], idle=True)
+    assert (report.level, report.message) == (OK, IDLE_MESSAGE)
+    assert stats.report(now=11.0).level == WARN  # active from now on: no frame yet, but 1 s < 2 s
+    assert stats.report(now=13.0).level == ERROR
 
 
 def test_dds_loss_is_counted_apart_from_the_newest_frame_policy():

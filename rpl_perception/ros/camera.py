@@ -20,6 +20,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions, QoSPolicyKind
 from sensor_msgs.msg import CompressedImage, Image
 
 from ..topics import is_compressed, output_topics
+from .health import HealthLimits
 from .parameters import AUTO
 from .stats import WARN, CameraStats, input_problems
 from .throttle import ProblemThrottle
@@ -42,11 +43,11 @@ class Camera:
     """``on_message(camera, raw_bytes)`` is the subscription callback."""
 
     def __init__(self, node, topic: str, reliability: str, depth: int, output_qos: QoSProfile,
-                 on_message: Callable[["Camera", bytes], None]):
+                 on_message: Callable[["Camera", bytes], None], limits: Optional[HealthLimits] = None):
         self.node = node
         self.topic = node.resolve_topic_name(topic)  # after remapping: what the camera publishes on
         self.msg_type = CompressedImage if is_compressed(topic) else Image
-        self.stats = CameraStats(time.monotonic())
+        self.stats = CameraStats(time.monotonic(), limits=limits)
         self.throttle = ProblemThrottle()
         self.lock = threading.Lock()  # throttle and frame_id, from the decoder and worker threads
         self.frame_id = ""

@@ -43,6 +43,7 @@ from ..topics import check_topics, output_topics
 from .camera import Camera
 from .dds import profile_environment
 from .diagnostics import diagnostics_message
+from .health import HealthLimits, runs_on_gpu
 from .interrupts import ignore_interrupts_from_now_on, ignore_interrupts_while_serving
 from .log_bridge import forward_python_logging
 from .outputs import publish_outputs
@@ -121,8 +122,12 @@ class AnomalyNode(Node):
             self.overlay_alpha = self.settings.overlay_alpha
             self.display_range = self.segmenter.display_range
             self._warm_up()
+            self.health_limits = HealthLimits.for_device(self.settings.min_output_rate_hz,
+                                                         self.settings.output_timeout_s,
+                                                         runs_on_gpu(self.segmenter.backend))
             self.cameras = [Camera(self, topic, self.settings.qos_reliability, self.settings.qos_depth,
-                                   OUTPUT_QOS, self._on_image) for topic in self.settings.image_topics]
+                                   OUTPUT_QOS, self._on_image, self.health_limits)
+                            for topic in self.settings.image_topics]
         except ValueError as exc:  # e.g. a per-topic qos_overrides value
             self.destroy_node()
             raise ParameterError(str(exc)) from None
@@ -282,7 +287,9 @@ class AnomalyNode(Node):
                         ("network size", "{}x{}".format(*self.segmenter.network_size)),
                         ("anomaly threshold", f"{self.threshold:.6g}"),
                         ("display range", "{:.6g} {:.6g}".format(*self.display_range)),
-                        ("max image pixels", str(self.settings.max_image_pixels))]
+                        ("max image pixels", str(self.settings.max_image_pixels)),
+                        ("min output rate [Hz]", f"{self.health_limits.min_output_rate_hz:g}"),
+                        ("output timeout [s]", f"{self.health_limits.output_timeout_s:g}")]
         model = (StatusReport(OK, f"{self.segmenter.score} anomaly score", model_values) if self._pipeline.working
                  else StatusReport(ERROR, "inference worker is not running", model_values))
         self._diagnostics.publish(diagnostics_message(

@@ -7,10 +7,12 @@ the node accepts), ``failed`` (inference or publishing raised) or ``published``.
 
 Callbacks report received, lost and dropped frames, the worker rejected, failed and published ones;
 ``report`` is called about once a second and summarises the period since the previous call.
-Levels are those of ``diagnostic_msgs/DiagnosticStatus``.
+Levels are those of ``diagnostic_msgs/DiagnosticStatus``; dropped frames are the newest-frame policy at
+work, a value and not a warning: the level follows the output rate (:mod:`.health`).
 """
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
@@ -18,10 +20,12 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .dds import LARGE_FRAME_HINT
+from .health import ERROR, OK, WARN, EventWindow, HealthLimits, output_health
 
 __all__ = ["OK", "WARN", "ERROR", "StatusReport", "CameraStats", "input_problems"]
 
-OK, WARN, ERROR = 0, 1, 2
+#: what the status says of a camera nobody subscribes to (its frames are neither decoded nor inferred)
+IDLE_MESSAGE = "idle: no subscriber to its outputs (frames are not decoded or inferred)"
 
 #: timings kept per period at most (bounded even if report() is never called)
 MAX_SAMPLES = 10_000
@@ -53,8 +57,12 @@ class _Counts:
 class CameraStats:
     """Thread-safe statistics of one camera. Times are seconds from one monotonic clock."""
 
-    def __init__(self, now: float, stale_after: float = 3.0):
+    def __init__(self, now: float, stale_after: float = 3.0, limits: Optional[HealthLimits] = None):
         self.stale_after = stale_after
+        self.limits = limits or HealthLimits()
+        self._active_since: Optional[float] = now  # None while idle
+        self._received_times, self._published_times = EventWindow(), EventWindow()
+        self._last_published: Optional[float] = None
         self.total = _Counts()
         self._lock = threading.Lock()
         self._period = _Counts()
@@ -79,6 +87,7 @@ class CameraStats:
         with self._lock:
             self._count("received")
             self._last_received = now
+            self._received_times.add(now)
 
     def on_lost(self, count: int) -> None:
         """DDS reports ``count`` frames it never delivered (best effort: a gap or an incomplete frame)."""
@@ -102,10 +111,14 @@ class CameraStats:
             self._count("failed")
             self._last_failure = reason
 
-    def on_published(self, latency: float, inference: float, batch_size: int) -> None:
-        """``latency``: seconds from the frame's header stamp to publication, on the node's clock."""
+    def on_published(self, latency: float, inference: float, batch_size: int, now: Optional[float] = None) -> None:
+        """``latency``: seconds from the frame's header stamp to publication, on the node's clock;
+        ``now``: the monotonic time of publication (default: now)."""
+        now = time.monotonic() if now is None else now
         with self._lock:
             self._count("published")
+            self._last_published = now
+            self._published_times.add(now)
             if latency > FOREIGN_CLOCK_S or latency < -FUTURE_TOLERANCE_S:
                 self._count("foreign_stamps")
                 self._clock_offset = latency
@@ -114,10 +127,17 @@ class CameraStats:
             self._inference.append(inference)
             self._batch_sizes.append(batch_size)
 
-    def report(self, now: float, problems: Sequence[Tuple[int, str]] = ()) -> StatusReport:
+    def report(self, now: float, problems: Sequence[Tuple[int, str]] = (), idle: bool = False) -> StatusReport:
         """Summarise the period since the last report and start a new one. ``problems``: (level,
-        reason) found outside these counts, e.g. by :func:`input_problems`."""
+        reason) found outside these counts, e.g. by :func:`input_problems`; ``idle``: nobody subscribes
+        to the camera's outputs (OK, not judged; the output timeout restarts when it becomes active)."""
         with self._lock:
+            if idle:
+                self._active_since = None
+            elif self._active_since is None:
+                self._active_since = now
+            active_since, last_published = self._active_since, self._last_published
+            input_rate, output_rate = self._received_times.rate(now), self._published_times.rate(now)
             period, self._period = self._period, _Counts()
             latencies, inference, batches = (np.array(d, np.float64) for d in
                                              (self._latencies, self._inference, self._batch_sizes))
@@ -130,8 +150,13 @@ class CameraStats:
             last_rejection, last_failure = self._last_rejection, self._last_failure
             clock_offset = self._clock_offset
 
+        values = _values(period, seconds, total, latencies, inference, batches, last_rejection)
+        if idle:
+            return StatusReport(OK, IDLE_MESSAGE, values)
+        health = output_health(self.limits, now=now, active_since=active_since, last_published=last_published,
+                               input_rate=input_rate, output_rate=output_rate)
         level, reasons = OK, []
-        for problem_level, reason in problems:
+        for problem_level, reason in [*health, *problems]:
             level = max(level, problem_level)
             reasons.append(reason)
         if period.failed:
@@ -146,36 +171,15 @@ class CameraStats:
                            f"reached the node: {LARGE_FRAME_HINT}")
         if last_received is None:
             level = max(level, WARN)
-            if not problems:
+            if not problems:  # the graph's reasons say more
                 reasons.append("no frame received yet")
         elif now - last_received > self.stale_after:
             level = max(level, WARN)
             reasons.append(f"no frame for {now - last_received:.1f} s")
-        if period.dropped > period.published:
-            level = max(level, WARN)
-            reasons.append(f"dropped {period.dropped} of {period.received} frames: "
-                           "inference slower than input")
         if period.foreign_stamps:
             level = max(level, WARN)
             reasons.append(f"header stamps are {clock_offset:+.0f} s off this node's clock (camera clock not "
                            "synchronised, or a bag replayed without use_sim_time): latency not reported")
-        p50, p95 = np.percentile(latencies, [50, 95]) * 1e3 if latencies.size else (np.nan, np.nan)
-        values = [
-            ("input rate [Hz]", f"{period.received / seconds:.2f}"),
-            ("output rate [Hz]", f"{period.published / seconds:.2f}"),
-            ("latency p50 [ms]", _ms(p50)),
-            ("latency p95 [ms]", _ms(p95)),
-            ("inference [ms]", _ms(inference.mean() * 1e3 if inference.size else np.nan)),
-            ("batch size", f"{batches.mean():.2f}" if batches.size else "n/a"),
-            ("received frames", str(total.received)),
-            ("published frames", str(total.published)),
-            ("dropped frames", str(total.dropped)),  # replaced by a newer frame: by design
-            ("DDS lost frames", str(total.lost)),
-            ("rejected messages", str(total.rejected)),
-            ("failed inferences", str(total.failed)),
-            ("foreign-clock stamps", str(total.foreign_stamps)),
-            ("last rejection", last_rejection),
-        ]
         message = "; ".join(reasons) if reasons else (
             f"{period.received / seconds:.1f} Hz in, {period.published / seconds:.1f} Hz out")
         return StatusReport(level, message, values)
@@ -199,6 +203,28 @@ def input_problems(*, publishers: int, matched: int, received: int, seconds_matc
         return [(WARN, f"{matched} publisher(s) matched {seconds_matched:.0f} s ago but no frame arrived: "
                        f"{LARGE_FRAME_HINT}")]
     return []
+
+
+def _values(period: _Counts, seconds: float, total: _Counts, latencies: np.ndarray, inference: np.ndarray,
+            batches: np.ndarray, last_rejection: str) -> List[Tuple[str, str]]:
+    p50, p95 = np.percentile(latencies, [50, 95]) * 1e3 if latencies.size else (np.nan, np.nan)
+    return [
+        ("input rate [Hz]", f"{period.received / seconds:.2f}"),
+        ("output rate [Hz]", f"{period.published / seconds:.2f}"),
+        ("dropped rate [Hz]", f"{period.dropped / seconds:.2f}"),  # replaced by a newer frame: by design
+        ("latency p50 [ms]", _ms(p50)),
+        ("latency p95 [ms]", _ms(p95)),
+        ("inference [ms]", _ms(inference.mean() * 1e3 if inference.size else np.nan)),
+        ("batch size", f"{batches.mean():.2f}" if batches.size else "n/a"),
+        ("received frames", str(total.received)),
+        ("published frames", str(total.published)),
+        ("dropped frames", str(total.dropped)),
+        ("DDS lost frames", str(total.lost)),
+        ("rejected messages", str(total.rejected)),
+        ("failed inferences", str(total.failed)),
+        ("foreign-clock stamps", str(total.foreign_stamps)),
+        ("last rejection", last_rejection),
+    ]
 
 
 def _ms(value: float) -> str:
