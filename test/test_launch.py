@@ -148,6 +148,7 @@ def test_launch_service_serves_a_frame_with_every_argument(launch_tools, small_p
         spinner.spin(probe.node)
         try:
             wait_until(lambda: probe.publishers[topic].get_subscription_count(), "the launched node", 120)
+            probe.wait_for_reliable_subscription(topic)
             header = probe.publish(topic, image_msg(sample_rgb(), "rgb8"))
             outcome["outputs"] = probe.outputs(topic, header, ["semantic", "anomaly"])
             outcome["model"] = wait_until(lambda: probe.values("/ls_ns/rpl_anomaly: model"), "model diagnostics")

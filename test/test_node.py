@@ -73,6 +73,10 @@ def graph(ros_env):
                    f"the probe to subscribe to the outputs of {camera.topic}")
     for publisher in probe.publishers.values():
         wait_until(lambda: publisher.get_subscription_count(), "the node to subscribe to the inputs")
+    for camera in node.cameras:  # best effort from start-up, then reliable to match the probe's publishers
+        wait_until(lambda: camera.reliability == "reliable", f"a reliable subscription to {camera.topic}")
+    for publisher in probe.publishers.values():
+        wait_until(lambda: publisher.get_subscription_count(), "the node to subscribe to the inputs again")
     yield node, probe
     executor.shutdown()
     spinner.join(timeout=10)
@@ -310,6 +314,42 @@ def test_input_qos_follows_what_the_publishers_offer(graph):
     wait_until(lambda: probe.publishers[CAM_A].get_subscription_count(), "the reliable probe to match again")
 
 
+def test_the_input_subscription_exists_before_any_camera_and_adapts_to_it(ros_env):
+    """``ros2 topic info -v /unwired/image_raw`` (rclpy's get_subscriptions_info_by_topic) shows the node's
+    best-effort subscription before a camera runs; a reliable camera then gets a reliable subscription."""
+    from rclpy.parameter import Parameter
+    from rclpy.qos import ReliabilityPolicy
+
+    from rpl_perception.ros.node import AnomalyNode
+
+    topic = "/unwired/image_raw"
+    spinner = Spinner()
+    node = AnomalyNode(context=spinner.context, parameter_overrides=[
+        Parameter("image_topics", value=[topic]), Parameter("backend", value="torch"),
+        Parameter("network_width", value=NETWORK[0]), Parameter("network_height", value=NETWORK[1])])
+    from rclpy.node import Node
+
+    observer = Node("wiring_observer", context=spinner.context)  # publishes nothing on the topic
+    spinner.spin(node, observer)
+
+    def subscriptions():
+        return [(i.node_name, i.topic_type, i.qos_profile.reliability)
+                for i in observer.get_subscriptions_info_by_topic(topic)]
+
+    try:
+        assert wait_until(subscriptions, "the node's subscription in the graph") == [
+            ("rpl_anomaly", "sensor_msgs/msg/Image", ReliabilityPolicy.BEST_EFFORT)]
+        assert observer.get_publishers_info_by_topic(topic) == []
+        probe = Probe(spinner.context, [topic], name="wiring_probe")  # rclpy's default QoS: reliable
+        wait_until(lambda: subscriptions() == [("rpl_anomaly", "sensor_msgs/msg/Image", ReliabilityPolicy.RELIABLE)],
+                   "the node to subscribe reliable to its reliable camera")
+        spinner.executor.add_node(probe.node)
+        header = probe.publish(topic, image_msg(sample_rgb(), "rgb8"))
+        probe.outputs(topic, header, ["anomaly"])
+    finally:
+        spinner.close(node, observer)
+
+
 @pytest.fixture(scope="module")
 def remapped(ros_env):
     """A second node, in namespace /robot, its input remapped from /cam to /other on the command line,
@@ -530,6 +570,7 @@ def test_shutdown_is_bounded_with_a_frame_in_flight_and_silent_after(ros_env):
     try:
         with blocked_inference(node.segmenter) as (entered, release):
             wait_until(lambda: probe.publishers[topic].get_subscription_count(), "the node to subscribe")
+            probe.wait_for_reliable_subscription(topic)
             probe.publish(topic, image_msg(sample_rgb(), "rgb8"))
             assert entered.wait(15), "the frame never reached inference"
             stats = node.cameras[0].stats

@@ -141,6 +141,7 @@ def test_one_large_frame_from_another_process_reaches_a_default_node(node_proces
 
     process, probe = node_process
     wait_until(lambda: probe.publishers[ONE].get_subscription_count(), "the node to subscribe")
+    probe.wait_for_reliable_subscription(ONE)
     best_effort_anomaly = []  # a planner on sensor-data QoS: the node's 2 MB 32FC1 map must reach it too
     probe.node.create_subscription(Image, "/x_one/anomaly", best_effort_anomaly.append, qos_profile_sensor_data)
     wait_until(lambda: probe.node.count_publishers("/x_one/anomaly") and

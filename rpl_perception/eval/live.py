@@ -13,6 +13,9 @@ from .evaluation import Evaluation, EvaluationResult, class_count, downscale_pre
 from .frames import BagTopics, EvalFrame, check_same_size, frames_from_bag
 from .offline import score_settings
 
+#: the longest the replay waits for a node's subscription to turn reliable (qos_reliability auto)
+SETTLE_S = 3.0
+
 __all__ = ["NodeOptions", "evaluate_live"]
 
 
@@ -97,6 +100,7 @@ class _LiveSession:
         self.publisher = self.node.create_publisher(Image, topics.image, reliable)
         self.received: "queue.Queue[_Received]" = queue.Queue()
         self.topics = topics
+        self._matched_at: Optional[float] = None
 
         def on_output(output, msg):
             pixels = image_to_array(msg)
@@ -121,9 +125,19 @@ class _LiveSession:
             pass
 
     def ready(self) -> bool:
-        """The node subscribes to our camera topic and publishes its anomaly topic."""
-        return (self.publisher.get_subscription_count() > 0
-                and self.node.count_publishers(self.topics.anomaly) > 0)
+        """The node subscribes to our camera topic and publishes its anomaly topic. A node on
+        ``qos_reliability: auto`` subscribes best effort until it sees our reliable publisher, then
+        reliable (within a second): wait for that (up to ``SETTLE_S``), since a best-effort reader loses
+        large frames from a process with stock Fast DDS."""
+        from rclpy.qos import ReliabilityPolicy
+
+        if not (self.publisher.get_subscription_count() > 0 and self.node.count_publishers(self.topics.anomaly) > 0):
+            self._matched_at = None
+            return False
+        self._matched_at = self._matched_at or time.monotonic()
+        infos = self.node.get_subscriptions_info_by_topic(self.topics.image)
+        return (all(info.qos_profile.reliability == ReliabilityPolicy.RELIABLE for info in infos)
+                or time.monotonic() - self._matched_at > SETTLE_S)
 
     def publish(self, rgb: np.ndarray, stamp_ns: int, frame_id: str) -> None:
         from ..image_codec import fill_image
