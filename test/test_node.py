@@ -255,7 +255,7 @@ def test_diagnostics_report_each_camera_and_the_model(graph):
     model = {kv.key: kv.value for kv in array.status[2].values}
     assert model["network size"] == "256x128" and model["backend"] == "torch"
     assert array.status[2].level == b"\x00"
-    assert model["min output rate [Hz]"] == "1" and model["output timeout [s]"] == "5"  # the CPU defaults
+    assert model["min output rate [Hz]"] == "0.5" and model["output timeout [s]"] == "5"  # the CPU defaults
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -348,6 +348,52 @@ def test_the_input_subscription_exists_before_any_camera_and_adapts_to_it(ros_en
         probe.outputs(topic, header, ["anomaly"])
     finally:
         spinner.close(node, observer)
+
+
+def test_a_camera_nobody_reads_is_idle_and_each_output_is_made_only_for_its_readers(ros_env):
+    """No subscriber to any output: frames are counted as unread, never decoded or inferred, and the
+    status says idle (OK). One subscriber to ``anomaly``: only ``anomaly`` is converted and published."""
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+
+    from rpl_perception.ros.node import AnomalyNode
+    from rpl_perception.ros.stats import IDLE_MESSAGE
+
+    topic = "/idle/image_raw"
+    spinner = Spinner(threads=2)
+    from rclpy.parameter import Parameter
+
+    node = AnomalyNode(context=spinner.context, parameter_overrides=[
+        Parameter("image_topics", value=[topic]), Parameter("backend", value="torch"),
+        Parameter("network_width", value=NETWORK[0]), Parameter("network_height", value=NETWORK[1])])
+    camera = node.cameras[0]
+    sent = {name: 0 for name in camera.publishers}
+    for name, publisher in camera.publishers.items():
+        def counting(msg, name=name, publish=publisher.publish):
+            sent[name] += 1
+            publish(msg)
+        publisher.publish = counting
+    viewer = Node("idle_viewer", context=spinner.context)
+    camera_publisher = viewer.create_publisher(Image, topic, 10)
+    spinner.spin(node, viewer)
+    try:
+        wait_until(lambda: camera_publisher.get_subscription_count(), "the node to subscribe")
+        for _ in range(3):
+            camera_publisher.publish(image_msg(sample_rgb(), "rgb8"))
+            time.sleep(0.1)
+        wait_until(lambda: camera.stats.total.unread == 3, "three unread frames")
+        assert (camera.stats.total.received, camera.stats.total.published, camera.stats.total.dropped) == (3, 0, 0)
+        report = camera.stats.report(time.monotonic(), idle=True)
+        assert (report.level, report.message) == (OK, IDLE_MESSAGE)
+        anomaly = []
+        viewer.create_subscription(Image, sibling_topic(topic, "anomaly"), anomaly.append, 10)
+        wait_until(lambda: camera.publishers["anomaly"].get_subscription_count(), "the anomaly reader")
+        camera_publisher.publish(image_msg(sample_rgb(), "rgb8"))
+        wait_until(lambda: anomaly, "the anomaly map")
+        assert camera.stats.total.published == 1
+        assert sent == {"semantic": 0, "anomaly": 1, "anomaly_mask": 0, "semantic_color": 0, "overlay": 0}
+    finally:
+        spinner.close(node, viewer)
 
 
 @pytest.fixture(scope="module")

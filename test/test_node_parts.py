@@ -166,7 +166,7 @@ def test_camera_stats_levels_and_values():
     assert report.message == "1 of 1 messages rejected: encoding 'x' is not supported"
     assert dict(report.values)["rejected messages"] == "1"
     report = stats.report(now=7.0)
-    assert report.level == WARN and report.message == ("output 0.20 Hz is below min_output_rate_hz 1: the camera "
+    assert report.level == WARN and report.message == ("output 0.20 Hz is below min_output_rate_hz 0.5: the camera "
                                                        "sends 0.4 Hz; no frame for 3.5 s")
     report = stats.report(now=10.0)
     assert (report.level, report.message) == (ERROR, "no output for 7 s (output_timeout_s 5); no frame for 6.5 s")
@@ -181,11 +181,11 @@ def serve(stats, start, seconds, input_hz, output_hz):
 
 
 def test_the_level_follows_the_output_rate_not_the_drops():
-    """30 Hz in, 3 Hz out: OK with min_output_rate_hz 1 (the CPU default), WARN with 10 (the GPU
+    """30 Hz in, 3 Hz out: OK with min_output_rate_hz 0.5 (the CPU default), WARN with 10 (the GPU
     default), naming inference as the cause; a 0.5 Hz camera is named as the cause instead."""
     cpu, gpu = CameraStats(0.0, limits=HealthLimits.for_device(-1, 5.0, on_gpu=False)), \
         CameraStats(0.0, limits=HealthLimits.for_device(-1, 5.0, on_gpu=True))
-    assert (cpu.limits.min_output_rate_hz, gpu.limits.min_output_rate_hz) == (1.0, 10.0)
+    assert (cpu.limits.min_output_rate_hz, gpu.limits.min_output_rate_hz) == (0.5, 10.0)
     for stats in (cpu, gpu):
         serve(stats, 0.0, 6.0, input_hz=30, output_hz=3)  # 150 and 15 in (0.99, 5.99]
     assert cpu.report(now=5.99).level == OK
@@ -217,6 +217,9 @@ def test_an_idle_camera_is_ok_and_its_timeout_restarts_when_someone_subscribes()
     assert (report.level, report.message) == (OK, IDLE_MESSAGE)
     assert stats.report(now=11.0).level == WARN  # active from now on: no frame yet, but 1 s < 2 s
     assert stats.report(now=13.0).level == ERROR
+    stats.on_lost(5)  # a loss on the way in matters even before anyone reads the outputs
+    report = stats.report(now=14.0, idle=True)
+    assert report.level == WARN and report.message.startswith(IDLE_MESSAGE + "; DDS lost 5 of 5 frames")
 
 
 def test_dds_loss_is_counted_apart_from_the_newest_frame_policy():

@@ -108,8 +108,10 @@ class _LiveSession:
                                         pixels.astype(pixels.dtype.newbyteorder("=")),
                                         time.perf_counter(), time.time_ns()))
 
-        for output, topic in (("anomaly", topics.anomaly), ("semantic", topics.semantic_prediction)):
+        # the node computes an output only for its subscribers: these must have matched before frames go out
+        self.output_subscriptions = [
             self.node.create_subscription(Image, topic, lambda msg, o=output: on_output(o, msg), reliable)
+            for output, topic in (("anomaly", topics.anomaly), ("semantic", topics.semantic_prediction))]
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._spinner = threading.Thread(target=self._spin, name="rpl_eval_spin", daemon=True)
@@ -125,13 +127,14 @@ class _LiveSession:
             pass
 
     def ready(self) -> bool:
-        """The node subscribes to our camera topic and publishes its anomaly topic. A node on
+        """The node subscribes to our camera topic and its outputs matched our subscriptions. A node on
         ``qos_reliability: auto`` subscribes best effort until it sees our reliable publisher, then
         reliable (within a second): wait for that (up to ``SETTLE_S``), since a best-effort reader loses
         large frames from a process with stock Fast DDS."""
         from rclpy.qos import ReliabilityPolicy
 
-        if not (self.publisher.get_subscription_count() > 0 and self.node.count_publishers(self.topics.anomaly) > 0):
+        if not (self.publisher.get_subscription_count() > 0
+                and all(s.get_publisher_count() > 0 for s in self.output_subscriptions)):
             self._matched_at = None
             return False
         self._matched_at = self._matched_at or time.monotonic()

@@ -6,8 +6,10 @@ name ends in ``/compressed``), after remapping, it publishes with the input's he
 * ``<prefix>/semantic``        mono8, Cityscapes train ids
 * ``<prefix>/anomaly``         32FC1, the raw anomaly score at the input's size
 * ``<prefix>/anomaly_mask``    mono8, 255 where the score is above ``anomaly_threshold``
-* ``<prefix>/semantic_color``  rgb8, only while someone subscribes
-* ``<prefix>/overlay``         rgb8 camera image + heatmap + anomaly contour, only while subscribed
+* ``<prefix>/semantic_color``  rgb8
+* ``<prefix>/overlay``         rgb8 camera image + heatmap + anomaly contour
+
+each only while something subscribes to it; a camera nobody reads is idle (:mod:`.demand`).
 
 Callbacks only keep each camera's newest serialised frame; a decoder thread per camera turns it into
 pixels and one worker runs every waiting frame, from all cameras, as one batch through one model
@@ -42,6 +44,7 @@ from ..segmenter import AnomalySegmenter
 from ..topics import check_topics, output_topics
 from .camera import Camera
 from .dds import profile_environment
+from .demand import has_readers
 from .diagnostics import diagnostics_message
 from .health import HealthLimits, runs_on_gpu
 from .interrupts import ignore_interrupts_from_now_on, ignore_interrupts_while_serving
@@ -205,6 +208,9 @@ class AnomalyNode(Node):
 
     def _on_image(self, camera: Camera, raw: bytes) -> None:
         camera.stats.on_received(time.monotonic())
+        if not has_readers(camera.publishers):  # nobody reads its outputs: no decoding, no inference
+            camera.stats.on_unread()
+            return
         self._pipeline.put(camera, Frame(raw, self.get_clock().now().nanoseconds))
 
     def _follow_graph(self) -> None:

@@ -100,7 +100,7 @@ PARAMETERS = (
     ParameterSpec("qos_depth", 5, "input QoS history depth (keep last)", "", (1, 1000)),
     ParameterSpec("min_output_rate_hz", -1.0,
                   "a camera's diagnostics are OK while its outputs come at least this often (over 5 s), WARN "
-                  "below; 0: no requirement; negative: 1 Hz where inference runs on a CPU, 10 Hz on a GPU",
+                  "below; 0: no requirement; negative: 0.5 Hz where inference runs on a CPU, 10 Hz on a GPU",
                   "", None, (-1.0, 1000.0)),
     ParameterSpec("output_timeout_s", 5.0,
                   "a camera's diagnostics are ERROR once it had no output for this long while someone "

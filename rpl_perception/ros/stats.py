@@ -1,7 +1,8 @@
 """Per-camera counters and timings, summarised as a diagnostic status (ROS-free).
 
 Every frame a camera publishes ends in exactly one count: ``lost`` (DDS never delivered it: the
-subscription's message-lost events), ``dropped`` (delivered, then replaced by a newer frame of the
+subscription's message-lost events), ``unread`` (delivered while nobody subscribed to the camera's
+outputs: not decoded, see :mod:`.demand`), ``dropped`` (delivered, then replaced by a newer frame of the
 same camera before the worker took it: the node's newest-frame policy), ``rejected`` (not an image
 the node accepts), ``failed`` (inference or publishing raised) or ``published``.
 
@@ -47,6 +48,7 @@ class StatusReport:
 class _Counts:
     received: int = 0
     lost: int = 0
+    unread: int = 0
     dropped: int = 0
     rejected: int = 0
     failed: int = 0
@@ -93,6 +95,11 @@ class CameraStats:
         """DDS reports ``count`` frames it never delivered (best effort: a gap or an incomplete frame)."""
         with self._lock:
             self._count("lost", count)
+
+    def on_unread(self) -> None:
+        """A frame arrived while nobody subscribed to the camera's outputs: left alone."""
+        with self._lock:
+            self._count("unread")
 
     def on_dropped(self) -> None:
         """A frame was replaced by a newer one before the worker took it."""
@@ -151,8 +158,9 @@ class CameraStats:
             clock_offset = self._clock_offset
 
         values = _values(period, seconds, total, latencies, inference, batches, last_rejection)
-        if idle:
-            return StatusReport(OK, IDLE_MESSAGE, values)
+        if idle:  # only a loss on the way in matters before anyone reads the outputs
+            return (StatusReport(WARN, f"{IDLE_MESSAGE}; {_lost_reason(period)}", values) if period.lost
+                    else StatusReport(OK, IDLE_MESSAGE, values))
         health = output_health(self.limits, now=now, active_since=active_since, last_published=last_published,
                                input_rate=input_rate, output_rate=output_rate)
         level, reasons = OK, []
@@ -167,8 +175,7 @@ class CameraStats:
             reasons.append(f"{period.rejected} of {period.received} messages rejected: {last_rejection}")
         if period.lost:
             level = max(level, WARN)
-            reasons.append(f"DDS lost {period.lost} of {period.lost + period.received} frames before they "
-                           f"reached the node: {LARGE_FRAME_HINT}")
+            reasons.append(_lost_reason(period))
         if last_received is None:
             level = max(level, WARN)
             if not problems:  # the graph's reasons say more
@@ -219,12 +226,18 @@ def _values(period: _Counts, seconds: float, total: _Counts, latencies: np.ndarr
         ("received frames", str(total.received)),
         ("published frames", str(total.published)),
         ("dropped frames", str(total.dropped)),
+        ("unread frames (idle)", str(total.unread)),
         ("DDS lost frames", str(total.lost)),
         ("rejected messages", str(total.rejected)),
         ("failed inferences", str(total.failed)),
         ("foreign-clock stamps", str(total.foreign_stamps)),
         ("last rejection", last_rejection),
     ]
+
+
+def _lost_reason(period: _Counts) -> str:
+    return (f"DDS lost {period.lost} of {period.lost + period.received} frames before they reached the node: "
+            f"{LARGE_FRAME_HINT}")
 
 
 def _ms(value: float) -> str:
