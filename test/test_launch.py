@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "anomaly.launch.py"
 PARAMS_FILE = REPO / "config" / "anomaly.yaml"
 RVIZ_FILE = REPO / "config" / "anomaly.rviz"
-LAUNCH_ARGUMENTS = {"image_topics", "params_file", "model", "backend", "namespace", "use_rviz"}
+LAUNCH_ARGUMENTS = {"image_topics", "params_file", "model", "backend", "namespace", "name", "use_rviz"}
 
 
 def launch_calls(name: str):
@@ -64,7 +64,11 @@ def test_launch_file_declares_its_arguments_and_starts_the_node_and_rviz():
     nodes = {constant(kw["executable"]): kw for _, kw in launch_calls("Node")}
     assert set(nodes) == {"anomaly_node", "rviz2"}
     assert constant(nodes["anomaly_node"]["package"]) == "rpl_perception"
-    assert constant(nodes["anomaly_node"]["name"]) == "rpl_anomaly"
+    # name:=x names the node (rpl_anomaly by default): the Node action takes the launch argument
+    defaults = {args[0]: constant(kw["default_value"]) for args, kw in launch_calls("DeclareLaunchArgument")}
+    assert defaults["name"] == "rpl_anomaly"
+    assert ast.unparse(nodes["anomaly_node"]["name"]) == "arg['name']"
+    assert '"namespace", "name")}' in LAUNCH_FILE.read_text(encoding="utf-8")  # read from the arguments
     text = LAUNCH_FILE.read_text(encoding="utf-8")
     assert '"config", "anomaly.yaml"' in text and '"config", "anomaly.rviz"' in text
 
@@ -135,7 +139,7 @@ def test_launch_service_serves_a_frame_with_every_argument(launch_tools, small_p
 
     topic = "/ls/image_raw"
     arguments = {"image_topics": f"[{topic}]", "params_file": str(small_params), "model": str(DEFAULT_CHECKPOINT),
-                 "backend": "torch", "namespace": "ls_ns", "use_rviz": "true"}
+                 "backend": "torch", "namespace": "ls_ns", "name": "ls_node", "use_rviz": "true"}
     assert set(arguments) == LAUNCH_ARGUMENTS
     service = launch.LaunchService()
     service.include_launch_description(IncludeLaunchDescription(
@@ -151,7 +155,7 @@ def test_launch_service_serves_a_frame_with_every_argument(launch_tools, small_p
             probe.wait_for_reliable_subscription(topic)
             header = probe.publish(topic, image_msg(sample_rgb(), "rgb8"))
             outcome["outputs"] = probe.outputs(topic, header, ["semantic", "anomaly"])
-            outcome["model"] = wait_until(lambda: probe.values("/ls_ns/rpl_anomaly: model"), "model diagnostics")
+            outcome["model"] = wait_until(lambda: probe.values("/ls_ns/ls_node: model"), "model diagnostics")
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             outcome["error"] = exc
         finally:

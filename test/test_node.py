@@ -479,6 +479,49 @@ def test_threshold_and_alpha_can_be_tuned_while_running(graph):
         node.set_parameters([Parameter("anomaly_threshold", value=math.nan), Parameter("overlay_alpha", value=0.5)])
 
 
+def test_an_integer_for_a_double_parameter_is_that_number(graph):
+    """``ros2 param set /rpl_anomaly anomaly_threshold -3`` sends an INTEGER through the node's
+    set_parameters service (rclpy refused it: "expected '3' got '2'")."""
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    node, probe = graph
+    client = probe.node.create_client(SetParameters, "/rpl_anomaly/set_parameters")
+    try:
+        assert client.wait_for_service(timeout_sec=10)
+        request = SetParameters.Request(parameters=[ParameterMsg(name="anomaly_threshold", value=ParameterValue(
+            type=ParameterType.PARAMETER_INTEGER, integer_value=-3))])
+        future = client.call_async(request)
+        wait_until(future.done, "the set_parameters reply")
+        assert [r.successful for r in future.result().results] == [True], future.result().results
+        assert node.threshold == -3.0
+        assert node.get_parameter("anomaly_threshold").value == -3.0
+        assert node.get_parameter("anomaly_threshold").type_.name == "DOUBLE"
+    finally:
+        node.set_parameters([Parameter("anomaly_threshold", value=math.nan)])
+        probe.node.destroy_client(client)
+
+
+def test_an_integer_for_a_double_parameter_on_the_command_line_is_that_number(ros_env):
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from rpl_perception.ros.node import AnomalyNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context, args=["--ros-args", "-p", "anomaly_threshold:=-3", "-p", "overlay_alpha:=1"])
+    try:
+        node = AnomalyNode(context=context, parameter_overrides=[
+            Parameter("image_topics", value=["/int_param/image_raw"]), Parameter("backend", value="torch"),
+            Parameter("network_width", value=NETWORK[0]), Parameter("network_height", value=NETWORK[1])])
+        assert (node.threshold, node.overlay_alpha) == (-3.0, 1.0)
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+
+
 # -- hostile input ------------------------------------------------------------------------------------
 
 def test_frames_replaced_during_inference_are_never_deserialised(graph, monkeypatch):

@@ -98,6 +98,20 @@ def test_ctrl_c_twice_ends_the_node_cleanly_twenty_times_in_twenty(ros_env):
         assert "Traceback" not in output and "[ERROR]" not in output, output
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_the_usage_and_starts_nothing(ros_env, flag):
+    from rpl_perception.ros.parameters import PARAMETERS
+
+    result = subprocess.run([venv_executable("anomaly_node"), flag, "--ros-args", "-p", "backend:=torch"],
+                            env=ros_env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: anomaly_node")
+    for spec in PARAMETERS:
+        assert f"  {spec.name} = " in result.stdout
+    assert "anomaly_threshold = .nan *:" in result.stdout  # may be set while running
+    assert "[INFO]" not in result.stdout + result.stderr  # no node: no model, no DDS participant
+
+
 def test_the_executable_exits_with_a_clear_error_on_bad_parameters(ros_env):
     result = subprocess.run([venv_executable("anomaly_node"), "--ros-args",
                              "-p", "image_topics:=[/a/image, /a/image2]"],

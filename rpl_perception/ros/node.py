@@ -50,9 +50,11 @@ from .health import HealthLimits, runs_on_gpu
 from .interrupts import ignore_interrupts_from_now_on, ignore_interrupts_while_serving
 from .log_bridge import forward_python_logging
 from .outputs import publish_outputs
+from .parameter_types import accept_integers_for_doubles
 from .parameters import PARAMETERS, ParameterError, Settings, threshold_value
 from .pipeline import FramePipeline
 from .stats import ERROR, OK, StatusReport
+from .usage import usage, wants_help
 
 __all__ = ["NODE_NAME", "PARAMETERS", "ParameterError", "Settings", "AnomalyNode", "main"]
 
@@ -153,6 +155,7 @@ class AnomalyNode(Node):
     # -- set-up ---------------------------------------------------------------------------------
 
     def _declare_parameters(self) -> Dict[str, object]:
+        accept_integers_for_doubles(self, [spec.name for spec in PARAMETERS if isinstance(spec.default, float)])
         values = {}
         for spec in PARAMETERS:
             try:
@@ -319,6 +322,9 @@ class AnomalyNode(Node):
 
 def main(args=None) -> int:
     """``anomaly_node [--ros-args ...]``: serve until Ctrl-C or SIGTERM; 2 on bad parameters."""
+    if wants_help(sys.argv[1:] if args is None else args):
+        print(usage())  # and nothing started: no model, no DDS participant
+        return 0
     # Fast DDS reads its profile when the process's first participant is created (rclpy.init)
     dds_profile = profile_environment()
     os.environ.update(dds_profile)
