@@ -5,7 +5,9 @@ Starts ``anomaly_node`` (default parameters plus ``--node-args``), subscribes to
 one camera, sends ``--small`` 640×480 rgb8 frames (the baseline), one ``--huge`` rgb8 frame (4096×4096:
 50 MB, the largest the default ``max_image_pixels`` accepts), then small frames again, each time
 waiting for the frame's anomaly map, and prints the node's RSS (/proc/<pid>/status) at each step.
-This process uses ``config/fastdds.xml`` so that the huge frame crosses processes.
+This process uses ``config/fastdds.xml`` so that the huge frame crosses processes; the node gets its
+default DDS set-up (``RMW_FASTRTPS_USE_QOS_FROM_XML=0`` in the environment: rmw_fastrtps's default
+buffers, as before the profile freed them).
 
     python scripts/bench_huge_frame_memory.py
     python scripts/bench_huge_frame_memory.py --node-args -p backend:=torch
@@ -56,8 +58,9 @@ def main(argv=None) -> int:
 
     log = tempfile.TemporaryFile("w+")
     node_exe = shutil.which("anomaly_node", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    node_env = {k: v for k, v in os.environ.items() if k != "FASTDDS_DEFAULT_PROFILES_FILE"}  # its own set-up
     node = subprocess.Popen([node_exe, "--ros-args", "-p", f"image_topics:=[{TOPIC}]", *args.node_args],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            env=node_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     rclpy.init()
     client = rclpy.create_node("huge_frame_client")
     served = set()

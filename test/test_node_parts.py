@@ -284,14 +284,25 @@ def test_the_shipped_profile_sizes_shared_memory_for_full_hd_frames_and_keeps_ud
     assert participant.find(".//d:useBuiltinTransports", ns).text == "false"
     used = {t.text for t in participant.iterfind(".//d:userTransports/d:transport_id", ns)}
     assert used == set(transports)
+    # buffers sized per sample and freed after, not grown for good by one huge frame
+    for kind in ("data_writer", "data_reader"):
+        endpoint = root.find(f".//d:{kind}", ns)
+        assert endpoint.get("is_default_profile") == "true"
+        assert endpoint.find("d:historyMemoryPolicy", ns).text == "DYNAMIC"
+    assert root.find(".//d:data_writer/d:qos/d:publishMode/d:kind", ns).text == "ASYNCHRONOUS"
 
 
 def test_the_profile_is_applied_only_where_the_user_configured_nothing(tmp_path):
     profile = tmp_path / "fastdds.xml"
     profile.write_text("<dds/>")
-    assert profile_environment({}, profile) == {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile)}
-    assert profile_environment({"ROS_DISTRO": "humble"}, profile) == {"FASTRTPS_DEFAULT_PROFILES_FILE": str(profile)}
-    assert profile_environment({"ROS_DISTRO": "kilted"}, profile) == {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile)}
+    from_xml = {"RMW_FASTRTPS_USE_QOS_FROM_XML": "1"}  # rmw then takes the history memory policy from it
+    assert profile_environment({}, profile) == {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile), **from_xml}
+    assert profile_environment({"ROS_DISTRO": "humble"}, profile) == {"FASTRTPS_DEFAULT_PROFILES_FILE": str(profile),
+                                                                      **from_xml}
+    assert profile_environment({"ROS_DISTRO": "kilted"}, profile) == {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile),
+                                                                      **from_xml}
+    assert profile_environment({"RMW_FASTRTPS_USE_QOS_FROM_XML": "0"}, profile) == {
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(profile)}  # the user's choice stays
     for name in FASTDDS_SETTINGS:
         assert profile_environment({name: "x"}, profile) == {}
     assert profile_environment({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}, profile) == {}

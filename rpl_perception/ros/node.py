@@ -43,7 +43,7 @@ from ..image_codec import ImageDecodeError, compressed_to_rgb, image_to_rgb
 from ..segmenter import AnomalySegmenter
 from ..topics import check_topics, output_topics
 from .camera import Camera
-from .dds import profile_environment
+from .dds import QOS_FROM_XML, profile_environment
 from .demand import has_readers
 from .diagnostics import diagnostics_message
 from .health import HealthLimits, runs_on_gpu
@@ -334,7 +334,8 @@ def main(args=None) -> int:
     try:
         node = AnomalyNode()
         for name, path in dds_profile.items():
-            node.get_logger().info(f"Fast DDS profile {path} ({name}): large frames reach other processes")
+            if name != QOS_FROM_XML:
+                node.get_logger().info(f"Fast DDS profile {path} ({name}): large frames reach other processes")
         if not node.settings.deployment.build_only:
             rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
