@@ -6,6 +6,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rpl_perception.ros.dds import FASTDDS_SETTINGS, find_profile, profile_environment
@@ -313,3 +314,72 @@ def test_the_cyclone_dds_set_up_asks_for_a_large_socket_receive_buffer():
     root = ET.parse(REPO / "config" / "cyclonedds.xml").getroot()
     buffer = root.find(".//{https://cdds.io/config}SocketReceiveBufferSize")
     assert buffer is not None and buffer.get("min") == "16MB"
+
+
+# -- frames lost on the way: header-stamp gaps, the terminal line -------------------------------------
+
+def test_header_stamps_are_read_from_the_serialised_frame():
+    pytest.importorskip("rclpy", reason="serialises a sensor_msgs/Image")
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import CompressedImage, Image
+
+    from rpl_perception.ros.losses import header_stamp_ns
+
+    for msg in (Image(height=2, width=2, encoding="mono8", step=2, data=bytes(4)), CompressedImage(format="png")):
+        msg.header.stamp.sec, msg.header.stamp.nanosec = 1_700_000_000, 123_456_789
+        msg.header.frame_id = "camera"
+        assert header_stamp_ns(serialize_message(msg)) == 1_700_000_000_123_456_789
+        msg.header.stamp.sec, msg.header.stamp.nanosec = 0, 0
+        assert header_stamp_ns(serialize_message(msg)) is None
+    assert header_stamp_ns(b"\x00\x01") is None
+
+
+def test_gaps_between_header_stamps_count_the_frames_that_never_came():
+    from rpl_perception.ros.losses import StampGaps
+
+    rng = np.random.default_rng(0)
+    gaps = StampGaps()
+    period = 1e9 / 30
+    kept = [i for i in range(300) if i % 3 != 2]  # every third frame of a 30 Hz camera never arrives
+    for i in kept:
+        gaps.add(int(1e12 + i * period + rng.uniform(-3e6, 3e6)))  # ±3 ms jitter
+    assert gaps.period_ns == pytest.approx(period, rel=0.2)
+    assert 92 <= gaps.missing <= 99  # 99 missing; about 5 before the period is known (10 intervals)
+    before = gaps.missing
+    gaps.add(int(1e12 + 310 * period + 5e9))  # a 5 s pause: not losses
+    gaps.add(int(1e12))  # back in time (a restart, a bag loop): not counted, starts anew
+    gaps.add(None)  # no stamp
+    gaps.add(int(1e12 + period))
+    assert gaps.missing == before
+
+
+def test_a_reliable_camera_missing_frames_is_warned_about_and_counted_as_lost():
+    stats = CameraStats(now=0.0)
+    period = 1e9 / 30
+    for i in range(60):
+        if i % 2 == 0 or i < 24:  # half of the last 36 frames missing
+            stats.on_received(now=i / 30, stamp_ns=int(1e12 + i * period))
+    report = stats.report(now=2.0)
+    values = dict(report.values)
+    assert report.level == WARN and "frames missing between the header stamps received (estimated" in report.message
+    assert int(values["frames missing between header stamps"]) == 17 and values["DDS lost frames"] == "0"
+    assert stats.loss_totals() == (17, 42)
+
+
+def test_losses_reach_the_terminal_once_then_every_thirty_seconds_with_the_fix():
+    from rpl_perception.ros.losses import LossLog, fix_hint
+
+    hint = fix_hint("rmw_fastrtps_cpp", "/opt/ws/share/rpl_perception/config/fastdds.xml")
+    assert hint.startswith("start the camera's process with "
+                           "FASTDDS_DEFAULT_PROFILES_FILE=/opt/ws/share/rpl_perception/config/fastdds.xml")
+    assert "FASTRTPS_DEFAULT_PROFILES_FILE=" in fix_hint("rmw_fastrtps_cpp", None, "FASTRTPS_DEFAULT_PROFILES_FILE")
+    assert "CYCLONEDDS_URI=" in fix_hint("rmw_cyclonedds_cpp", None)
+    log = LossLog()
+    assert log.line("/cam/image_raw", 0, 10, hint, now=1.0) is None
+    assert log.line("/cam/image_raw", 295, 3, hint, now=2.0) == (
+        f"/cam/image_raw: 295 frames lost before they reached the node since start (295 of 298 in all, 99 %). "
+        f"Fix: {hint}")
+    assert log.line("/cam/image_raw", 400, 5, hint, now=20.0) is None  # throttled
+    assert log.line("/cam/image_raw", 500, 6, hint, now=32.0).startswith(
+        "/cam/image_raw: 205 frames lost before they reached the node in the last 30 s (500 of 506 in all, 99 %)")
+    assert log.line("/cam/image_raw", 500, 900, hint, now=70.0) is None  # nothing new

@@ -184,7 +184,7 @@ def run_fake_camera(env, topic, frames, rate, profile):
 def test_a_stock_best_effort_camera_is_diagnosed_not_silent(ros_env, node_process):
     """A sensor-data camera with stock Fast DDS: its 6 MB frames overflow its 512 KiB segment and are
     lost. The node cannot repair that, but it says so, and why."""
-    _, probe = node_process
+    process, probe = node_process
     camera = run_fake_camera(ros_env, STOCK, frames=30, rate=10, profile=False)
     name = f"/rpl_anomaly: {STOCK}"
 
@@ -197,6 +197,16 @@ def test_a_stock_best_effort_camera_is_diagnosed_not_silent(ros_env, node_proces
     values = probe.values(name)
     assert int(values["received frames"]) + int(values["DDS lost frames"]) <= camera["published"]
     assert int(values["received frames"]) < camera["published"] // 2, "stock Fast DDS delivered these frames?"
+
+    def terminal_line():  # the terminal says it too, with the fix (once, then every 30 s)
+        return next((line for line in process.output().splitlines()
+                     if line.startswith("[WARN]") and f"{STOCK}: " in line and "lost before they reached" in line), None)
+
+    line = wait_until(terminal_line, "the losses in the node's terminal log")
+    lost = int(line.split(f"{STOCK}: ")[1].split()[0])
+    assert 0 < lost <= camera["published"]
+    assert "Fix: start the camera's process with FASTDDS_DEFAULT_PROFILES_FILE=" in line
+    assert "config/fastdds.xml" in line
 
 
 def test_a_best_effort_camera_with_the_shipped_profile_delivers_every_frame(ros_env, node_process):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional
 
 __all__ = ["PROFILE_NAME", "LARGE_FRAME_HINT", "FASTDDS_SETTINGS", "QOS_FROM_XML", "find_profile",
-           "profile_environment"]
+           "profile_variable", "profile_environment"]
 
 PROFILE_NAME = "fastdds.xml"
 #: environment variables through which a user configures Fast DDS; any of them set: leave it alone
@@ -56,6 +56,12 @@ def find_profile() -> Optional[Path]:
     return next((path for path in candidates if path.is_file()), None)
 
 
+def profile_variable(environ: Mapping[str, str] = os.environ) -> str:
+    """The environment variable through which this distribution's Fast DDS reads a profile file."""
+    return ("FASTRTPS_DEFAULT_PROFILES_FILE" if environ.get("ROS_DISTRO") in FASTDDS_2_DISTROS
+            else "FASTDDS_DEFAULT_PROFILES_FILE")
+
+
 def profile_environment(environ: Mapping[str, str] = os.environ,
                         profile: Optional[Path] = None) -> Dict[str, str]:
     """The variables to add to ``environ`` so that Fast DDS loads the large-frame profile; {} where
@@ -67,6 +73,5 @@ def profile_environment(environ: Mapping[str, str] = os.environ,
     profile = profile or find_profile()
     if profile is None:
         return {}
-    name = ("FASTRTPS_DEFAULT_PROFILES_FILE" if environ.get("ROS_DISTRO") in FASTDDS_2_DISTROS
-            else "FASTDDS_DEFAULT_PROFILES_FILE")
+    name = profile_variable(environ)
     return {name: str(profile), **({} if QOS_FROM_XML in environ else {QOS_FROM_XML: "1"})}

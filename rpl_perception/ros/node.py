@@ -34,6 +34,7 @@ from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
+from rclpy.utilities import get_rmw_implementation_identifier
 from rclpy.validate_full_topic_name import validate_full_topic_name
 from sensor_msgs.msg import CompressedImage
 
@@ -43,12 +44,13 @@ from ..image_codec import ImageDecodeError, compressed_to_rgb, image_to_rgb
 from ..segmenter import AnomalySegmenter
 from ..topics import check_topics, output_topics
 from .camera import Camera
-from .dds import QOS_FROM_XML, profile_environment
+from .dds import QOS_FROM_XML, find_profile, profile_environment, profile_variable
 from .demand import has_readers
 from .diagnostics import diagnostics_message
 from .health import HealthLimits, runs_on_gpu
 from .interrupts import ignore_interrupts_from_now_on, ignore_interrupts_while_serving
 from .log_bridge import forward_python_logging
+from .losses import LossLog, fix_hint, header_stamp_ns
 from .outputs import publish_outputs
 from .parameter_types import accept_integers_for_doubles
 from .parameters import PARAMETERS, ParameterError, Settings, threshold_value
@@ -144,6 +146,9 @@ class AnomalyNode(Node):
         self._pipeline.start()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._loss_logs = {camera.topic: LossLog() for camera in self.cameras}
+        profile = find_profile()
+        self._loss_fix = fix_hint(get_rmw_implementation_identifier(), profile and str(profile), profile_variable())
         self._diagnostics_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         self._graph_timer = self.create_timer(GRAPH_PERIOD_S, self._follow_graph)
         self._follow_graph()
@@ -210,7 +215,7 @@ class AnomalyNode(Node):
     # -- callbacks and the graph: no decoding, no inference --------------------------------------
 
     def _on_image(self, camera: Camera, raw: bytes) -> None:
-        camera.stats.on_received(time.monotonic())
+        camera.stats.on_received(time.monotonic(), header_stamp_ns(raw))
         if not has_readers(camera.publishers):  # nobody reads its outputs: no decoding, no inference
             camera.stats.on_unread()
             return
@@ -303,6 +308,14 @@ class AnomalyNode(Node):
                  else StatusReport(ERROR, "inference worker is not running", model_values))
         self._diagnostics.publish(diagnostics_message(
             self.get_fully_qualified_name(), self.get_clock().now().to_msg(), self.cameras, model, now))
+        self._log_losses(now)
+
+    def _log_losses(self, now: float) -> None:
+        """Frames lost on the way from the camera, in the terminal: once, then every LOG_PERIOD_S."""
+        for camera in self.cameras:
+            line = self._loss_logs[camera.topic].line(camera.topic, *camera.stats.loss_totals(), self._loss_fix, now)
+            if line:
+                self.get_logger().warning(line)
 
     # -- shutdown --------------------------------------------------------------------------------
 

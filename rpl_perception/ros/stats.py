@@ -22,6 +22,7 @@ import numpy as np
 
 from .dds import LARGE_FRAME_HINT
 from .health import ERROR, OK, WARN, EventWindow, HealthLimits, output_health
+from .losses import StampGaps
 
 __all__ = ["OK", "WARN", "ERROR", "StatusReport", "CameraStats", "input_problems"]
 
@@ -48,6 +49,7 @@ class StatusReport:
 class _Counts:
     received: int = 0
     lost: int = 0
+    stamp_gaps: int = 0  # not a frame's count: an estimate of frames that never came (.losses)
     unread: int = 0
     dropped: int = 0
     rejected: int = 0
@@ -65,6 +67,7 @@ class CameraStats:
         self._active_since: Optional[float] = now  # None while idle
         self._received_times, self._published_times = EventWindow(), EventWindow()
         self._last_published: Optional[float] = None
+        self._stamp_gaps = StampGaps()
         self.total = _Counts()
         self._lock = threading.Lock()
         self._period = _Counts()
@@ -85,11 +88,19 @@ class CameraStats:
     def last_received(self) -> Optional[float]:
         return self._last_received
 
-    def on_received(self, now: float) -> None:
+    def on_received(self, now: float, stamp_ns: Optional[int] = None) -> None:
+        """``stamp_ns``: the frame's header stamp, where known (gaps between stamps count as missing)."""
         with self._lock:
             self._count("received")
+            self._count("stamp_gaps", self._stamp_gaps.add(stamp_ns))
             self._last_received = now
             self._received_times.add(now)
+
+    def loss_totals(self) -> Tuple[int, int]:
+        """(frames lost before reaching the node, frames received) since the start; lost: the larger of
+        DDS's message-lost events and the header-stamp gaps (a best-effort loss shows in both)."""
+        with self._lock:
+            return max(self.total.lost, self.total.stamp_gaps), self.total.received
 
     def on_lost(self, count: int) -> None:
         """DDS reports ``count`` frames it never delivered (best effort: a gap or an incomplete frame)."""
@@ -159,8 +170,8 @@ class CameraStats:
 
         values = _values(period, seconds, total, latencies, inference, batches, last_rejection)
         if idle:  # only a loss on the way in matters before anyone reads the outputs
-            return (StatusReport(WARN, f"{IDLE_MESSAGE}; {_lost_reason(period)}", values) if period.lost
-                    else StatusReport(OK, IDLE_MESSAGE, values))
+            return (StatusReport(WARN, f"{IDLE_MESSAGE}; {_lost_reason(period)}", values)
+                    if period.lost or period.stamp_gaps else StatusReport(OK, IDLE_MESSAGE, values))
         health = output_health(self.limits, now=now, active_since=active_since, last_published=last_published,
                                input_rate=input_rate, output_rate=output_rate)
         level, reasons = OK, []
@@ -173,7 +184,7 @@ class CameraStats:
         if period.rejected:
             level = max(level, ERROR if period.published == 0 else WARN)
             reasons.append(f"{period.rejected} of {period.received} messages rejected: {last_rejection}")
-        if period.lost:
+        if period.lost or period.stamp_gaps:
             level = max(level, WARN)
             reasons.append(_lost_reason(period))
         if last_received is None:
@@ -228,6 +239,7 @@ def _values(period: _Counts, seconds: float, total: _Counts, latencies: np.ndarr
         ("dropped frames", str(total.dropped)),
         ("unread frames (idle)", str(total.unread)),
         ("DDS lost frames", str(total.lost)),
+        ("frames missing between header stamps", str(total.stamp_gaps)),
         ("rejected messages", str(total.rejected)),
         ("failed inferences", str(total.failed)),
         ("foreign-clock stamps", str(total.foreign_stamps)),
@@ -236,7 +248,11 @@ def _values(period: _Counts, seconds: float, total: _Counts, latencies: np.ndarr
 
 
 def _lost_reason(period: _Counts) -> str:
-    return (f"DDS lost {period.lost} of {period.lost + period.received} frames before they reached the node: "
+    if period.lost >= period.stamp_gaps:
+        return (f"DDS lost {period.lost} of {period.lost + period.received} frames before they reached the "
+                f"node: {LARGE_FRAME_HINT}")
+    return (f"{period.stamp_gaps} of {period.stamp_gaps + period.received} frames missing between the header "
+            f"stamps received (estimated; a reliable camera's writer drops frames DDS cannot deliver in time): "
             f"{LARGE_FRAME_HINT}")
 
 
