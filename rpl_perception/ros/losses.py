@@ -2,10 +2,10 @@
 
 Two sources, because neither sees every loss:
 
-* DDS's message-lost events (``CameraStats.on_lost``): a best-effort reader sees the writer's sequence
-  numbers skip (e.g. a frame too large for the writer's shared-memory segment). A reliable reader gets
-  no event when the writer overwrote unacknowledged frames in its history: the gap is announced as
-  irrelevant, not lost.
+* DDS's message-lost events (``CameraStats.on_lost``): the reader sees the writer's sequence numbers
+  skip (e.g. a frame too large for the writer's shared-memory segment). Fast DDS 3 raises them for
+  reliable readers too (frames the writer gave up on), measured with scripts/bench_delivery.py; other
+  RMWs and versions may not.
 * Gaps between the header stamps of the frames received (:class:`StampGaps`): a camera stamps its
   frames at a steady period; the period is estimated from the shortest recent intervals and every
   longer interval counts ``round(interval / period) - 1`` missing frames. This sees reliable-mode
@@ -13,7 +13,8 @@ Two sources, because neither sees every loss:
   counted the same. Intervals over ``MAX_GAP_S`` (a paused camera) and stamps going back (a restart,
   a bag loop) are not counted.
 
-The node's loss figure per period is the larger of the two (a best-effort loss shows in both), and
+The node's loss figure is the events where there are any, else the estimate (both are in the
+diagnostics), and
 :class:`LossLog` writes it to the terminal once at the first loss and then at most every
 ``LOG_PERIOD_S``, with the one-line fix for the DDS in use.
 """
