@@ -76,7 +76,8 @@ def main(argv=None) -> int:
     publisher = client.create_publisher(Image, TOPIC, 2)
     executor = SingleThreadedExecutor()
     executor.add_node(client)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
     rng = np.random.default_rng(0)
 
     def send(width, height, timeout=300.0):
@@ -121,6 +122,7 @@ def main(argv=None) -> int:
         os.killpg(node.pid, signal.SIGINT)
         node.wait(timeout=30)
         executor.shutdown(timeout_sec=2)
+        spinner.join(timeout=5)  # a spin still running at exit ends the process in C++ terminate
         client.destroy_node()
         rclpy.try_shutdown()
     print(f"\nanomaly_node {' '.join(args.node_args) or '(default parameters)'}; all five outputs subscribed; "
