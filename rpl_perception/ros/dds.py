@@ -12,7 +12,7 @@ the largest sample seen and stay: one 4096×4096 frame otherwise kept ~250 MB of
 (``scripts/bench_huge_frame_memory.py``). rmw_fastrtps reads that setting from the XML only where
 ``RMW_FASTRTPS_USE_QOS_FROM_XML=1``, which the node sets with the profile (the ROS QoS of each topic
 still applies; rmw then takes the publication mode from the XML too, so the profile asks for
-asynchronous publication, as rmw_fastrtps's own default does).
+asynchronous publication, which suits large samples).
 """
 
 import os
