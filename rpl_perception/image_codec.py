@@ -74,12 +74,12 @@ def check_size(width: int, height: int, max_pixels: int, what: str = "image") ->
     """Refuse an empty frame, one with a side over MAX_IMAGE_SIDE or more than ``max_pixels`` pixels."""
     if height <= 0 or width <= 0:
         raise ImageDecodeError(f"empty image: width {width}, height {height}")
+    if width * height > max_pixels:  # first: the limit the user set is the one to quote
+        raise ImageDecodeError(f"{what} of {width}×{height} = {width * height} pixels exceeds "
+                               f"max_image_pixels {max_pixels}")
     if max(height, width) > MAX_IMAGE_SIDE:
         raise ImageDecodeError(f"{what} of {width}×{height} pixels exceeds the largest accepted side "
                                f"{MAX_IMAGE_SIDE}; is the message header corrupt?")
-    if width * height > max_pixels:
-        raise ImageDecodeError(f"{what} of {width}×{height} = {width * height} pixels exceeds "
-                               f"max_image_pixels {max_pixels}")
 
 
 def image_to_array(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -142,12 +142,15 @@ def compressed_image_size(data: bytes) -> Tuple[int, int]:
     """(width, height) from the header of a compressed image, without decoding its pixels."""
     try:
         with _HEADER_LOCK, warnings.catch_warnings():
-            # Pillow warns above 89 MP (the caller's limit decides) and refuses above 179 MP
+            # Pillow warns above 89 MP and refuses above 179 MP with its own limit; only the header is
+            # read here and the caller's max_image_pixels decides, so its check is off meanwhile
             warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
-            with PILImage.open(io.BytesIO(data)) as image:  # reads the header only
-                return image.size
-    except PILImage.DecompressionBombError as exc:
-        raise ImageDecodeError(f"compressed image of {len(data)} bytes: {exc}") from None
+            pillow_limit, PILImage.MAX_IMAGE_PIXELS = PILImage.MAX_IMAGE_PIXELS, None
+            try:
+                with PILImage.open(io.BytesIO(data)) as image:  # reads the header only
+                    return image.size
+            finally:
+                PILImage.MAX_IMAGE_PIXELS = pillow_limit
     except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds on malformed headers
         raise ImageDecodeError(f"cannot read the image size from the header of {len(data)} bytes of "
                                f"compressed data ({type(exc).__name__}: {exc}); "

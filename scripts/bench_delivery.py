@@ -10,6 +10,8 @@ node's diagnostics, so DDS loss and the node's own newest-frame policy are told 
 * received  — the node's subscription got the frame (diagnostics "received frames");
 * DDS lost  — Fast DDS reported the frame lost (message-lost events, "DDS lost frames");
 * missing   — published − received − DDS lost: lost without an event (e.g. at discovery);
+* stamp gaps — the node's estimate of frames missing between the header stamps it received
+  ("frames missing between header stamps": how it sees reliable-mode losses, which raise no event);
 * replaced  — received, then replaced by a newer frame before inference (by design, "dropped frames");
 * inferred  — received and published by the node ("published frames");
 * BE out    — the node's ``anomaly`` outputs (32FC1, 4 bytes per pixel) that reached a best-effort
@@ -50,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--rate", type=float, default=30.0)
     p.add_argument("--node-qos", default="auto", help="the node's qos_reliability parameter")
     p.add_argument("--listener", action="store_true", help="also measure a plain subscriber (DDS alone)")
+    p.add_argument("--node-env", nargs="+", default=[], metavar="NAME=VALUE",
+                   help="environment of the node's process only, e.g. FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA "
+                        "(a reader-side DDS setting; the camera keeps stock Fast DDS)")
     return p.parse_args(argv)
 
 
@@ -119,7 +124,8 @@ class NodeWatcher:
             values = dict(self.values)
             outputs = self.outputs
         keys = {"received": "received frames", "lost": "DDS lost frames", "replaced": "dropped frames",
-                "inferred": "published frames", "rejected": "rejected messages"}
+                "inferred": "published frames", "rejected": "rejected messages",
+                "gaps": "frames missing between header stamps"}
         counts = {name: int(values.get(key, 0)) for name, key in keys.items()}
         counts["be_outputs"] = outputs
         counts["reliability"] = values.get("input reliability", "?")
@@ -149,7 +155,8 @@ def start_node(env, log, node_qos):
 
 def run_camera(env, size, qos, profile, frames, rate):
     camera_env = dict(env)
-    for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
+    for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS",
+                 "RMW_FASTRTPS_USE_QOS_FROM_XML"):
         camera_env.pop(name, None)
     if profile == "shipped":
         camera_env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(REPO / "config" / "fastdds.xml")
@@ -173,7 +180,8 @@ def main(argv=None) -> int:
     os.environ.update(env)
     rows = []
     log = tempfile.TemporaryFile("w+")
-    node, how = start_node(env, log, args.node_qos)
+    node_env = dict(env, **dict(item.split("=", 1) for item in args.node_env))
+    node, how = start_node(node_env, log, args.node_qos)
     watcher = NodeWatcher()
     try:
         deadline = time.monotonic() + 180
@@ -216,8 +224,8 @@ def main(argv=None) -> int:
         watcher.close()
 
     header = ("receiver", "size", "camera QoS", "camera profile", "node input QoS", "published", "at [Hz]", "received",
-              "DDS lost", "missing", "delivered %", "replaced (policy)", "inferred", "BE out")
-    print(f"\nnode started with {how}; {args.rate:g} Hz; node qos_reliability {args.node_qos}; "
+              "DDS lost", "missing", "stamp gaps", "delivered %", "replaced (policy)", "inferred", "BE out")
+    print(f"\nnode started with {how} {' '.join(args.node_env)}; {args.rate:g} Hz; node qos_reliability {args.node_qos}; "
           "CPU shared with other work (2 cores)\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
@@ -225,6 +233,7 @@ def main(argv=None) -> int:
         published = camera["published"]
         missing = published - d["received"] - d["lost"]
         cells = [receiver, size, qos, profile, reliability, published, camera["rate"], d["received"], d["lost"], missing,
+                 d.get("gaps", ""),
                  f"{100 * d['received'] / published:.1f}", d.get("replaced", ""), d.get("inferred", ""),
                  f"{d['be_outputs']}/{d['inferred']}" if "be_outputs" in d else ""]
         print("| " + " | ".join(str(c) for c in cells) + " |")

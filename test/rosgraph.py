@@ -87,6 +87,20 @@ class Probe:
         with self._lock:
             return {name: self.received[key] for name, key in keys.items()}
 
+    def wait_for_reliable_subscription(self, camera, timeout=5.0):
+        """The node subscribes best effort from start-up and turns reliable (qos_reliability auto) once it
+        sees this probe's reliable publisher: frames sent before may be lost (large ones from stock Fast
+        DDS are). Waits for that, or ``timeout`` for a node whose reliability is fixed otherwise."""
+        from rclpy.qos import ReliabilityPolicy
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            infos = self.node.get_subscriptions_info_by_topic(camera)
+            if infos and all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos) \
+                    and self.publishers[camera].get_subscription_count():
+                return
+            time.sleep(0.02)
+
     def status(self, name):
         with self._lock:
             for array in reversed(self.diagnostics):
@@ -209,6 +223,23 @@ class Process:
         os.unlink(self.log.name)
 
 
+def interrupt_twice(process, first_to_second=0.5, repeat_every=0.05, give_up=10.0):
+    """Ctrl-C, then from ``first_to_second`` s on Ctrl-C again every ``repeat_every`` s until the process
+    ends, so that one of them lands in every phase of its stop (ROS shutdown, the interpreter's teardown);
+    returns the seconds from the first Ctrl-C to the exit."""
+    start = time.monotonic()
+    process.signal_group(signal.SIGINT)
+    time.sleep(first_to_second)
+    while process.alive() and time.monotonic() - start < give_up:
+        try:
+            process.signal_group(signal.SIGINT)
+        except ProcessLookupError:
+            break
+        time.sleep(repeat_every)
+    process.wait(timeout=30)
+    return time.monotonic() - start
+
+
 @contextmanager
 def serving(command, topics, env, name="probe"):
     """The node started by ``command`` (anomaly_node, ros2 launch ...) and a probe publishing to
@@ -221,6 +252,8 @@ def serving(command, topics, env, name="probe"):
         wait_until(lambda: all(probe.publishers[t].get_subscription_count() for t in topics)
                    or not process.alive(), "the node to subscribe", timeout=120)
         assert process.alive(), process.output()
+        for topic in topics:
+            probe.wait_for_reliable_subscription(topic)
         yield process, probe
     finally:
         spinner.close(probe.node)

@@ -14,7 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from rosgraph import Probe, Process, Spinner, image_msg, sample_rgb, serving, venv_executable, wait_until
+from rosgraph import (
+    Probe,
+    Process,
+    Spinner,
+    image_msg,
+    interrupt_twice,
+    sample_rgb,
+    serving,
+    venv_executable,
+    wait_until,
+)
 from rpl_perception.topics import sibling_topic
 
 yaml = pytest.importorskip("yaml", reason="needs PyYAML (comes with rclpy: pip install .[ros])")
@@ -23,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "anomaly.launch.py"
 PARAMS_FILE = REPO / "config" / "anomaly.yaml"
 RVIZ_FILE = REPO / "config" / "anomaly.rviz"
-LAUNCH_ARGUMENTS = {"image_topics", "params_file", "model", "backend", "namespace", "use_rviz"}
+LAUNCH_ARGUMENTS = {"image_topics", "params_file", "model", "backend", "namespace", "name", "use_rviz"}
 
 
 def launch_calls(name: str):
@@ -54,7 +64,11 @@ def test_launch_file_declares_its_arguments_and_starts_the_node_and_rviz():
     nodes = {constant(kw["executable"]): kw for _, kw in launch_calls("Node")}
     assert set(nodes) == {"anomaly_node", "rviz2"}
     assert constant(nodes["anomaly_node"]["package"]) == "rpl_perception"
-    assert constant(nodes["anomaly_node"]["name"]) == "rpl_anomaly"
+    # name:=x names the node (rpl_anomaly by default): the Node action takes the launch argument
+    defaults = {args[0]: constant(kw["default_value"]) for args, kw in launch_calls("DeclareLaunchArgument")}
+    assert defaults["name"] == "rpl_anomaly"
+    assert ast.unparse(nodes["anomaly_node"]["name"]) == "arg['name']"
+    assert '"namespace", "name")}' in LAUNCH_FILE.read_text(encoding="utf-8")  # read from the arguments
     text = LAUNCH_FILE.read_text(encoding="utf-8")
     assert '"config", "anomaly.yaml"' in text and '"config", "anomaly.rviz"' in text
 
@@ -125,7 +139,7 @@ def test_launch_service_serves_a_frame_with_every_argument(launch_tools, small_p
 
     topic = "/ls/image_raw"
     arguments = {"image_topics": f"[{topic}]", "params_file": str(small_params), "model": str(DEFAULT_CHECKPOINT),
-                 "backend": "torch", "namespace": "ls_ns", "use_rviz": "true"}
+                 "backend": "torch", "namespace": "ls_ns", "name": "ls_node", "use_rviz": "true"}
     assert set(arguments) == LAUNCH_ARGUMENTS
     service = launch.LaunchService()
     service.include_launch_description(IncludeLaunchDescription(
@@ -138,9 +152,10 @@ def test_launch_service_serves_a_frame_with_every_argument(launch_tools, small_p
         spinner.spin(probe.node)
         try:
             wait_until(lambda: probe.publishers[topic].get_subscription_count(), "the launched node", 120)
+            probe.wait_for_reliable_subscription(topic)
             header = probe.publish(topic, image_msg(sample_rgb(), "rgb8"))
             outcome["outputs"] = probe.outputs(topic, header, ["semantic", "anomaly"])
-            outcome["model"] = wait_until(lambda: probe.values("/ls_ns/rpl_anomaly: model"), "model diagnostics")
+            outcome["model"] = wait_until(lambda: probe.values("/ls_ns/ls_node: model"), "model diagnostics")
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             outcome["error"] = exc
         finally:
@@ -190,6 +205,25 @@ def test_ros2_launch_ends_cleanly_on_a_terminal_ctrl_c(launch_tools, small_param
     assert "rviz2 is not installed here" in output
     assert "process has finished cleanly" in output, output
     assert not process_exists(pids[0]), f"the node (pid {pids[0]}) outlived the launch"
+
+
+def test_ros2_launch_ends_cleanly_on_ctrl_c_twice(launch_tools, small_params, ros_env):
+    """Ctrl-C twice in the terminal (the second 0.5 s or more after the first), 20 times: the launch exits 0
+    within 2 s and never reports the node "exited with code -2"."""
+    topic = "/twice_launch/image_raw"
+    command = [launch_tools, "launch", "rpl_perception", "anomaly.launch.py", f"image_topics:=[{topic}]",
+               f"params_file:={small_params}"]
+    for _ in range(20):
+        process = Process(command, ros_env)
+        try:
+            wait_until(lambda p=process: "serving " in p.output() or not p.alive(), "the node to serve", 120)
+            took = interrupt_twice(process)
+            code, output = process.popen.returncode, process.output()
+        finally:
+            process.kill()
+        assert code == 0, output
+        assert took <= 2.0, f"the launch took {took:.1f} s to stop"
+        assert "exited with code" not in output and "Traceback" not in output, output
 
 
 def test_ros2_launch_fails_when_the_node_fails(launch_tools, ros_env):

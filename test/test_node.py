@@ -73,6 +73,10 @@ def graph(ros_env):
                    f"the probe to subscribe to the outputs of {camera.topic}")
     for publisher in probe.publishers.values():
         wait_until(lambda: publisher.get_subscription_count(), "the node to subscribe to the inputs")
+    for camera in node.cameras:  # best effort from start-up, then reliable to match the probe's publishers
+        wait_until(lambda: camera.reliability == "reliable", f"a reliable subscription to {camera.topic}")
+    for publisher in probe.publishers.values():
+        wait_until(lambda: publisher.get_subscription_count(), "the node to subscribe to the inputs again")
     yield node, probe
     executor.shutdown()
     spinner.join(timeout=10)
@@ -251,6 +255,7 @@ def test_diagnostics_report_each_camera_and_the_model(graph):
     model = {kv.key: kv.value for kv in array.status[2].values}
     assert model["network size"] == "256x128" and model["backend"] == "torch"
     assert array.status[2].level == b"\x00"
+    assert model["min output rate [Hz]"] == "0.5" and model["output timeout [s]"] == "5"  # the CPU defaults
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -307,6 +312,88 @@ def test_input_qos_follows_what_the_publishers_offer(graph):
         probe.node.destroy_publisher(sensor_camera)
     wait_until(lambda: camera.reliability == "reliable", "the node to go back to reliable")
     wait_until(lambda: probe.publishers[CAM_A].get_subscription_count(), "the reliable probe to match again")
+
+
+def test_the_input_subscription_exists_before_any_camera_and_adapts_to_it(ros_env):
+    """``ros2 topic info -v /unwired/image_raw`` (rclpy's get_subscriptions_info_by_topic) shows the node's
+    best-effort subscription before a camera runs; a reliable camera then gets a reliable subscription."""
+    from rclpy.parameter import Parameter
+    from rclpy.qos import ReliabilityPolicy
+
+    from rpl_perception.ros.node import AnomalyNode
+
+    topic = "/unwired/image_raw"
+    spinner = Spinner()
+    node = AnomalyNode(context=spinner.context, parameter_overrides=[
+        Parameter("image_topics", value=[topic]), Parameter("backend", value="torch"),
+        Parameter("network_width", value=NETWORK[0]), Parameter("network_height", value=NETWORK[1])])
+    from rclpy.node import Node
+
+    observer = Node("wiring_observer", context=spinner.context)  # publishes nothing on the topic
+    spinner.spin(node, observer)
+
+    def subscriptions():
+        return [(i.node_name, i.topic_type, i.qos_profile.reliability)
+                for i in observer.get_subscriptions_info_by_topic(topic)]
+
+    try:
+        assert wait_until(subscriptions, "the node's subscription in the graph") == [
+            ("rpl_anomaly", "sensor_msgs/msg/Image", ReliabilityPolicy.BEST_EFFORT)]
+        assert observer.get_publishers_info_by_topic(topic) == []
+        probe = Probe(spinner.context, [topic], name="wiring_probe")  # rclpy's default QoS: reliable
+        wait_until(lambda: subscriptions() == [("rpl_anomaly", "sensor_msgs/msg/Image", ReliabilityPolicy.RELIABLE)],
+                   "the node to subscribe reliable to its reliable camera")
+        spinner.executor.add_node(probe.node)
+        header = probe.publish(topic, image_msg(sample_rgb(), "rgb8"))
+        probe.outputs(topic, header, ["anomaly"])
+    finally:
+        spinner.close(node, observer)
+
+
+def test_a_camera_nobody_reads_is_idle_and_each_output_is_made_only_for_its_readers(ros_env):
+    """No subscriber to any output: frames are counted as unread, never decoded or inferred, and the
+    status says idle (OK). One subscriber to ``anomaly``: only ``anomaly`` is converted and published."""
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+
+    from rpl_perception.ros.node import AnomalyNode
+    from rpl_perception.ros.stats import IDLE_MESSAGE
+
+    topic = "/idle/image_raw"
+    spinner = Spinner(threads=2)
+    from rclpy.parameter import Parameter
+
+    node = AnomalyNode(context=spinner.context, parameter_overrides=[
+        Parameter("image_topics", value=[topic]), Parameter("backend", value="torch"),
+        Parameter("network_width", value=NETWORK[0]), Parameter("network_height", value=NETWORK[1])])
+    camera = node.cameras[0]
+    sent = {name: 0 for name in camera.publishers}
+    for name, publisher in camera.publishers.items():
+        def counting(msg, name=name, publish=publisher.publish):
+            sent[name] += 1
+            publish(msg)
+        publisher.publish = counting
+    viewer = Node("idle_viewer", context=spinner.context)
+    camera_publisher = viewer.create_publisher(Image, topic, 10)
+    spinner.spin(node, viewer)
+    try:
+        wait_until(lambda: camera_publisher.get_subscription_count(), "the node to subscribe")
+        for _ in range(3):
+            camera_publisher.publish(image_msg(sample_rgb(), "rgb8"))
+            time.sleep(0.1)
+        wait_until(lambda: camera.stats.total.unread == 3, "three unread frames")
+        assert (camera.stats.total.received, camera.stats.total.published, camera.stats.total.dropped) == (3, 0, 0)
+        report = camera.stats.report(time.monotonic(), idle=True)
+        assert (report.level, report.message) == (OK, IDLE_MESSAGE)
+        anomaly = []
+        viewer.create_subscription(Image, sibling_topic(topic, "anomaly"), anomaly.append, 10)
+        wait_until(lambda: camera.publishers["anomaly"].get_subscription_count(), "the anomaly reader")
+        camera_publisher.publish(image_msg(sample_rgb(), "rgb8"))
+        wait_until(lambda: anomaly, "the anomaly map")
+        assert camera.stats.total.published == 1
+        assert sent == {"semantic": 0, "anomaly": 1, "anomaly_mask": 0, "semantic_color": 0, "overlay": 0}
+    finally:
+        spinner.close(node, viewer)
 
 
 @pytest.fixture(scope="module")
@@ -390,6 +477,49 @@ def test_threshold_and_alpha_can_be_tuned_while_running(graph):
         assert node.threshold == own  # .nan: the model's own again
     finally:
         node.set_parameters([Parameter("anomaly_threshold", value=math.nan), Parameter("overlay_alpha", value=0.5)])
+
+
+def test_an_integer_for_a_double_parameter_is_that_number(graph):
+    """``ros2 param set /rpl_anomaly anomaly_threshold -3`` sends an INTEGER through the node's
+    set_parameters service (rclpy refused it: "expected '3' got '2'")."""
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    node, probe = graph
+    client = probe.node.create_client(SetParameters, "/rpl_anomaly/set_parameters")
+    try:
+        assert client.wait_for_service(timeout_sec=10)
+        request = SetParameters.Request(parameters=[ParameterMsg(name="anomaly_threshold", value=ParameterValue(
+            type=ParameterType.PARAMETER_INTEGER, integer_value=-3))])
+        future = client.call_async(request)
+        wait_until(future.done, "the set_parameters reply")
+        assert [r.successful for r in future.result().results] == [True], future.result().results
+        assert node.threshold == -3.0
+        assert node.get_parameter("anomaly_threshold").value == -3.0
+        assert node.get_parameter("anomaly_threshold").type_.name == "DOUBLE"
+    finally:
+        node.set_parameters([Parameter("anomaly_threshold", value=math.nan)])
+        probe.node.destroy_client(client)
+
+
+def test_an_integer_for_a_double_parameter_on_the_command_line_is_that_number(ros_env):
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from rpl_perception.ros.node import AnomalyNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context, args=["--ros-args", "-p", "anomaly_threshold:=-3", "-p", "overlay_alpha:=1"])
+    try:
+        node = AnomalyNode(context=context, parameter_overrides=[
+            Parameter("image_topics", value=["/int_param/image_raw"]), Parameter("backend", value="torch"),
+            Parameter("network_width", value=NETWORK[0]), Parameter("network_height", value=NETWORK[1])])
+        assert (node.threshold, node.overlay_alpha) == (-3.0, 1.0)
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
 
 
 # -- hostile input ------------------------------------------------------------------------------------
@@ -529,6 +659,7 @@ def test_shutdown_is_bounded_with_a_frame_in_flight_and_silent_after(ros_env):
     try:
         with blocked_inference(node.segmenter) as (entered, release):
             wait_until(lambda: probe.publishers[topic].get_subscription_count(), "the node to subscribe")
+            probe.wait_for_reliable_subscription(topic)
             probe.publish(topic, image_msg(sample_rgb(), "rgb8"))
             assert entered.wait(15), "the frame never reached inference"
             stats = node.cameras[0].stats

@@ -13,7 +13,18 @@ import time
 
 import pytest
 
-from rosgraph import REPO, Probe, Process, Spinner, image_msg, sample_rgb, serving, venv_executable, wait_until
+from rosgraph import (
+    REPO,
+    Probe,
+    Process,
+    Spinner,
+    image_msg,
+    interrupt_twice,
+    sample_rgb,
+    serving,
+    venv_executable,
+    wait_until,
+)
 
 NODE_ARGS = ["-p", "network_width:=256", "-p", "network_height:=128", "-p", "backend:=torch"]
 
@@ -67,6 +78,40 @@ def test_ctrl_c_with_a_frame_in_flight_ends_the_process_within_two_seconds(ros_e
     assert "terminate" not in output and "Traceback" not in output, output
 
 
+def test_ctrl_c_twice_ends_the_node_cleanly_twenty_times_in_twenty(ros_env):
+    """A second Ctrl-C (a user pressing twice, or ``ros2 launch`` forwarding the terminal's) used to kill
+    the stopping node by signal 2 when it arrived during the interpreter's teardown (CPython restores
+    SIGINT's default action there): ``ros2 launch`` then reported "exited with code -2"."""
+    topic = "/twice/image_raw"
+    outcomes = []
+    for _ in range(20):
+        process = Process(node_command("-p", f"image_topics:=[{topic}]"), ros_env)
+        try:
+            wait_until(lambda p=process: "serving " in p.output() or not p.alive(), "the node to serve", 120)
+            took = interrupt_twice(process)
+            outcomes.append((process.popen.returncode, took, process.output()))
+        finally:
+            process.kill()
+    for code, took, output in outcomes:
+        assert code == 0, f"exit code {code}:\n{output}"
+        assert took <= 2.0, f"the node took {took:.1f} s to stop"
+        assert "Traceback" not in output and "[ERROR]" not in output, output
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_the_usage_and_starts_nothing(ros_env, flag):
+    from rpl_perception.ros.parameters import PARAMETERS
+
+    result = subprocess.run([venv_executable("anomaly_node"), flag, "--ros-args", "-p", "backend:=torch"],
+                            env=ros_env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: anomaly_node")
+    for spec in PARAMETERS:
+        assert f"  {spec.name} = " in result.stdout
+    assert "anomaly_threshold = .nan *:" in result.stdout  # may be set while running
+    assert "[INFO]" not in result.stdout + result.stderr  # no node: no model, no DDS participant
+
+
 def test_the_executable_exits_with_a_clear_error_on_bad_parameters(ros_env):
     result = subprocess.run([venv_executable("anomaly_node"), "--ros-args",
                              "-p", "image_topics:=[/a/image, /a/image2]"],
@@ -110,6 +155,7 @@ def test_one_large_frame_from_another_process_reaches_a_default_node(node_proces
 
     process, probe = node_process
     wait_until(lambda: probe.publishers[ONE].get_subscription_count(), "the node to subscribe")
+    probe.wait_for_reliable_subscription(ONE)
     best_effort_anomaly = []  # a planner on sensor-data QoS: the node's 2 MB 32FC1 map must reach it too
     probe.node.create_subscription(Image, "/x_one/anomaly", best_effort_anomaly.append, qos_profile_sensor_data)
     wait_until(lambda: probe.node.count_publishers("/x_one/anomaly") and
@@ -138,7 +184,7 @@ def run_fake_camera(env, topic, frames, rate, profile):
 def test_a_stock_best_effort_camera_is_diagnosed_not_silent(ros_env, node_process):
     """A sensor-data camera with stock Fast DDS: its 6 MB frames overflow its 512 KiB segment and are
     lost. The node cannot repair that, but it says so, and why."""
-    _, probe = node_process
+    process, probe = node_process
     camera = run_fake_camera(ros_env, STOCK, frames=30, rate=10, profile=False)
     name = f"/rpl_anomaly: {STOCK}"
 
@@ -151,6 +197,16 @@ def test_a_stock_best_effort_camera_is_diagnosed_not_silent(ros_env, node_proces
     values = probe.values(name)
     assert int(values["received frames"]) + int(values["DDS lost frames"]) <= camera["published"]
     assert int(values["received frames"]) < camera["published"] // 2, "stock Fast DDS delivered these frames?"
+
+    def terminal_line():  # the terminal says it too, with the fix (once, then every 30 s)
+        return next((line for line in process.output().splitlines()
+                     if line.startswith("[WARN]") and f"{STOCK}: " in line and "lost before they reached" in line), None)
+
+    line = wait_until(terminal_line, "the losses in the node's terminal log")
+    lost = int(line.split(f"{STOCK}: ")[1].split()[0])
+    assert 0 < lost <= camera["published"]
+    assert "Fix: start the camera's process with FASTDDS_DEFAULT_PROFILES_FILE=" in line
+    assert "config/fastdds.xml" in line
 
 
 def test_a_best_effort_camera_with_the_shipped_profile_delivers_every_frame(ros_env, node_process):

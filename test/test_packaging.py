@@ -150,7 +150,7 @@ MODULE_KEYS = {"rclpy": "rclpy", "sensor_msgs": "sensor_msgs", "diagnostic_msgs"
                "rcl_interfaces": "rcl_interfaces", "ament_index_python": "ament_index_python",
                "launch": "launch", "launch_ros": "launch_ros", "yaml": "python3-yaml", "numpy": "python3-numpy",
                "cv2": "python3-opencv", "PIL": "python3-pil", "tqdm": "python3-tqdm",
-               "safetensors": "python3-safetensors-pip", "torch": "python3-torch-pip",
+               "safetensors": "python3-safetensors-pip", "torch": "python3-torch-cpu",
                "onnx": "python3-onnx-pip", "onnxruntime": "python3-onnxruntime-pip",
                "rosbags": "python3-rosbags-pip", "matplotlib": "python3-matplotlib", "pytest": "python3-pytest",
                "scipy": "python3-scipy", "sklearn": "python3-sklearn", "builtin_interfaces": "builtin_interfaces",
@@ -176,6 +176,20 @@ def imported_modules(paths):
     return modules - set(sys.stdlib_module_names) - {"rpl_perception", "rosgraph", "conftest"}
 
 
+def test_rviz_is_a_run_dependency_only_where_asked_for():
+    """A headless vehicle's ``rosdep install`` gets no RViz and Qt; RPL_PERCEPTION_RVIZ=true asks for it
+    (rosdep and colcon evaluate package.xml conditions against the environment)."""
+    from catkin_pkg.package import parse_package
+
+    package = parse_package(str(REPO / "package.xml"))
+    for environment, with_rviz in (({}, False), ({"RPL_PERCEPTION_RVIZ": "true"}, True),
+                                   ({"RPL_PERCEPTION_RVIZ": "false"}, False)):
+        package.evaluate_conditions(environment)
+        names = {d.name for d in package.exec_depends if d.evaluated_condition}
+        assert ("rviz2" in names) == with_rviz, environment
+        assert {"rclpy", "python3-torch-cpu"} <= names
+
+
 def test_package_xml_declares_what_the_code_imports_and_nothing_else():
     exec_depends, test_depends, others = package_dependencies()
     assert not others, f"unexpected dependency kinds {others}"
@@ -198,8 +212,12 @@ def test_every_key_resolves_upstream_or_in_the_shipped_rosdep_file():
     assert not unknown, f"no rosdep rule anywhere for {unknown}"
     assert set(local) <= keys, f"rosdep/rpl_perception.yaml defines unused keys {set(local) - keys}"
     assert not set(local) & UPSTREAM_KEYS, "a local rule would shadow the public one"
-    pip_names = {key: rule["ubuntu"]["pip"]["packages"] for key, rule in local.items()}
-    assert pip_names["python3-torch-pip"] == ["torch"] and pip_names["python3-safetensors-pip"] == ["safetensors"]
+    pip_names = {key: rule["ubuntu"]["pip"]["packages"] for key, rule in local.items() if key.endswith("-pip")}
+    assert pip_names["python3-safetensors-pip"] == ["safetensors"]
+    # torch: the distributions' CPU build, never pip (PyPI's Linux wheel is the CUDA one)
+    assert "pip" not in str(local["python3-torch-cpu"])
+    assert local["python3-torch-cpu"] == {"debian": {"trixie": ["python3-torch"]}, "fedora": ["python3-torch"],
+                                          "ubuntu": {"noble": ["python3-torch"]}}
 
 
 def test_rosdep_resolves_the_shipped_rules(tmp_path):
@@ -215,12 +233,20 @@ def test_rosdep_resolves_the_shipped_rules(tmp_path):
     update = subprocess.run([rosdep, "update"], env=env, capture_output=True, text=True, timeout=120)
     assert update.returncode == 0, update.stdout + update.stderr
     local = yaml.safe_load((REPO / "rosdep" / "rpl_perception.yaml").read_text(encoding="utf-8"))
+    def resolve(key, os_name):
+        result = subprocess.run([rosdep, "resolve", key, f"--os={os_name}"], env=env, capture_output=True,
+                                text=True, timeout=60)
+        return result.stdout.split() if result.returncode == 0 else result.stderr
+
     for key, rule in local.items():
-        for os_name in ("ubuntu:noble", "ubuntu:jammy", "debian:bookworm", "fedora:40"):
-            result = subprocess.run([rosdep, "resolve", key, f"--os={os_name}"], env=env, capture_output=True,
-                                    text=True, timeout=60)
-            assert result.returncode == 0, result.stderr
-            assert result.stdout.split() == ["#pip", *rule["ubuntu"]["pip"]["packages"]]
+        if key.endswith("-pip"):
+            for os_name in ("ubuntu:noble", "ubuntu:jammy", "debian:bookworm", "fedora:40"):
+                assert resolve(key, os_name) == ["#pip", *rule["ubuntu"]["pip"]["packages"]]
+    for os_name, packages in (("ubuntu:noble", ["#apt", "python3-torch"]), ("debian:trixie", ["#apt", "python3-torch"]),
+                              ("fedora:40", ["#yum", "python3-torch"])):
+        assert resolve("python3-torch-cpu", os_name) == packages
+    for os_name in ("ubuntu:jammy", "debian:bookworm"):  # too old there: rosdep stops and names the key
+        assert "No definition of [python3-torch-cpu] for OS version" in resolve("python3-torch-cpu", os_name)
 
 
 def test_setup_cfg_installs_scripts_where_ros2_run_looks_with_a_portable_interpreter():

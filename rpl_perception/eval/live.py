@@ -20,6 +20,9 @@ from .frames import BagTopics, EvalFrame, check_same_size, frames_from_bag
 from .offline import score_settings
 from .replay_message import camera_message, camera_message_type_of
 
+#: the longest the replay waits for a node's subscription to turn reliable (qos_reliability auto)
+SETTLE_S = 3.0
+
 __all__ = ["NodeOptions", "evaluate_live"]
 
 
@@ -105,6 +108,7 @@ class _LiveSession:
         self.publisher = self.node.create_publisher(self._camera_type, topics.image, reliable)
         self.received: "queue.Queue[_Received]" = queue.Queue()
         self.topics = topics
+        self._matched_at: Optional[float] = None
 
         def on_output(output, msg):
             pixels = image_to_array(msg)
@@ -112,8 +116,10 @@ class _LiveSession:
                                         pixels.astype(pixels.dtype.newbyteorder("=")),
                                         time.perf_counter(), time.time_ns()))
 
-        for output, topic in (("anomaly", topics.anomaly), ("semantic", topics.semantic_prediction)):
+        # the node computes an output only for its subscribers: these must have matched before frames go out
+        self.output_subscriptions = [
             self.node.create_subscription(Image, topic, lambda msg, o=output: on_output(o, msg), reliable)
+            for output, topic in (("anomaly", topics.anomaly), ("semantic", topics.semantic_prediction))]
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._spinner = threading.Thread(target=self._spin, name="rpl_eval_spin", daemon=True)
@@ -128,9 +134,20 @@ class _LiveSession:
             pass
 
     def ready(self) -> bool:
-        """The node subscribes to our camera topic and publishes its anomaly topic."""
-        return (self.publisher.get_subscription_count() > 0
-                and self.node.count_publishers(self.topics.anomaly) > 0)
+        """The node subscribes to our camera topic and its outputs matched our subscriptions. A node on
+        ``qos_reliability: auto`` subscribes best effort until it sees our reliable publisher, then
+        reliable (within a second): wait for that (up to ``SETTLE_S``), since a best-effort reader loses
+        large frames from a process with stock Fast DDS."""
+        from rclpy.qos import ReliabilityPolicy
+
+        if not (self.publisher.get_subscription_count() > 0
+                and all(s.get_publisher_count() > 0 for s in self.output_subscriptions)):
+            self._matched_at = None
+            return False
+        self._matched_at = self._matched_at or time.monotonic()
+        infos = self.node.get_subscriptions_info_by_topic(self.topics.image)
+        return (all(info.qos_profile.reliability == ReliabilityPolicy.RELIABLE for info in infos)
+                or time.monotonic() - self._matched_at > SETTLE_S)
 
     def publish(self, frame: EvalFrame, frame_id: str) -> None:
         from .bags import ns_to_stamp

@@ -6,8 +6,10 @@ name ends in ``/compressed``), after remapping, it publishes with the input's he
 * ``<prefix>/semantic``        mono8, Cityscapes train ids
 * ``<prefix>/anomaly``         32FC1, the raw anomaly score at the input's size
 * ``<prefix>/anomaly_mask``    mono8, 255 where the score is above ``anomaly_threshold``
-* ``<prefix>/semantic_color``  rgb8, only while someone subscribes
-* ``<prefix>/overlay``         rgb8 camera image + heatmap + anomaly contour, only while subscribed
+* ``<prefix>/semantic_color``  rgb8
+* ``<prefix>/overlay``         rgb8 camera image + heatmap + anomaly contour
+
+each only while something subscribes to it; a camera nobody reads is idle (:mod:`.demand`).
 
 Callbacks only keep each camera's newest serialised frame; a decoder thread per camera turns it into
 pixels and one worker runs every waiting frame, from all cameras, as one batch through one model
@@ -18,7 +20,6 @@ while running.
 
 import gc
 import os
-import signal
 import sys
 import time
 from typing import Dict, List, NamedTuple, Optional, Tuple
@@ -33,6 +34,7 @@ from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
+from rclpy.utilities import get_rmw_implementation_identifier
 from rclpy.validate_full_topic_name import validate_full_topic_name
 from sensor_msgs.msg import CompressedImage
 
@@ -42,13 +44,19 @@ from ..image_codec import ImageDecodeError, compressed_to_rgb, image_to_rgb
 from ..segmenter import AnomalySegmenter
 from ..topics import check_topics, output_topics
 from .camera import Camera
-from .dds import profile_environment
+from .dds import QOS_FROM_XML, find_profile, profile_environment, profile_variable
+from .demand import has_readers
 from .diagnostics import diagnostics_message
+from .health import HealthLimits, runs_on_gpu
+from .interrupts import ignore_interrupts_from_now_on, ignore_interrupts_while_serving
 from .log_bridge import forward_python_logging
+from .losses import LossLog, fix_hint, header_stamp_ns
 from .outputs import publish_outputs
+from .parameter_types import accept_integers_for_doubles
 from .parameters import PARAMETERS, ParameterError, Settings, threshold_value
 from .pipeline import FramePipeline
 from .stats import ERROR, OK, StatusReport
+from .usage import usage, wants_help
 
 __all__ = ["NODE_NAME", "PARAMETERS", "ParameterError", "Settings", "AnomalyNode", "main"]
 
@@ -121,8 +129,12 @@ class AnomalyNode(Node):
             self.overlay_alpha = self.settings.overlay_alpha
             self.display_range = self.segmenter.display_range
             self._warm_up()
+            self.health_limits = HealthLimits.for_device(self.settings.min_output_rate_hz,
+                                                         self.settings.output_timeout_s,
+                                                         runs_on_gpu(self.segmenter.backend))
             self.cameras = [Camera(self, topic, self.settings.qos_reliability, self.settings.qos_depth,
-                                   OUTPUT_QOS, self._on_image) for topic in self.settings.image_topics]
+                                   OUTPUT_QOS, self._on_image, self.health_limits)
+                            for topic in self.settings.image_topics]
         except ValueError as exc:  # e.g. a per-topic qos_overrides value
             self.destroy_node()
             raise ParameterError(str(exc)) from None
@@ -134,6 +146,9 @@ class AnomalyNode(Node):
         self._pipeline.start()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._loss_logs = {camera.topic: LossLog() for camera in self.cameras}
+        profile = find_profile()
+        self._loss_fix = fix_hint(get_rmw_implementation_identifier(), profile and str(profile), profile_variable())
         self._diagnostics_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         self._graph_timer = self.create_timer(GRAPH_PERIOD_S, self._follow_graph)
         self._follow_graph()
@@ -145,6 +160,7 @@ class AnomalyNode(Node):
     # -- set-up ---------------------------------------------------------------------------------
 
     def _declare_parameters(self) -> Dict[str, object]:
+        accept_integers_for_doubles(self, [spec.name for spec in PARAMETERS if isinstance(spec.default, float)])
         values = {}
         for spec in PARAMETERS:
             try:
@@ -199,7 +215,10 @@ class AnomalyNode(Node):
     # -- callbacks and the graph: no decoding, no inference --------------------------------------
 
     def _on_image(self, camera: Camera, raw: bytes) -> None:
-        camera.stats.on_received(time.monotonic())
+        camera.stats.on_received(time.monotonic(), header_stamp_ns(raw))
+        if not has_readers(camera.publishers):  # nobody reads its outputs: no decoding, no inference
+            camera.stats.on_unread()
+            return
         self._pipeline.put(camera, Frame(raw, self.get_clock().now().nanoseconds))
 
     def _follow_graph(self) -> None:
@@ -282,11 +301,21 @@ class AnomalyNode(Node):
                         ("network size", "{}x{}".format(*self.segmenter.network_size)),
                         ("anomaly threshold", f"{self.threshold:.6g}"),
                         ("display range", "{:.6g} {:.6g}".format(*self.display_range)),
-                        ("max image pixels", str(self.settings.max_image_pixels))]
+                        ("max image pixels", str(self.settings.max_image_pixels)),
+                        ("min output rate [Hz]", f"{self.health_limits.min_output_rate_hz:g}"),
+                        ("output timeout [s]", f"{self.health_limits.output_timeout_s:g}")]
         model = (StatusReport(OK, f"{self.segmenter.score} anomaly score", model_values) if self._pipeline.working
                  else StatusReport(ERROR, "inference worker is not running", model_values))
         self._diagnostics.publish(diagnostics_message(
             self.get_fully_qualified_name(), self.get_clock().now().to_msg(), self.cameras, model, now))
+        self._log_losses(now)
+
+    def _log_losses(self, now: float) -> None:
+        """Frames lost on the way from the camera, in the terminal: once, then every LOG_PERIOD_S."""
+        for camera in self.cameras:
+            line = self._loss_logs[camera.topic].line(camera.topic, *camera.stats.loss_totals(), self._loss_fix, now)
+            if line:
+                self.get_logger().warning(line)
 
     # -- shutdown --------------------------------------------------------------------------------
 
@@ -304,25 +333,22 @@ class AnomalyNode(Node):
         super().destroy_node()
 
 
-def _ignore_interrupts(*_) -> None:
-    """A terminal's Ctrl-C under ``ros2 launch`` reaches the node twice (from the terminal and from
-    launch): rclpy's handler shuts the node down on the first; the rest must not raise
-    KeyboardInterrupt in the middle of the shutdown."""
-
-
 def main(args=None) -> int:
     """``anomaly_node [--ros-args ...]``: serve until Ctrl-C or SIGTERM; 2 on bad parameters."""
+    if wants_help(sys.argv[1:] if args is None else args):
+        print(usage())  # and nothing started: no model, no DDS participant
+        return 0
     # Fast DDS reads its profile when the process's first participant is created (rclpy.init)
     dds_profile = profile_environment()
     os.environ.update(dds_profile)
-    # rclpy's own handler (installed by init) shuts the context down and then calls this one
-    signal.signal(signal.SIGINT, _ignore_interrupts)
+    ignore_interrupts_while_serving()  # rclpy's handler (installed by init) stops the node
     rclpy.init(args=args)
     node, code = None, 0
     try:
         node = AnomalyNode()
         for name, path in dds_profile.items():
-            node.get_logger().info(f"Fast DDS profile {path} ({name}): large frames reach other processes")
+            if name != QOS_FROM_XML:
+                node.get_logger().info(f"Fast DDS profile {path} ({name}): large frames reach other processes")
         if not node.settings.deployment.build_only:
             rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -336,6 +362,7 @@ def main(args=None) -> int:
         # Ctrl-C or SIGTERM while the model was loading: rclpy's handler shut the context down,
         # so creating the topics failed. That is a requested stop, not an error.
     finally:
+        ignore_interrupts_from_now_on()  # a second Ctrl-C must not kill a node that is stopping
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

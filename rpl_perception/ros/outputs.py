@@ -1,4 +1,4 @@
-"""What the node publishes for one frame: mask and heatmap always, colour images while someone looks."""
+"""What the node publishes for one frame: each output only while something subscribes to it."""
 
 from typing import Dict, Tuple
 
@@ -7,6 +7,7 @@ from sensor_msgs.msg import Image
 
 from ..image_codec import fill_image
 from ..visualize import colorize_labels, overlay
+from .demand import is_read
 
 __all__ = ["anomaly_mask", "publish_outputs"]
 
@@ -23,12 +24,15 @@ def publish_outputs(publishers: Dict[str, object], header, rgb: np.ndarray, pred
     def send(name, pixels, encoding):
         publishers[name].publish(fill_image(Image(header=header), pixels, encoding))
 
-    send("anomaly", prediction.anomaly, "32FC1")
-    send("anomaly_mask", anomaly_mask(prediction.anomaly, threshold), "mono8")
-    send("semantic", prediction.labels, "mono8")
-    # the colour images cost time and bandwidth: only for a viewer that is listening
-    if publishers["semantic_color"].get_subscription_count():
+    # each output is computed and converted only for its own subscribers (see .demand)
+    if is_read(publishers["anomaly"]):
+        send("anomaly", prediction.anomaly, "32FC1")
+    if is_read(publishers["anomaly_mask"]):
+        send("anomaly_mask", anomaly_mask(prediction.anomaly, threshold), "mono8")
+    if is_read(publishers["semantic"]):
+        send("semantic", prediction.labels, "mono8")
+    if is_read(publishers["semantic_color"]):
         send("semantic_color", colorize_labels(prediction.labels), "rgb8")
-    if publishers["overlay"].get_subscription_count():
+    if is_read(publishers["overlay"]):
         low, high = display_range
         send("overlay", overlay(rgb, prediction.anomaly, low, high, threshold, alpha=alpha), "rgb8")

@@ -98,6 +98,13 @@ PARAMETERS = (
                   "best effort), best_effort or reliable. Per topic: qos_overrides.<topic>.subscription."
                   "reliability", "auto, best_effort or reliable"),
     ParameterSpec("qos_depth", 5, "input QoS history depth (keep last)", "", (1, 1000)),
+    ParameterSpec("min_output_rate_hz", -1.0,
+                  "a camera's diagnostics are OK while its outputs come at least this often (over 5 s), WARN "
+                  "below; 0: no requirement; negative: 0.5 Hz where inference runs on a CPU, 10 Hz on a GPU",
+                  "", None, (-1.0, 1000.0)),
+    ParameterSpec("output_timeout_s", 5.0,
+                  "a camera's diagnostics are ERROR once it had no output for this long while someone "
+                  "subscribes to its outputs", "", None, (0.1, 3600.0)),
     # deployment (DeploymentSpec.from_settings reads these; `rpl-perception build-engine` takes the same)
     ParameterSpec("precision", "fp32", "network precision; scores are float32 in every case",
                   "one of " + ", ".join(PRECISIONS) + " (fp16: TensorRT, PyTorch on CUDA; int8: TensorRT)"),
@@ -145,6 +152,8 @@ class Settings:
     qos_reliability: str  # a key of camera.RELIABILITIES
     qos_depth: int
     deployment: DeploymentSpec
+    min_output_rate_hz: float = -1.0  # negative: the device's default (.health)
+    output_timeout_s: float = 5.0
 
     @classmethod
     def from_values(cls, values: Dict[str, object]) -> "Settings":
@@ -185,7 +194,8 @@ class Settings:
             smoothing_sigma=None if values["smoothing_sigma"] < 0 else values["smoothing_sigma"],
             anomaly_threshold=threshold, overlay_alpha=values["overlay_alpha"],
             max_image_pixels=values["max_image_pixels"],
-            qos_reliability=QOS_RELIABILITY[reliability], qos_depth=values["qos_depth"], deployment=deployment)
+            qos_reliability=QOS_RELIABILITY[reliability], qos_depth=values["qos_depth"], deployment=deployment,
+            min_output_rate_hz=values["min_output_rate_hz"], output_timeout_s=values["output_timeout_s"])
 
 
 def threshold_value(value: float) -> Optional[float]:
