@@ -258,7 +258,7 @@ def _check_size(model: AnomalyModel, size) -> Tuple[int, int]:
         w, h = (int(v) for v in size)
     except (TypeError, ValueError):
         raise ValueError(f"size must be (width, height), got {size!r}") from None
-    divisor = getattr(getattr(model.network, "segmenter", None), "size_divisor", 1)
+    divisor = getattr(model.network, "size_divisor", 1)
     if w <= 0 or h <= 0 or w % divisor or h % divisor:
         raise ValueError(f"network size {w}×{h} must be positive multiples of {divisor}")
     return w, h

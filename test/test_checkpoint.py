@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from rpl_perception import AnomalySegmenter
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_model, read_checkpoint, save_checkpoint
-from rpl_perception.models import RPLSegmenter, get_architecture
+from rpl_perception.models import RPLNetwork, get_architecture
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def test_round_trip_with_rpl_branch_and_projector(tmp_path, default_model):
     torch.manual_seed(0)
     network, meta = default_model
     arch = get_architecture(meta.architecture)
-    model = RPLSegmenter(network.segmenter, arch.build_rpl_branch(network.segmenter, 32, "pyramid"))
+    model = RPLNetwork(network.closed_set, arch.build_rpl_branch(network.closed_set, 32, "pyramid"))
     projector = torch.nn.Conv2d(32, 32, 1)
     branch_meta = dataclasses.replace(meta, rpl_width=32, rpl_design="pyramid", score="rpl_energy",
                                       provenance={"data": "unit test", "iterations": 0})
@@ -83,7 +83,7 @@ def test_branch_design_is_recorded_and_rebuilt(tmp_path):
     torch.manual_seed(0)
     network, meta = load_model(DEFAULT_CHECKPOINT, with_branch=False)
     arch = get_architecture(meta.architecture)
-    model = RPLSegmenter(network.segmenter, arch.build_rpl_branch(network.segmenter, 32, "aspp"))
+    model = RPLNetwork(network.closed_set, arch.build_rpl_branch(network.closed_set, 32, "aspp"))
     aspp_meta = dataclasses.replace(meta, rpl_width=32, rpl_design="aspp", score="rpl_energy")
     path = save_checkpoint(tmp_path / "aspp.safetensors", aspp_meta, model)
     loaded, loaded_meta = load_model(path)
@@ -91,7 +91,7 @@ def test_branch_design_is_recorded_and_rebuilt(tmp_path):
     for key, value in model.branch.state_dict().items():
         assert torch.equal(loaded.branch.state_dict()[key], value), key
     # files written before designs existed record none: they hold the architecture's first design
-    pyramid = RPLSegmenter(network.segmenter, arch.build_rpl_branch(network.segmenter, 32, "pyramid"))
+    pyramid = RPLNetwork(network.closed_set, arch.build_rpl_branch(network.closed_set, 32, "pyramid"))
     old = save_checkpoint(tmp_path / "old.safetensors", dataclasses.replace(aspp_meta, rpl_design=None), pyramid)
     assert type(load_model(old)[0].branch.context).__name__ == "EfficientPyrPool"
     # weights of one design under the other's name: the error names the file and the keys

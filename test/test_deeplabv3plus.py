@@ -11,7 +11,7 @@ from rpl_perception.checkpoint.pytorch_files import (
     official_template,
     official_to_groups,
 )
-from rpl_perception.models import RPLSegmenter, get_architecture
+from rpl_perception.models import RPLNetwork, get_architecture
 from rpl_perception.models.deeplabv3plus import deeplabv3plus_resnet50, deeplabv3plus_resnet101
 
 ODD_SIZE = (65, 97)  # (H, W): odd on both sides, not a multiple of any stride
@@ -153,7 +153,7 @@ def test_wrn38_parameter_counts_match_the_fact_sheet():
 
 def test_strict_load_of_official_keys_and_exact_map_back(wrn38, official_state):
     network, projector = wrn38
-    back = groups_to_official({"segmenter": network.segmenter.state_dict(),
+    back = groups_to_official({"segmenter": network.closed_set.state_dict(),
                                "rpl": network.branch.state_dict(), "projector": projector.state_dict()})
     assert list(back) == list(official_state)
     for key, value in official_state.items():
@@ -165,7 +165,7 @@ def test_wrn38_computes_the_official_function_at_an_odd_size(wrn38, official_sta
     x = torch.randn(1, 3, *WRN38_ODD_SIZE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         out = network(x)
-        plain = network.segmenter(x)
+        plain = network.closed_set(x)
         out1, out2, r = reference_forward(official_state, x)
         proj = projector(out.embedding)
         ref_proj = F.conv2d(r, official_state["branch1.residual_block.proj_head.proj.0.weight"],
@@ -183,7 +183,7 @@ def test_wrn38_computes_the_official_function_at_an_odd_size(wrn38, official_sta
 
 
 def test_wrn38_dilations_and_strides_follow_the_fact_sheet(wrn38):
-    seg = wrn38[0].segmenter
+    seg = wrn38[0].closed_set
     dilations = {f"mod{i}": {m.dilation[0] for m in getattr(seg, f"mod{i}").modules()
                              if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)}
                  for i in range(2, 8)}
@@ -196,7 +196,7 @@ def test_wrn38_dilations_and_strides_follow_the_fact_sheet(wrn38):
 
 def test_wrn38_branch_starts_as_a_trainable_copy_of_the_aspp(wrn38):
     network, _ = wrn38
-    segmenter = network.segmenter  # frozen by RPLSegmenter
+    segmenter = network.closed_set  # frozen by RPLNetwork
     torch.manual_seed(0)
     branch = get_architecture(WRN38_ARCHITECTURE).build_rpl_branch(segmenter, 256)
     for ours, theirs in ((branch.context.aspp, segmenter.aspp), (branch.context.bot_aspp, segmenter.bot_aspp)):
@@ -246,7 +246,7 @@ def test_resnet_rpl_attachment_at_the_decoder_input():
     torch.manual_seed(0)
     arch = get_architecture("deeplabv3plus_resnet50_os16_cityscapes")
     segmenter = arch.build_segmenter()
-    network = RPLSegmenter(segmenter, arch.build_rpl_branch(segmenter, 256)).eval()
+    network = RPLNetwork(segmenter, arch.build_rpl_branch(segmenter, 256)).eval()
     x = torch.randn(1, 3, *ODD_SIZE)
     with torch.no_grad():
         out = network(x)

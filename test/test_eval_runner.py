@@ -25,7 +25,7 @@ from rpl_perception.eval.runner import (  # noqa: E402
     frames_from_bag,
     latency_summary,
 )
-from rpl_perception.models import RPLSegmenter, get_architecture  # noqa: E402
+from rpl_perception.models import RPLNetwork, get_architecture  # noqa: E402
 
 NETWORK_SIZE = (128, 64)
 START_NS = 1_600_000_000_000_000_000
@@ -77,8 +77,8 @@ def test_multi_score_rpl_energy_uses_the_branch(segmenter):
 
     arch = get_architecture(segmenter.meta.architecture)
     torch.manual_seed(0)  # the branch's random (Kaiming) initialisation
-    branch = arch.build_rpl_branch(segmenter.network.segmenter, arch.default_rpl_width)
-    network = RPLSegmenter(segmenter.network.segmenter, branch).eval()
+    branch = arch.build_rpl_branch(segmenter.network.closed_set, arch.default_rpl_width)
+    network = RPLNetwork(segmenter.network.closed_set, branch).eval()
     meta = dataclasses.replace(segmenter.meta, rpl_width=arch.default_rpl_width)
     with_branch = AnomalySegmenter(network, meta, score="rpl_energy", network_size=NETWORK_SIZE)
     image = np.random.default_rng(4).integers(0, 256, (40, 64, 3), dtype=np.uint8)

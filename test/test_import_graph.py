@@ -34,8 +34,6 @@ LAYERS: List[Tuple[str, Dict[str, Tuple[str, ...]]]] = [
 
 #: (importer prefix, imported prefix) → why this arrow is allowed
 ALLOWED: Dict[Tuple[str, str], str] = {
-    ("rpl_perception.models", "rpl_perception.checkpoint"):
-        "the alias models.load_segmenter → checkpoint.load_closed_set, resolved on first use",
     ("rpl_training", "rpl_perception.eval"):
         "training validates with the evaluation's dataset readers, metrics and suite",
     ("rpl_perception.eval.live", "rpl_perception.ros.parameters"):

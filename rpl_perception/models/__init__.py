@@ -23,12 +23,12 @@ from .deeplabv3plus import (
     deeplabv3plus_wrn38,
 )
 from .espnetv2 import EfficientPyrPool, ESPNetv2Segmentation, espnetv2_cityscapes
-from .rpl import FineRPLBranch, RPLBranch, RPLNetwork, RPLOutput, RPLSegmenter, SeparableASPP
+from .rpl import FineRPLBranch, RPLBranch, RPLNetwork, RPLOutput, SeparableASPP
 
 __all__ = [
     "Architecture", "ARCHITECTURES", "CITYSCAPES_CLASSES", "register_architecture",
     "get_architecture", "AnomalyModel", "ImageNormalisation", "RPLBranch", "RPLOutput",
-    "RPLNetwork", "RPLSegmenter", "ESPNetv2Segmentation", "DeepLabV3PlusWRN38", "DeepLabV3PlusResNet",
+    "RPLNetwork", "ESPNetv2Segmentation", "DeepLabV3PlusWRN38", "DeepLabV3PlusResNet",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -76,7 +76,7 @@ def get_architecture(name: str) -> Architecture:
 
 
 def espnetv2_rpl_branch(segmenter: ESPNetv2Segmentation, width: int = 64, design: str = "pyramid") -> RPLBranch:
-    """ESPNetv2's RPL branch on the level-4 feature (stride 16, 512 channels), in one of two designs.
+    """ESPNetv2's RPL branch on the level-4 feature (stride 16, 512 channels), in one of three designs.
 
     * ``pyramid``: a copy of the segmenter's own context module ``bu_dec_l1`` (EfficientPyrPool
       512 → 10 → 64), as the official code copies DeepLabV3+'s ASPP; copied when the widths match.
@@ -126,12 +126,3 @@ for _depth, _build in ((50, deeplabv3plus_resnet50), (101, deeplabv3plus_resnet1
             input_size=(2048, 1024),
         ))
 
-
-def __getattr__(name):
-    # ``load_segmenter`` lived here before it became checkpoint.load_closed_set; resolved on use so
-    # that the registry imports no checkpoint code (the import-graph test lists this alias)
-    if name == "load_segmenter":
-        from ..checkpoint import load_closed_set
-
-        return load_closed_set
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RPLOutput", "RPLBranch", "FineRPLBranch", "RPLNetwork", "RPLSegmenter", "SeparableASPP",
+__all__ = ["RPLOutput", "RPLBranch", "FineRPLBranch", "RPLNetwork", "SeparableASPP",
            "init_kaiming_fan_in"]
 
 
@@ -133,11 +133,6 @@ class RPLNetwork(nn.Module):
         self.closed_set.eval()
 
     @property
-    def segmenter(self) -> nn.Module:
-        """The closed-set segmenter under its earlier name (alias of :attr:`closed_set`)."""
-        return self.closed_set
-
-    @property
     def has_branch(self) -> bool:
         return self.branch is not None
 
@@ -161,7 +156,3 @@ class RPLNetwork(nn.Module):
         residual, embedding = self.branch(deep, feat)
         rpl = seg.upsample_logits(seg.head(feat + residual), size)
         return RPLOutput(closed, rpl, embedding)
-
-
-#: the network's earlier name, kept for existing code
-RPLSegmenter = RPLNetwork
