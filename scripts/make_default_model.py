@@ -1,6 +1,6 @@
 """Build the embedded default model file from a segmenter, or from an ``rpl-train`` result.
 
-    # the closed-set segmenter alone (no RPL branch: the anomaly score is the closed-set energy)
+    # the closed-set network alone (no RPL branch: the anomaly score is the closed-set energy)
     python scripts/make_default_model.py ../shared/models/espnetv2/espnetv2_s_2.0_city_1024x512.pth \
         --calibration ../shared/data/roadanomaly_dev --out rpl_perception/weights/espnetv2_cityscapes.safetensors
 

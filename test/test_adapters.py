@@ -73,7 +73,7 @@ def test_convert_official_to_ours_and_back_is_exact(tmp_path, official_file, off
     meta, groups = read_checkpoint(ours)
     expected = official_to_groups(official_state)
     assert meta.rpl_width == 256 and meta.score == "rpl_energy"
-    for group in ("segmenter", "rpl", "projector"):
+    for group in ("closed_set", "rpl", "projector"):
         assert groups[group].keys() == expected[group].keys(), group
         assert all(torch.equal(groups[group][k], v) for k, v in expected[group].items()), group
     back = tmp_path / "back.pth"
@@ -89,7 +89,7 @@ def test_rpl_only_file_in_nested_wrappers_with_data_parallel_prefix(official_sta
     meta, groups = convert_pytorch_object({"model_state": {"state_dict": state}, "epoch": 1}, "rpl.pth")
     assert meta.provenance["variant"] == "RPL" and meta.rpl_width == 256
     assert groups["projector"] == {}
-    assert len(groups["segmenter"]) == 268 and len(groups["rpl"]) == 32
+    assert len(groups["closed_set"]) == 268 and len(groups["rpl"]) == 32
 
 
 def test_wrong_official_file_names_format_and_keys(official_state):
@@ -173,12 +173,12 @@ def test_convert_nvidia_with_init_rpl_is_a_training_start(tmp_path, nvidia_file)
     assert meta.architecture == WRN38_ARCHITECTURE and meta.provenance["format"] == "nvidia-wrn38"
     assert meta.rpl_width == 256 and meta.score == "energy"  # untrained: not the default score
     assert "untrained" in meta.provenance["rpl"]
-    assert len(groups["segmenter"]) == 268  # the loss weights are dropped
-    # the branch's ASPP and bottleneck start as exact copies of the segmenter's
+    assert len(groups["closed_set"]) == 268  # the loss weights are dropped
+    # the branch's ASPP and bottleneck start as exact copies of the closed-set network's
     copies = {k: v for k, v in groups["rpl"].items() if k.startswith("context.")}
     assert len(copies) == 31
     for key, value in copies.items():
-        assert torch.equal(value, groups["segmenter"][key.removeprefix("context.")]), key
+        assert torch.equal(value, groups["closed_set"][key.removeprefix("context.")]), key
     assert groups["rpl"]["residual.weight"].shape == (304, 256, 1, 1)
     assert groups["projector"]["weight"].shape == (304, 256, 1, 1)  # rpl_training's nn.Conv2d
     assert torch.equal(groups["projector"]["bias"], torch.zeros(304))

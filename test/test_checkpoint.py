@@ -5,7 +5,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from rpl_perception import AnomalySegmenter
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_model, read_checkpoint, save_checkpoint
@@ -35,6 +36,23 @@ def test_round_trip_with_rpl_branch_and_projector(tmp_path, default_model):
     assert AnomalySegmenter.from_checkpoint(path, network_size=(128, 64)).score == "rpl_energy"
 
 
+def test_files_with_the_earlier_group_name_still_load(tmp_path, default_model):
+    """Files written before the closed-set group was named ``closed_set`` (the shipped model among
+    them) call it ``segmenter.*``; they load to the same network."""
+    network, meta = default_model
+    path = save_checkpoint(tmp_path / "new.safetensors", meta, RPLNetwork(network.closed_set))
+    tensors = load_file(str(path))
+    assert tensors and all(key.startswith("closed_set.") for key in tensors)
+    with safe_open(str(path), framework="pt") as fh:
+        header = fh.metadata()
+    earlier = tmp_path / "earlier.safetensors"
+    save_file({"segmenter." + key.removeprefix("closed_set."): value for key, value in tensors.items()},
+              str(earlier), metadata=header)
+    (_, new_groups), (_, earlier_groups) = read_checkpoint(path), read_checkpoint(earlier)
+    assert new_groups["closed_set"].keys() == earlier_groups["closed_set"].keys()
+    assert all(torch.equal(value, earlier_groups["closed_set"][key]) for key, value in new_groups["closed_set"].items())
+
+
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         AnomalySegmenter.from_checkpoint(tmp_path / "nope.safetensors")
@@ -42,7 +60,7 @@ def test_missing_file_names_the_path(tmp_path):
 
 def test_mismatched_weights_name_file_keys_and_shapes(tmp_path):
     _, groups = read_checkpoint(DEFAULT_CHECKPOINT)
-    state = dict(groups["segmenter"])
+    state = dict(groups["closed_set"])
     del state["bu_dec_l4.merge_layer.3.weight"]
     state["extra.weight"] = torch.zeros(1)
     state["base_net.level1.conv.weight"] = torch.zeros(16, 3, 3, 3)

@@ -1,4 +1,4 @@
-"""ESPNetv2 from the fact sheet, the RPL attachment, and the segmenter registry."""
+"""ESPNetv2 from the fact sheet, the RPL attachment, and the architecture registry."""
 
 import pytest
 import torch
@@ -21,9 +21,9 @@ def test_checkpoint_loads_strictly_into_fact_sheet_network(espnetv2_pth):
 def test_embedded_default_model_is_the_published_checkpoint(espnetv2_pth):
     published = torch.load(espnetv2_pth, map_location="cpu", weights_only=True)
     _, groups = read_checkpoint(DEFAULT_CHECKPOINT)
-    assert groups["segmenter"].keys() == published.keys()
+    assert groups["closed_set"].keys() == published.keys()
     for key, value in published.items():
-        assert torch.equal(groups["segmenter"][key], value), key
+        assert torch.equal(groups["closed_set"][key], value), key
 
 
 def test_load_closed_set_returns_frozen_eval_module_with_input_resolution_logits():
@@ -57,7 +57,7 @@ def test_rpl_branch_shapes_and_closed_set_invariance():
         plain = network.closed_set(x)
     assert out.rpl.shape == out.closed.shape == (1, 20, 128, 256)
     assert out.embedding.shape == (1, 64, 8, 16)  # stride 16 context feature
-    # ỹ is the segmenter's own output, bit for bit, whatever the branch does
+    # ỹ is the closed-set network's own output, bit for bit, whatever the branch does
     assert torch.equal(out.closed, plain)
     assert not torch.equal(out.rpl, out.closed)
 
@@ -120,7 +120,7 @@ def test_extract_deep_is_the_deep_feature_of_extract_features():
 
 def test_fine_branch_reads_the_heads_input_at_its_resolution():
     """aspp_fine: the residual follows the head's input feature pixel by pixel (a stride-16 residual
-    cannot), and the closed-set output stays the segmenter's own."""
+    cannot), and the closed-set output stays the closed-set network's own."""
     from rpl_perception.models.rpl import FineRPLBranch
 
     torch.manual_seed(0)

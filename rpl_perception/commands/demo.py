@@ -14,7 +14,7 @@ The same flow, piecewise, for your own frames or bags: ``rpl-perception bag make
 
 from pathlib import Path
 
-from . import SAMPLES_ROOT, add_model_arguments, load_segmenter_from_args
+from . import SAMPLES_ROOT, add_model_arguments, anomaly_segmenter_from_args
 
 TOPIC = "/cam/image_raw"
 CAMERA_RATE_HZ = 10.0  # the bag's stamps: a 10 Hz camera
@@ -79,7 +79,7 @@ def run(args) -> int:
     from .evaluate import print_summary
 
     check_dependencies()
-    segmenter = load_segmenter_from_args(args)  # checks the model options before a node starts
+    segmenter = anomaly_segmenter_from_args(args)  # checks the model options before a node starts
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames must be >= 1; got {args.max_frames}")
     bag, recorded, report = args.out / "bag", args.out / "recorded", args.out / "report"

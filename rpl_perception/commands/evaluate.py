@@ -15,7 +15,7 @@ are skipped and named in the report; a damaged bag stops the run before the mode
 
 from pathlib import Path
 
-from . import add_model_arguments, load_segmenter_from_args
+from . import add_model_arguments, anomaly_segmenter_from_args
 
 MODES = ("offline", "live", "recorded")
 DESCRIPTION = ("offline: run the model on the bag's (or dataset's) frames as fast as it goes, comparing every "
@@ -133,9 +133,9 @@ def evaluate_into(args, out: Path):
         from ..eval.suite import native_size
 
         first = open_dataset(args.dataset[0], Path(args.dataset[1]))[0].image
-        divisor = load_segmenter_from_args(args).network.size_divisor
+        divisor = anomaly_segmenter_from_args(args).network.size_divisor
         args.size = native_size((first.shape[1], first.shape[0]), divisor)
-    segmenter = load_segmenter_from_args(args)  # recorded, live: for the score's name, display range, threshold
+    segmenter = anomaly_segmenter_from_args(args)  # recorded, live: for the score's name, display range, threshold
     skipped, observers = SkipLog(), []
     if args.bag is not None:  # the video at the camera's rate (recorded mode: the node's output rate)
         rate_topic = output_topics(args.topic)["anomaly"] if args.mode == "recorded" else args.topic
@@ -201,7 +201,7 @@ def run_suite(args, out: Path) -> int:
 
     def load(size):
         args.size = size
-        return load_segmenter_from_args(args)
+        return anomaly_segmenter_from_args(args)
 
     scores = None if args.scores is None else [s.strip() for s in args.scores.split(",") if s.strip()]
     result = suite.run_suite(load, sets, network_size="native" if args.native_size else args.size, scores=scores,

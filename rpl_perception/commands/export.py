@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from . import add_model_arguments, deployment_spec_from_args, load_segmenter_from_args
+from . import add_model_arguments, anomaly_segmenter_from_args, deployment_spec_from_args
 
 
 def register(subparsers):
@@ -42,7 +42,7 @@ def run(args) -> int:
 
     if args.device != "cpu":
         raise ValueError("export traces on the CPU; drop --device")
-    segmenter = load_segmenter_from_args(args)
+    segmenter = anomaly_segmenter_from_args(args)
     if args.out is None:  # the file the deployment spec resolves, exactly as the node would export it
         spec = deployment_spec_from_args(args)
         path = spec.onnx_file(segmenter.model, segmenter.network_size)

@@ -247,9 +247,9 @@ def _frozen_collate(run: RunState, backend: str) -> FrozenCollate:
     base = run.model.module if isinstance(run.model, nn.parallel.DistributedDataParallel) else run.model
     frozen = base.frozen
     if backend == "onnxruntime":
-        paths = export_frozen(frozen.segmenter, frozen.encoder, run.out_dir / "frozen", run.cfg["data"]["crop_size"])
+        paths = export_frozen(frozen.closed_set, frozen.encoder, run.out_dir / "frozen", run.cfg["data"]["crop_size"])
         frozen = OnnxFrozenPass(paths, threads=1)
-    log.info("the frozen segmenter runs in the data loader (%s)", backend)
+    log.info("the frozen closed-set network runs in the data loader (%s)", backend)
     return FrozenCollate(frozen, with_context=bool(run.cfg["train"]["corocl"]["enabled"]))
 
 

@@ -1,4 +1,4 @@
-"""``rpl-train --config FILE``: fit the RPL branch (and the CoroCL projector) on a frozen segmenter.
+"""``rpl-train --config FILE``: fit the RPL branch (and the CoroCL projector) on a frozen closed-set network.
 
 One process on a CPU or GPU, or several under torchrun (DDP)::
 
@@ -266,7 +266,7 @@ def _train(run: RunState, dataset, sets: Optional[ValidationSets], stop_after: O
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="rpl-train", description="Train the RPL branch (and CoroCL projector) on a frozen segmenter.",
+        prog="rpl-train", description="Train the RPL branch (and CoroCL projector) on a frozen closed-set network.",
         epilog="Several GPUs: torchrun --nproc_per_node N -m rpl_training.train --config FILE")
     parser.add_argument("--config", type=Path, required=True, help="YAML config (see rpl_training/configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -1,4 +1,4 @@
-"""The training loop on tiny data on the CPU: loss, frozen segmenter, checkpoints, resume, Ctrl-C, CLI."""
+"""The training loop on tiny data on the CPU: loss, frozen closed-set network, checkpoints, resume, Ctrl-C, CLI."""
 
 import csv
 import signal
