@@ -108,7 +108,7 @@ def test_branch_design_is_recorded_and_rebuilt(tmp_path):
     assert loaded_meta.rpl_design == "aspp" and isinstance(loaded.branch.context, SeparableASPP)
     for key, value in model.branch.state_dict().items():
         assert torch.equal(loaded.branch.state_dict()[key], value), key
-    # files written before designs existed record none: they hold the architecture's first design
+    # files written before designs existed record none: they hold the pyramid
     pyramid = RPLNetwork(network.closed_set, arch.build_rpl_branch(network.closed_set, 32, "pyramid"))
     old = save_checkpoint(tmp_path / "old.safetensors", dataclasses.replace(aspp_meta, rpl_design=None), pyramid)
     assert type(load_model(old)[0].branch.context).__name__ == "EfficientPyrPool"
@@ -117,5 +117,5 @@ def test_branch_design_is_recorded_and_rebuilt(tmp_path):
     with pytest.raises(CheckpointError, match=r"wrong\.safetensors: the RPL branch weights do not match"):
         load_model(wrong)
     unknown = save_checkpoint(tmp_path / "unknown.safetensors", dataclasses.replace(aspp_meta, rpl_design="wide"), model)
-    with pytest.raises(CheckpointError, match=r"unknown\.safetensors: RPL branch design 'wide' is unknown.*pyramid, aspp, aspp_fine"):
+    with pytest.raises(CheckpointError, match=r"unknown\.safetensors: RPL branch design 'wide' is unknown.*aspp, pyramid, aspp_fine"):
         load_model(unknown)

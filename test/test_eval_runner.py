@@ -77,9 +77,9 @@ def test_multi_score_rpl_energy_uses_the_branch(segmenter):
 
     arch = get_architecture(segmenter.meta.architecture)
     torch.manual_seed(0)  # the branch's random (Kaiming) initialisation
-    branch = arch.build_rpl_branch(segmenter.network.closed_set, arch.default_rpl_width)
+    branch = arch.build_rpl_branch(segmenter.network.closed_set, 64, "pyramid")
     network = RPLNetwork(segmenter.network.closed_set, branch).eval()
-    meta = dataclasses.replace(segmenter.meta, rpl_width=arch.default_rpl_width)
+    meta = dataclasses.replace(segmenter.meta, rpl_width=64, rpl_design="pyramid")
     with_branch = AnomalySegmenter(network, meta, score="rpl_energy", network_size=NETWORK_SIZE)
     image = np.random.default_rng(4).integers(0, 256, (40, 64, 3), dtype=np.uint8)
     predictor = MultiScorePredictor(with_branch)

@@ -145,7 +145,7 @@ def test_rpl_branch_and_logits_dynamic_batch(tmp_path, roadanomaly_dev):
     torch.manual_seed(0)
     meta, _ = read_checkpoint(DEFAULT_CHECKPOINT)
     network, _ = load_model(DEFAULT_CHECKPOINT)
-    network.branch = get_architecture(meta.architecture).build_rpl_branch(network.closed_set, 64).eval()
+    network.branch = get_architecture(meta.architecture).build_rpl_branch(network.closed_set, 64, "pyramid").eval()
     model = AnomalyModel(network, num_inlier=meta.num_inlier, mean=meta.mean, std=meta.std,
                          score="rpl_energy").eval()
     path = export_onnx(model, tmp_path / "rpl.onnx", SMALL, dynamic_batch=True, return_logits=True)

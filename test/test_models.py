@@ -45,7 +45,7 @@ def test_eesp_dilations_follow_the_receptive_field_limit():
 def _rpl_network(width):
     arch = get_architecture("espnetv2_cityscapes")
     seg = load_closed_set(DEFAULT_CHECKPOINT)
-    return RPLNetwork(seg, arch.build_rpl_branch(seg, width)).eval()
+    return RPLNetwork(seg, arch.build_rpl_branch(seg, width, "pyramid")).eval()
 
 
 def test_rpl_branch_shapes_and_closed_set_invariance():

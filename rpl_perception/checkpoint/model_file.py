@@ -104,7 +104,7 @@ def build_model(meta: CheckpointMeta, groups, source, with_branch: bool = True) 
     load_state_dict_strict(closed_set, groups["closed_set"], source, "closed_set")
     branch = None
     if with_branch and meta.rpl_width is not None:
-        design = meta.rpl_design or arch.rpl_designs[0]
+        design = meta.rpl_design or arch.design_of_unrecorded
         if design not in arch.rpl_designs:
             raise CheckpointError(f"{source}: RPL branch design {design!r} is unknown for {arch.name}; "
                                   f"known: {', '.join(arch.rpl_designs)}")

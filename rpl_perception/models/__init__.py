@@ -8,7 +8,7 @@ package imports none of it.
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from torch import nn
 
@@ -49,9 +49,15 @@ class Architecture:
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD
     extra: Dict[str, object] = field(default_factory=dict)
-    #: RPL branch designs ``build_rpl_branch`` knows; the first is the default (and the design of
-    #: model files that record none)
+    #: RPL branch designs ``build_rpl_branch`` knows; the first is the default
     rpl_designs: Tuple[str, ...] = ("aspp",)
+    #: the design of model files that record none (written before designs were recorded); None:
+    #: the default design
+    unrecorded_rpl_design: Optional[str] = None
+
+    @property
+    def design_of_unrecorded(self) -> str:
+        return self.unrecorded_rpl_design or self.rpl_designs[0]
 
     @property
     def num_inlier(self) -> int:
@@ -75,14 +81,14 @@ def get_architecture(name: str) -> Architecture:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
 
 
-def espnetv2_rpl_branch(closed_set: ESPNetv2Segmentation, width: int = 64, design: str = "pyramid") -> RPLBranch:
+def espnetv2_rpl_branch(closed_set: ESPNetv2Segmentation, width: int = 128, design: str = "aspp") -> RPLBranch:
     """ESPNetv2's RPL branch on the level-4 feature (stride 16, 512 channels), in one of three designs.
 
+    * ``aspp`` (the default, the shipped model's): :class:`SeparableASPP` (512 → ``width``, randomly
+      initialised), which keeps the whole feature, as the official branch keeps its 4096-channel input.
     * ``pyramid``: a copy of the closed-set network's own context module ``bu_dec_l1`` (EfficientPyrPool
       512 → 10 → 64), as the official code copies DeepLabV3+'s ASPP; copied when the widths match.
       Its first layer keeps only 10 of the 512 channels, the ones the decoder needs for Cityscapes.
-    * ``aspp``: :class:`SeparableASPP` (512 → ``width``, randomly initialised), which keeps the
-      whole feature, as the official branch keeps its 4096-channel input.
     * ``aspp_fine``: the ``aspp`` context, and a residual that also reads the head's input feature
       (:class:`FineRPLBranch`): sharp enough for small obstacles.
     """
@@ -93,7 +99,7 @@ def espnetv2_rpl_branch(closed_set: ESPNetv2Segmentation, width: int = 64, desig
     elif design in ("aspp", "aspp_fine"):
         context = SeparableASPP(closed_set.deep_channels, width)
     else:
-        raise ValueError(f"unknown ESPNetv2 RPL branch design {design!r}; known: pyramid, aspp, aspp_fine")
+        raise ValueError(f"unknown ESPNetv2 RPL branch design {design!r}; known: aspp, pyramid, aspp_fine")
     if design == "aspp_fine":
         return FineRPLBranch(context, width, closed_set.head_channels)
     return RPLBranch(context, width, closed_set.head_channels)
@@ -103,9 +109,12 @@ register_architecture(Architecture(
     name="espnetv2_cityscapes",
     build_closed_set=espnetv2_cityscapes,
     build_rpl_branch=espnetv2_rpl_branch,
-    default_rpl_width=64,
+    # aspp / 128: the shipped model's branch, better than the pyramid copy on every held-back set
+    # (docs/rpl_training.md); files from before designs were recorded hold the pyramid
+    default_rpl_width=128,
     input_size=(1024, 512),
-    rpl_designs=("pyramid", "aspp", "aspp_fine"),
+    rpl_designs=("aspp", "pyramid", "aspp_fine"),
+    unrecorded_rpl_design="pyramid",
 ))
 
 # DeepLabV3+ (19 Cityscapes classes, trained and evaluated on full 2048×1024 frames)

@@ -39,7 +39,7 @@ DEFAULTS: Dict[str, Any] = {
         "segmenter": None,  # rpl_perception checkpoint or segmenter .pth; None = the embedded default
         "architecture": None,  # registry name; needed only for a plain .pth state dict
         "rpl_width": None,  # branch width; None = the architecture's default
-        "rpl_design": None,  # branch design (ESPNetv2: pyramid | aspp); None = the architecture's default
+        "rpl_design": None,  # branch design (ESPNetv2: aspp | pyramid | aspp_fine); None = the architecture's default
     },
     "data": {
         # one inlier source, or a list of them (each with these keys) sampled by their weights

@@ -11,6 +11,7 @@ import yaml
 
 from rpl_perception import AnomalySegmenter
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model
+from rpl_perception.models.rpl import SeparableASPP
 from rpl_training import datasets as training_datasets
 from rpl_training.config import DEFAULTS, ConfigError, load_config
 from rpl_training.data import IterationBatchSampler, build_dataset, collate
@@ -56,7 +57,11 @@ def _assert_same_state(a, b):
 
 def test_initialisation_as_the_official_code():
     torch.manual_seed(0)
-    network, projector, meta = build_network({"segmenter": None, "architecture": None, "rpl_width": None})
+    default, _, default_meta = build_network({"segmenter": None, "architecture": None, "rpl_width": None})
+    assert (default_meta.rpl_design, default_meta.rpl_width) == ("aspp", 128)  # the shipped model's design
+    assert isinstance(default.branch.context, SeparableASPP)
+    network, projector, meta = build_network({"segmenter": None, "architecture": None, "rpl_width": None,
+                                              "rpl_design": "pyramid"})
     assert meta.rpl_width == 64 and meta.score == "rpl_energy"
     own_context = network.closed_set.bu_dec_l1.state_dict()  # ESPNetv2's context module, copied
     for key, value in network.branch.context.state_dict().items():
