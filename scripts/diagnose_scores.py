@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT
 from rpl_perception.eval.datasets import open_dataset
-from rpl_perception.eval.runner import MultiScorePredictor
+from rpl_perception.eval.offline import MultiScorePredictor
 from rpl_perception.eval.suite import load_suite
 from rpl_perception.segmenter import AnomalySegmenter
 

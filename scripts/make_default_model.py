@@ -31,7 +31,7 @@ from tqdm import tqdm
 from rpl_perception.calibration import calibrate
 from rpl_perception.checkpoint import load_model, save_checkpoint
 from rpl_perception.eval.datasets import open_dataset
-from rpl_perception.eval.runner import MultiScorePredictor, available_scores
+from rpl_perception.eval.offline import MultiScorePredictor, available_scores
 from rpl_perception.eval.suite import load_suite
 from rpl_perception.image import resize_labels
 from rpl_perception.segmenter import AnomalySegmenter

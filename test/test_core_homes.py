@@ -92,7 +92,7 @@ def test_the_entropy_colour_range_follows_the_model_class_count():
 
 
 def test_the_live_evaluation_names_the_node_parameters_from_the_node_table():
-    from rpl_perception.eval.runner import NodeOptions
+    from rpl_perception.eval.live import NodeOptions
     from rpl_perception.ros.parameters import PARAMETERS, ros_arguments
 
     options = NodeOptions("m.safetensors", "energy", (64, 32), 0.5, "cpu", "reliable", "torch", "fp32", "/c")

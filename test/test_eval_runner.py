@@ -13,18 +13,12 @@ from rpl_perception import AnomalySegmenter  # noqa: E402
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model  # noqa: E402
 from rpl_perception.cli import main  # noqa: E402
 from rpl_perception.eval.bags import BagFrame, ImageBagWriter, write_frames  # noqa: E402
+from rpl_perception.eval.evaluation import Evaluation, latency_summary
+from rpl_perception.eval.frames import EvalFrame, frames_from_bag
+from rpl_perception.eval.live import NodeOptions, evaluate_live
 from rpl_perception.eval.metrics import ComponentMetricAccumulator, miou, pixel_metrics, to_float16  # noqa: E402
-from rpl_perception.eval.runner import (  # noqa: E402
-    EvalFrame,
-    Evaluation,
-    MultiScorePredictor,
-    NodeOptions,
-    evaluate_live,
-    evaluate_offline,
-    evaluate_recorded,
-    frames_from_bag,
-    latency_summary,
-)
+from rpl_perception.eval.offline import MultiScorePredictor, evaluate_offline
+from rpl_perception.eval.recorded import evaluate_recorded
 from rpl_perception.models import RPLNetwork, get_architecture  # noqa: E402
 
 NETWORK_SIZE = (128, 64)

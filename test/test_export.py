@@ -15,18 +15,12 @@ from rpl_perception import AnomalySegmenter
 from rpl_perception.backends import OnnxRuntimeBackend
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model, read_checkpoint
 from rpl_perception.cli import main as cli_main
-from rpl_perception.export import (
-    ExportForms,
-    adaptive_pool_matrix,
-    check_parity,
-    export_onnx,
-    exportable_adaptive_avg_pool2d,
-    read_onnx_metadata,
-    sample_batch,
-)
+from rpl_perception.export import export_onnx, read_onnx_metadata
+from rpl_perception.export_forms import ExportForms, adaptive_pool_matrix, exportable_adaptive_avg_pool2d
 from rpl_perception.image import resize_rgb
 from rpl_perception.models import AnomalyModel, get_architecture
 from rpl_perception.models.espnetv2 import EfficientPyrPool
+from rpl_perception.parity import check_parity, sample_batch
 
 SMALL = (256, 128)
 

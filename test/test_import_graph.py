@@ -22,7 +22,8 @@ PACKAGES = {"rpl_perception": REPO / "rpl_perception", "rpl_training": REPO / "t
 LAYERS: List[Tuple[str, Dict[str, Tuple[str, ...]]]] = [
     ("core", {"core": ("rpl_perception.labels", "rpl_perception.resources", "rpl_perception.image",
                        "rpl_perception.scoring", "rpl_perception.calibration", "rpl_perception.models",
-                       "rpl_perception.checkpoint", "rpl_perception.export", "rpl_perception.visualize",
+                       "rpl_perception.checkpoint", "rpl_perception.export", "rpl_perception.export_forms",
+                       "rpl_perception.parity", "rpl_perception.files", "rpl_perception.visualize",
                        "rpl_perception.image_codec", "rpl_perception.topics")}),
     ("backends", {"backends": ("rpl_perception.backends",)}),
     # the package's own __init__ is the facade that re-exports AnomalySegmenter

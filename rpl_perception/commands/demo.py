@@ -73,8 +73,8 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    from ..eval import runner
     from ..eval.bags import write_frames
+    from ..eval.live import NodeOptions, evaluate_live
     from ..eval.report import write_report
     from .evaluate import print_summary
 
@@ -97,8 +97,8 @@ def run(args) -> int:
     print(f"[2/3] anomaly_node ({args.model} model, score {segmenter.score}) serving {TOPIC}; replaying {pace} "
           f"and recording into {recorded}", flush=True)
     # reliable: large frames sent best-effort between processes can be lost whole by the DDS
-    node = runner.NodeOptions(args.model, args.score, args.size, args.smoothing_sigma, args.device, "reliable")
-    result = runner.evaluate_live(bag, TOPIC, score=segmenter.score, meta=segmenter.meta, node_options=node,
+    node = NodeOptions(args.model, args.score, args.size, args.smoothing_sigma, args.device, "reliable")
+    result = evaluate_live(bag, TOPIC, score=segmenter.score, meta=segmenter.meta, node_options=node,
                                   timeout_s=args.timeout, startup_timeout_s=args.startup_timeout,
                                   record=recorded, rate_scale=1.0 if args.rate is None else args.rate,
                                   lockstep=args.rate is None)

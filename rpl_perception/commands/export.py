@@ -38,7 +38,8 @@ def register(subparsers):
 
 def run(args) -> int:
     from ..backends import OnnxRuntimeBackend
-    from ..export import DEFAULT_OPSET, check_parity, export_onnx, sample_batch
+    from ..export import DEFAULT_OPSET, export_onnx
+    from ..parity import check_parity, sample_batch
 
     if args.device != "cpu":
         raise ValueError("export traces on the CPU; drop --device")

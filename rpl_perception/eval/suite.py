@@ -21,7 +21,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import yaml
 
 from .datasets import DATASET_KINDS, open_dataset
-from .runner import EvaluationResult, evaluate_offline, frames_from_dataset
+from .evaluation import EvaluationResult
+from .frames import frames_from_dataset
+from .offline import evaluate_offline
 
 __all__ = ["SuiteSet", "SuiteResult", "load_suite", "native_size", "run_suite", "suite_table", "suite_summary"]
 

@@ -52,7 +52,7 @@ class AnomalyScoring(nn.Module):
     each computed exactly as it would be alone. Eager PyTorch takes the labels from ``max(dim)``
     (one pass, ~7× faster than ``argmax`` over the channel axis on the CPU), reuses that maximum
     in the closed-set logsumexp and spells logsumexp out; while tracing for export the plain
-    ``argmax`` / ``logsumexp`` are kept, which :class:`rpl_perception.export.ExportForms` turns
+    ``argmax`` / ``logsumexp`` are kept, which :class:`rpl_perception.export_forms.ExportForms` turns
     into the same one-reduction form.
     """
 

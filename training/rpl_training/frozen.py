@@ -12,7 +12,7 @@ Per batch of uint8 images (B, H, W, 3) the frozen pass gives (:data:`FROZEN_KEYS
 It runs on the training device inside the model's step (GPU), or, on a CPU, inside the data
 loader's worker process (:class:`FrozenCollate`): there it overlaps the trainable step of the
 previous batch on the other core, and with ``onnxruntime`` it runs as one ONNX graph exported
-with :class:`rpl_perception.export.ExportForms` (the same rewrites as the deployed model). The
+with :class:`rpl_perception.export_forms.ExportForms` (the same rewrites as the deployed model). The
 values are those of the eager closed-set network up to float rounding (tested).
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rpl_perception.export import ExportForms
+from rpl_perception.export_forms import ExportForms
 from rpl_perception.models import ImageNormalisation
 
 from .data import collate

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from rpl_perception.export import file_sha256
+from rpl_perception.files import file_sha256
 from rpl_perception.image import resize_rgb
 
 __all__ = ["RoadMasks"]
