@@ -101,12 +101,12 @@ class ExportForms(TorchFunctionMode):
     - ``torch.prelu`` → ``relu(x) + (−a)·relu((−1)·x)`` with the two per-channel products as
       BatchNormalization (mean 0, variance 1, ε 0): the same values (products by −1 and
       relu(x) + 0 are exact). ONNX Runtime's CPU PRelu kernel is slow and breaks its blocked
-      (NCHWc) layout, which BatchNormalization keeps: the whole graph ran ~1.3× faster.
+      (NCHWc) layout, which BatchNormalization keeps.
     - ``torch.logsumexp`` → ``m + log Σ exp(x − m)``, m = max: the definition PyTorch computes,
       spelt out because ONNX Runtime's ReduceLogSumExp over the channel axis is slow; a sum
       over the channels of (N, C, H, W) is a 1×1 convolution with ones (the same sum in
       another order, so equal to ~1e-7 relative; ONNX Runtime's ReduceSum over that axis is
-      ~5× slower than its convolution).
+      slower than its convolution).
     - a channel slice ``[:, a:b]`` of an ``F.interpolate`` result → the interpolation of the
       slice (interpolation never mixes channels): the model keeps 19 of 20 logit channels,
       and this saves a full-resolution copy; the unused full resize drops out of the graph.

@@ -128,7 +128,7 @@ class DeploymentSpec:
 
     @property
     def dynamic_batch(self) -> bool:
-        """A graph for one frame at a time is exported static (ONNX Runtime runs it ~10 % faster)."""
+        """A graph for one frame at a time is exported static (ONNX Runtime runs a static graph faster)."""
         return self.batch != (1, 1, 1)
 
     def onnx_file(self, model, size: Tuple[int, int]) -> Path:
