@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: package name → its folder
 PACKAGES = {"rpl_perception": REPO / "rpl_perception", "rpl_training": REPO / "training" / "rpl_training"}
 
-#: The layers, lowest first: (layer, {group: module prefixes}). A module may import its own group
+#: The layers, lowest first: (layer, {group: module prefixes}); docs/layers.md shows the same table
+#: (test_the_documented_table_is_this_one). A module may import its own group
 #: and any lower layer; a sideways import (another group of its own layer) or an upward one is an
 #: error unless it is listed in ALLOWED below. Within a group, only cycles are errors.
 LAYERS: List[Tuple[str, Dict[str, Tuple[str, ...]]]] = [
@@ -190,3 +191,11 @@ def test_reading_a_bag_needs_no_ros_module(graph):
             todo.extend(graph[module])
     assert "rpl_perception.image_codec" in seen
     assert sorted(m for m in seen if m.startswith("rpl_perception.ros")) == []
+
+
+def test_the_documented_table_is_this_one():
+    rows = [line.split("|")[1:4] for line in (REPO / "docs" / "layers.md").read_text(encoding="utf-8").splitlines()
+            if line.startswith("| ") and not line.startswith("| layer")]
+    documented = [(layer.strip(), group.strip(), tuple(m.strip(" `") for m in modules.split(",")))
+                  for layer, group, modules in rows]
+    assert documented == [(layer, group, prefixes) for layer, groups in LAYERS for group, prefixes in groups.items()]
