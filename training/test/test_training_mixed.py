@@ -145,7 +145,7 @@ def test_training_forward_equals_the_whole_network_on_the_joint_batch(tiny_data,
     loss.backward()
     grads = [p.grad.clone() for p in network.branch.parameters()]
 
-    # the reference: everything through the full RPLSegmenter in one batch
+    # the reference: everything through the full RPLNetwork in one batch
     from rpl_training.losses import corocl_loss, rpl_losses
     for p in network.branch.parameters():
         p.grad = None
