@@ -85,7 +85,7 @@ def unwrap_state_dict(obj, source) -> Dict[str, torch.Tensor]:
         obj = obj[wrapper]
     if not isinstance(obj, dict):
         raise CheckpointError(f"{source}: expected a plain state dict (name → tensor) of the "
-                              f"segmenter, got {type(obj).__name__}")
+                              f"closed-set network, got {type(obj).__name__}")
     return {_strip_data_parallel(k): v for k, v in obj.items()}
 
 
