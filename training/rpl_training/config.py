@@ -36,7 +36,7 @@ DEFAULTS: Dict[str, Any] = {
     "seed": 666,
     "output_dir": "runs/rpl",
     "model": {
-        "segmenter": None,  # rpl_perception checkpoint or segmenter .pth; None = the embedded default
+        "segmenter": None,  # the closed-set network: an rpl_perception model file or a .pth state dict; None = the embedded default
         "architecture": None,  # registry name; needed only for a plain .pth state dict
         "rpl_width": None,  # branch width; None = the architecture's default
         "rpl_design": None,  # branch design (ESPNetv2: aspp | pyramid | aspp_fine); None = the architecture's default
