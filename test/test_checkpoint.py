@@ -46,11 +46,12 @@ def test_files_with_the_earlier_group_name_still_load(tmp_path, default_model):
     with safe_open(str(path), framework="pt") as fh:
         header = fh.metadata()
     earlier = tmp_path / "earlier.safetensors"
-    save_file({"segmenter." + key.removeprefix("closed_set."): value for key, value in tensors.items()},
-              str(earlier), metadata=header)
+    save_file({("segmenter." + key.removeprefix("closed_set.")) if key.startswith("closed_set.") else key: value
+               for key, value in tensors.items()}, str(earlier), metadata=header)
     (_, new_groups), (_, earlier_groups) = read_checkpoint(path), read_checkpoint(earlier)
     assert new_groups["closed_set"].keys() == earlier_groups["closed_set"].keys()
-    assert all(torch.equal(value, earlier_groups["closed_set"][key]) for key, value in new_groups["closed_set"].items())
+    for group in ("closed_set", "rpl"):
+        assert all(torch.equal(value, earlier_groups[group][key]) for key, value in new_groups[group].items())
 
 
 def test_missing_file_names_the_path(tmp_path):

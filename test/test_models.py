@@ -87,7 +87,8 @@ def test_separable_aspp_branch_keeps_every_deep_channel():
     torch.manual_seed(0)
     arch = get_architecture("espnetv2_cityscapes")
     seg = load_closed_set(DEFAULT_CHECKPOINT)
-    assert arch.rpl_designs == ("pyramid", "aspp", "aspp_fine")
+    assert arch.rpl_designs == ("aspp", "pyramid", "aspp_fine") and arch.default_rpl_width == 128
+    assert arch.design_of_unrecorded == "pyramid"  # files from before designs were recorded
     branch = arch.build_rpl_branch(seg, 128, "aspp")
     context = branch.context
     assert context.project[0].in_channels == 512 and context.project[0].out_channels == 128

