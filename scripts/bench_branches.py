@@ -16,7 +16,7 @@ import time
 import torch
 
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model
-from rpl_perception.models import RPLSegmenter, get_architecture
+from rpl_perception.models import RPLNetwork, get_architecture
 
 
 def fastest_ms(fn, rounds: int) -> float:
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
     network, meta = load_model(DEFAULT_CHECKPOINT, with_branch=False)
-    segmenter = network.segmenter
+    segmenter = network.closed_set
     arch = get_architecture(meta.architecture)
     x = torch.randn(1, 3, height, width)
     torch.manual_seed(0)
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         for item in args.designs:
             design, _, branch_width = item.partition(":")
             branch = arch.build_rpl_branch(segmenter, int(branch_width), design).eval()
-            whole = RPLSegmenter(segmenter, branch).eval()
+            whole = RPLNetwork(segmenter, branch).eval()
             ms = fastest_ms(lambda net=whole: net(x), args.rounds)
             rows.append((design, int(branch_width), sum(p.numel() for p in branch.parameters()), ms))
     print(f"\nnetwork input {width}x{height}, eager PyTorch on the CPU ({torch.get_num_threads()} threads), batch 1, "

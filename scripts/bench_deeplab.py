@@ -32,7 +32,7 @@ MODELS = {
 
 def build(arch_name):
     arch = get_architecture(arch_name)
-    segmenter = arch.build_segmenter()
+    segmenter = arch.build_closed_set()
     network = RPLNetwork(segmenter, arch.build_rpl_branch(segmenter, arch.default_rpl_width, arch.rpl_designs[0]))
     model = AnomalyModel(network, num_inlier=arch.num_inlier, mean=arch.mean, std=arch.std,
                          score="rpl_energy", smoothing_sigma=1.0)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Peak memory of the streaming evaluation (rpl_perception.eval.runner) as the number of frames grows.
+"""Peak memory of the streaming evaluation (rpl_perception.eval.evaluation) as the number of frames grows.
 
 Feeds N synthetic frames into the same path an offline evaluation takes after the network: a bag
 is written, read back frame by frame (``frames_from_bag``: decode + match by stamp) and every frame's
@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rpl_perception.eval.bags import BagFrame, write_frames  # noqa: E402
-from rpl_perception.eval.runner import Evaluation, frames_from_bag  # noqa: E402
+from rpl_perception.eval.evaluation import Evaluation  # noqa: E402
+from rpl_perception.eval.frames import frames_from_bag  # noqa: E402
 
 SCORES = ("energy", "max_logit", "max_softmax", "entropy")
 

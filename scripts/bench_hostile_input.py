@@ -165,6 +165,44 @@ def verdict_in_log(log_text: str, after: float):
     return None, None
 
 
+def send_hostile(client, name: str, message):
+    """Publish case ``name`` → (size in bytes, its stamp in seconds)."""
+    description, _, kind, _ = CASES[name]
+    if kind == "compressed":
+        msg = client.CompressedImage(format="png" if "PNG" in description else "jpeg")
+        msg.data = message
+        sent = client.stamp(msg)
+        client.compressed.publish(msg)
+        return len(msg.data), sent
+    msg = client.Image(height=20000, width=20000, encoding="rgb8", step=60000)
+    msg.data = bytes(1000)
+    sent = client.stamp(msg)
+    client.raw.publish(msg)
+    return 1000, sent
+
+
+def hostile_row(client, node, log, name: str, message, gap: float, rss_before: float):
+    """Send one hostile message, wait ``gap`` seconds, and read what became of it and of the victim
+    → (table row, node RSS now)."""
+    size, sent = send_hostile(client, name, message)
+    t_sent = time.monotonic()
+    time.sleep(gap)
+    with client.lock:
+        times = [t for t in client.victim_outputs if t >= t_sent]
+        served = any(abs(s + ns * 1e-9 - sent) < 1e-6 for s, ns in client.hostile_outputs)
+    gaps = np.diff([t_sent] + times) if times else np.array([gap])
+    log.flush()
+    with open(log.name, encoding="utf-8", errors="replace") as f:
+        logged_at, verdict = verdict_in_log(f.read(), sent)
+    if served:
+        verdict = "served"
+    rss = rss_mib(node.pid)
+    verdict = (verdict or "no verdict").replace("skipped a message: ", "")
+    row = (CASES[name][0], f"{size / 1e3:.0f} kB", verdict[:110], f"{logged_at - sent:.3f}" if logged_at else "-",
+           f"{gaps.max():.2f}", f"{rss:.0f} ({rss - rss_before:+.0f})", "yes" if node.poll() is None else "NO")
+    return row, rss
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.update(ROS_DOMAIN_ID=str(random.randint(100, 200)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
@@ -198,36 +236,8 @@ def main(argv=None) -> int:
                      f"{np.diff([t_start] + times).max():.2f}" if times else f"> {args.gap}",
                      f"{rss_before:.0f} ({rss_before - rss_start:+.0f})", "yes"))
         for name in args.cases:
-            description, topic, kind, _ = CASES[name]
-            if kind == "compressed":
-                msg = client.CompressedImage(format="png" if "PNG" in description else "jpeg")
-                msg.data = messages[name]
-                size = len(msg.data)
-                sent = client.stamp(msg)
-                client.compressed.publish(msg)
-            else:
-                msg = client.Image(height=20000, width=20000, encoding="rgb8", step=60000)
-                msg.data = bytes(1000)
-                size = 1000
-                sent = client.stamp(msg)
-                client.raw.publish(msg)
-            t_sent = time.monotonic()
-            time.sleep(args.gap)
-            with client.lock:
-                times = [t for t in client.victim_outputs if t >= t_sent]
-                served = any(abs(s + ns * 1e-9 - sent) < 1e-6 for s, ns in client.hostile_outputs)
-            gaps = np.diff([t_sent] + times) if times else np.array([args.gap])
-            log.flush()
-            with open(log.name, encoding="utf-8", errors="replace") as f:
-                logged_at, verdict = verdict_in_log(f.read(), sent)
-            if served:
-                verdict = "served"
-            rss = rss_mib(node.pid)
-            verdict = (verdict or "no verdict").replace("skipped a message: ", "")
-            rows.append((description, f"{size / 1e3:.0f} kB", verdict[:110],
-                         f"{logged_at - sent:.3f}" if logged_at else "-", f"{gaps.max():.2f}",
-                         f"{rss:.0f} ({rss - rss_before:+.0f})", "yes" if node.poll() is None else "NO"))
-            rss_before = rss
+            row, rss_before = hostile_row(client, node, log, name, messages[name], args.gap, rss_before)
+            rows.append(row)
             print(f"  {name}: {rows[-1]}", file=sys.stderr, flush=True)
     finally:
         stop.set()

@@ -164,6 +164,106 @@ def ms(seconds):
     return f"{seconds * 1e3:.1f}"
 
 
+def _start_node(executable: str, args, log):
+    return subprocess.Popen([executable, "--ros-args", "-p", f"image_topics:=[{TOPIC}]",
+                             "-p", f"backend:={args.backend}", "-p", f"device:={args.device}",
+                             "-p", "qos_reliability:=reliable"], stderr=log)
+
+
+def _wait_for_node(client, node, log) -> None:
+    deadline = time.monotonic() + 120
+    while not client.publisher.get_subscription_count():
+        if node.poll() is not None or time.monotonic() > deadline:
+            log.seek(0)
+            sys.exit(f"the node did not start:\n{log.read()}")
+        time.sleep(0.05)
+
+
+def one_at_a_time(client, core_predict, rgb, frames: int) -> dict:
+    """Phase 1, one frame at a time: end-to-end latency against the core's predict time."""
+    keys, predict = [], []
+    first_period = 0
+    for i in tqdm(range(frames + 2), desc="one at a time", unit="frame"):
+        if i == 2:  # the first two warm up DDS matching and caches
+            first_period = len(client.inference_ms)
+        predict.append(core_predict(rgb))
+        key = client.publish()
+        if not client.wait(key, timeout=120):
+            sys.exit("no anomaly map came back within 120 s")
+        keys.append(key)
+    time.sleep(1.5)  # the last diagnostics period
+    sequential = client.latencies(keys[2:])
+    inference = float(np.median(predict[2:]))
+    # the node's own predict and stamp → published latency, per diagnostics period (about one
+    # frame each): the same frames, process and moment as the end-to-end times
+    node_predict = np.median(client.inference_ms[first_period:]) / 1e3
+    return {"sequential": sequential, "inference": inference,
+            "overhead": float(np.median(sequential)) - inference, "node_predict": node_predict,
+            "node_latency": np.median(client.node_latency_ms[first_period:]) / 1e3,
+            "node_overhead": float(np.median(sequential)) - node_predict,
+            "stream_period": len(client.inference_ms)}
+
+
+def stream(client, node, rate: float, frames: int, inference: float) -> dict:
+    """Phase 2, overload: frames at ``rate`` while inference takes far longer."""
+    rss_samples = [rss_mib(node.pid)]
+    period = 1.0 / rate
+    keys = []
+    start = time.perf_counter()
+    for i in tqdm(range(frames), desc=f"{rate:g} Hz stream", unit="frame"):
+        time.sleep(max(0.0, start + i * period - time.perf_counter()))
+        keys.append(client.publish())
+        if i % 100 == 99:
+            rss_samples.append(rss_mib(node.pid))
+    stream_seconds = time.perf_counter() - start
+    client.wait(keys[-1], timeout=max(10, 5 * inference))
+    time.sleep(2.5)  # one more diagnostics period
+    return {"rss_samples": rss_samples, "rss_end": rss_mib(node.pid), "seconds": stream_seconds,
+            "streamed": client.latencies(keys), "diagnostics": client.diagnostics or {}}
+
+
+def _stop(node, client, log) -> str:
+    node.send_signal(signal.SIGINT)
+    try:
+        node.wait(timeout=60)
+    finally:
+        node.kill()
+    client.close()
+    log.seek(0)
+    return log.read()
+
+
+def table(args, size, backend, single: dict, streamed: dict, stream_predict: float, node, stderr: str):
+    width, height = size
+    latencies = streamed["streamed"]
+    p50, p95 = np.percentile(latencies, [50, 95]) if latencies.size else (np.nan, np.nan)
+    rss = streamed["rss_samples"]
+    node_predict, node_overhead = single["node_predict"], single["node_overhead"]
+    return [
+        ("frame / network", f"{width}×{height} rgb8 / model default, {backend}"),
+        ("one at a time: end-to-end p50 (publish → anomaly received) [ms]", ms(np.median(single["sequential"]))),
+        ("one at a time: end-to-end p95 [ms]", ms(np.percentile(single["sequential"], 95))),
+        ("one at a time: the node's own predict p50 (diagnostics) [ms]", ms(node_predict)),
+        ("one at a time: stamp → published in the node p50 (diagnostics) [ms]", ms(single["node_latency"])),
+        ("overhead vs the node's own predict [ms]", ms(node_overhead)),
+        ("overhead vs the node's own predict [%] (target ≤ 10)", f"{100 * node_overhead / node_predict:.1f}"),
+        ("cross-check: core predict p50 in the benchmark process [ms]", ms(single["inference"])),
+        ("cross-check: overhead vs that [%]", f"{100 * single['overhead'] / single['inference']:.1f}"),
+        (f"stream: frames published at {args.rate:g} Hz", f"{args.frames} in {streamed['seconds']:.1f} s"),
+        ("stream: anomaly maps received", str(latencies.size)),
+        ("stream: frames dropped (node diagnostics, both phases)",
+         streamed["diagnostics"].get("dropped frames", "n/a")),
+        ("stream: latency p50 [ms]", ms(p50)),
+        ("stream: latency p95 [ms]", ms(p95)),
+        ("stream: the node's own predict p50 (diagnostics) [ms]", ms(stream_predict)),
+        ("stream: latency p95 / predict (target < 2)", f"{p95 / stream_predict:.2f}"),
+        ("node RSS start / after 100 frames / end [MiB]",
+         f"{rss[0]:.0f} / {rss[min(1, len(rss) - 1)]:.0f} / {streamed['rss_end']:.0f}"),
+        ("node RSS max during stream [MiB]", f"{max(rss + [streamed['rss_end']]):.0f}"),
+        ("node exit code after SIGINT", f"{node.returncode}" + (" (traceback!)" if "Traceback" in stderr else "")),
+    ]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
@@ -183,94 +283,19 @@ def main(argv=None) -> int:
         core_predict(rgb)
 
     log = tempfile.TemporaryFile("w+")  # not a pipe: a full pipe would stall the node
-    node = subprocess.Popen([executable, "--ros-args", "-p", f"image_topics:=[{TOPIC}]",
-                             "-p", f"backend:={args.backend}", "-p", f"device:={args.device}",
-                             "-p", "qos_reliability:=reliable"], stderr=log)
+    node = _start_node(executable, args, log)
     client = Client(rgb)
     try:
-        deadline = time.monotonic() + 120
-        while not client.publisher.get_subscription_count():
-            if node.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                sys.exit(f"the node did not start:\n{log.read()}")
-            time.sleep(0.05)
-
-        # 1. one frame at a time: end-to-end latency against the core's predict time
-        keys, predict = [], []
-        for i in tqdm(range(args.latency_frames + 2), desc="one at a time", unit="frame"):
-            if i == 2:  # the first two warm up DDS matching and caches
-                first_period = len(client.inference_ms)
-            predict.append(core_predict(rgb))
-            key = client.publish()
-            if not client.wait(key, timeout=120):
-                sys.exit("no anomaly map came back within 120 s")
-            keys.append(key)
-        time.sleep(1.5)  # the last diagnostics period
-        sequential = client.latencies(keys[2:])
-        inference = float(np.median(predict[2:]))
-        overhead = float(np.median(sequential)) - inference
-        # the node's own predict and stamp → published latency, per diagnostics period (about one
-        # frame each): the same frames, process and moment as the end-to-end times
-        node_predict = np.median(client.inference_ms[first_period:]) / 1e3
-        node_latency = np.median(client.node_latency_ms[first_period:]) / 1e3
-        node_overhead = float(np.median(sequential)) - node_predict
-        stream_period = len(client.inference_ms)
+        _wait_for_node(client, node, log)
+        single = one_at_a_time(client, core_predict, rgb, args.latency_frames)
         core_predict.close()  # the stream phase measures the node alone
         del segmenter
-
-        # 2. overload: frames at --rate while inference takes far longer
-        rss_start = rss_mib(node.pid)
-        rss_samples = [rss_start]
-        period = 1.0 / args.rate
-        keys = []
-        start = time.perf_counter()
-        for i in tqdm(range(args.frames), desc=f"{args.rate:g} Hz stream", unit="frame"):
-            time.sleep(max(0.0, start + i * period - time.perf_counter()))
-            keys.append(client.publish())
-            if i % 100 == 99:
-                rss_samples.append(rss_mib(node.pid))
-        stream_seconds = time.perf_counter() - start
-        client.wait(keys[-1], timeout=max(10, 5 * inference))
-        time.sleep(2.5)  # one more diagnostics period
-        rss_end = rss_mib(node.pid)
-        streamed = client.latencies(keys)
-        diagnostics = client.diagnostics or {}
+        streamed = stream(client, node, args.rate, args.frames, single["inference"])
     finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            node.wait(timeout=60)
-        finally:
-            node.kill()
-        client.close()
-        log.seek(0)
-        stderr = log.read()
+        stderr = _stop(node, client, log)
 
-    p50, p95 = np.percentile(streamed, [50, 95]) if streamed.size else (np.nan, np.nan)
-    stream_predict = np.median(client.inference_ms[stream_period:]) / 1e3
-    rows = [
-        ("frame / network", f"{width}×{height} rgb8 / model default, {backend}"),
-        ("one at a time: end-to-end p50 (publish → anomaly received) [ms]", ms(np.median(sequential))),
-        ("one at a time: end-to-end p95 [ms]", ms(np.percentile(sequential, 95))),
-        ("one at a time: the node's own predict p50 (diagnostics) [ms]", ms(node_predict)),
-        ("one at a time: stamp → published in the node p50 (diagnostics) [ms]", ms(node_latency)),
-        ("overhead vs the node's own predict [ms]", ms(node_overhead)),
-        ("overhead vs the node's own predict [%] (target ≤ 10)",
-         f"{100 * node_overhead / node_predict:.1f}"),
-        ("cross-check: core predict p50 in the benchmark process [ms]", ms(inference)),
-        ("cross-check: overhead vs that [%]", f"{100 * overhead / inference:.1f}"),
-        (f"stream: frames published at {args.rate:g} Hz", f"{args.frames} in {stream_seconds:.1f} s"),
-        ("stream: anomaly maps received", str(streamed.size)),
-        ("stream: frames dropped (node diagnostics, both phases)", diagnostics.get("dropped frames", "n/a")),
-        ("stream: latency p50 [ms]", ms(p50)),
-        ("stream: latency p95 [ms]", ms(p95)),
-        ("stream: the node's own predict p50 (diagnostics) [ms]", ms(stream_predict)),
-        ("stream: latency p95 / predict (target < 2)", f"{p95 / stream_predict:.2f}"),
-        ("node RSS start / after 100 frames / end [MiB]",
-         f"{rss_start:.0f} / {rss_samples[min(1, len(rss_samples) - 1)]:.0f} / {rss_end:.0f}"),
-        ("node RSS max during stream [MiB]", f"{max(rss_samples + [rss_end]):.0f}"),
-        ("node exit code after SIGINT",
-         f"{node.returncode}" + (" (traceback!)" if "Traceback" in stderr else "")),
-    ]
+    stream_predict = np.median(client.inference_ms[single["stream_period"]:]) / 1e3
+    rows = table(args, (width, height), backend, single, streamed, stream_predict, node, stderr)
     width_col = max(len(name) for name, _ in rows)
     print(f"\n| {'measure'.ljust(width_col)} | value |\n|{'-' * (width_col + 2)}|-------|")
     for name, value in rows:

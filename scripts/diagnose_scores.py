@@ -4,7 +4,7 @@ anomaly pixels score low.
 
 For each set of a suite and each score, the threshold that detects 95 % of the anomaly pixels (the
 FPR95 operating point) is found; the normal pixels above it are the false positives. Per
-predicted closed-set class (the frozen segmenter's argmax) the table gives the class's share of
+predicted closed-set class (the frozen closed-set network's argmax) the table gives the class's share of
 the normal pixels, the fraction of them above the threshold (the class's own FPR at 95 % TPR) and
 its share of all false positives; anomaly pixels are broken down by the class the segmenter gave
 them. Pixels are sampled on a grid (every ``--stride``-th row and column of the label).
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT
 from rpl_perception.eval.datasets import open_dataset
-from rpl_perception.eval.runner import MultiScorePredictor
+from rpl_perception.eval.offline import MultiScorePredictor
 from rpl_perception.eval.suite import load_suite
 from rpl_perception.segmenter import AnomalySegmenter
 

@@ -184,7 +184,7 @@ def run(args):
     import numpy as np
     import torch
 
-    from rpl_perception.export import sample_batch
+    from rpl_perception.parity import sample_batch
 
     started = time.perf_counter()
     versions = preflight(args.deps)

@@ -1,6 +1,6 @@
 """Build the embedded default model file from a segmenter, or from an ``rpl-train`` result.
 
-    # the closed-set segmenter alone (no RPL branch: the anomaly score is the closed-set energy)
+    # the closed-set network alone (no RPL branch: the anomaly score is the closed-set energy)
     python scripts/make_default_model.py ../shared/models/espnetv2/espnetv2_s_2.0_city_1024x512.pth \
         --calibration ../shared/data/roadanomaly_dev --out rpl_perception/weights/espnetv2_cityscapes.safetensors
 
@@ -31,7 +31,7 @@ from tqdm import tqdm
 from rpl_perception.calibration import calibrate
 from rpl_perception.checkpoint import load_model, save_checkpoint
 from rpl_perception.eval.datasets import open_dataset
-from rpl_perception.eval.runner import MultiScorePredictor, available_scores
+from rpl_perception.eval.offline import MultiScorePredictor, available_scores
 from rpl_perception.eval.suite import load_suite
 from rpl_perception.image import resize_labels
 from rpl_perception.segmenter import AnomalySegmenter

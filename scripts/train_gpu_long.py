@@ -8,7 +8,7 @@ validate, and copy the checkpoints, logs and curve into ``--out``.
 
 It runs ``rpl-train`` on ``--config`` (default ``training/rpl_training/configs/mixed_long.yaml``:
 8,000 iterations of batch 8, half of the objects on the road) with ``train.device`` cuda,
-``train.amp`` on, the frozen segmenter on the GPU and ``data.num_workers`` from the machine's
+``train.amp`` on, the frozen closed-set network on the GPU and ``data.num_workers`` from the machine's
 cores, until ``--budget-s`` (default 390 s of training; the run's set-up, road masks, the final
 validation and the copies come on top). A run that is not finished stops at an iteration boundary
 and saves ``train_state.pt``; the next call with ``--resume-from`` (the ``run/`` folder this call

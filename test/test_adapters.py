@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rpl_perception import AnomalySegmenter
-from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, build_model, read_checkpoint
+from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, build_model, load_closed_set, read_checkpoint
 from rpl_perception.checkpoint.pytorch_files import (
     WRN38_ARCHITECTURE,
     convert_pytorch_object,
@@ -14,7 +14,6 @@ from rpl_perception.checkpoint.pytorch_files import (
     official_to_groups,
 )
 from rpl_perception.cli import main as cli_main
-from rpl_perception.models import load_segmenter
 from rpl_perception.models.deeplabv3plus import deeplabv3plus_resnet50
 
 PROJ = "branch1.residual_block.proj_head."
@@ -54,8 +53,8 @@ def test_official_file_runs_in_the_segmenter_unchanged(official_file, official_s
     assert seg.meta.provenance["format"] == "official-rpl"
     assert seg.meta.provenance["variant"] == "RPL+CoroCL"
     network = seg.network
-    pairs = {"branch1.final.6.weight": network.segmenter.final[6].weight,
-             "branch1.mod7.block1.convs.conv2.weight": network.segmenter.mod7.block1.convs.conv2.weight,
+    pairs = {"branch1.final.6.weight": network.closed_set.final[6].weight,
+             "branch1.mod7.block1.convs.conv2.weight": network.closed_set.mod7.block1.convs.conv2.weight,
              "branch1.residual_block.atten_aspp.features.3.0.weight":
                  network.branch.context.aspp.features[3][0].weight,
              "branch1.residual_block.bot_atten_aspp.weight": network.branch.context.bot_aspp.weight,
@@ -74,7 +73,7 @@ def test_convert_official_to_ours_and_back_is_exact(tmp_path, official_file, off
     meta, groups = read_checkpoint(ours)
     expected = official_to_groups(official_state)
     assert meta.rpl_width == 256 and meta.score == "rpl_energy"
-    for group in ("segmenter", "rpl", "projector"):
+    for group in ("closed_set", "rpl", "projector"):
         assert groups[group].keys() == expected[group].keys(), group
         assert all(torch.equal(groups[group][k], v) for k, v in expected[group].items()), group
     back = tmp_path / "back.pth"
@@ -90,7 +89,7 @@ def test_rpl_only_file_in_nested_wrappers_with_data_parallel_prefix(official_sta
     meta, groups = convert_pytorch_object({"model_state": {"state_dict": state}, "epoch": 1}, "rpl.pth")
     assert meta.provenance["variant"] == "RPL" and meta.rpl_width == 256
     assert groups["projector"] == {}
-    assert len(groups["segmenter"]) == 268 and len(groups["rpl"]) == 32
+    assert len(groups["closed_set"]) == 268 and len(groups["rpl"]) == 32
 
 
 def test_wrong_official_file_names_format_and_keys(official_state):
@@ -159,7 +158,7 @@ def nvidia_file(tmp_path_factory, official_state):
 
 
 def test_nvidia_file_is_a_closed_set_segmenter(nvidia_file, official_state):
-    seg = load_segmenter(nvidia_file)
+    seg = load_closed_set(nvidia_file)
     assert type(seg).__name__ == "DeepLabV3PlusWRN38"
     assert not seg.training and all(not p.requires_grad for p in seg.parameters())
     assert torch.equal(seg.aspp.features[1][0].weight, official_state["branch1.aspp.features.1.0.weight"])
@@ -174,12 +173,12 @@ def test_convert_nvidia_with_init_rpl_is_a_training_start(tmp_path, nvidia_file)
     assert meta.architecture == WRN38_ARCHITECTURE and meta.provenance["format"] == "nvidia-wrn38"
     assert meta.rpl_width == 256 and meta.score == "energy"  # untrained: not the default score
     assert "untrained" in meta.provenance["rpl"]
-    assert len(groups["segmenter"]) == 268  # the loss weights are dropped
-    # the branch's ASPP and bottleneck start as exact copies of the segmenter's
+    assert len(groups["closed_set"]) == 268  # the loss weights are dropped
+    # the branch's ASPP and bottleneck start as exact copies of the closed-set network's
     copies = {k: v for k, v in groups["rpl"].items() if k.startswith("context.")}
     assert len(copies) == 31
     for key, value in copies.items():
-        assert torch.equal(value, groups["segmenter"][key.removeprefix("context.")]), key
+        assert torch.equal(value, groups["closed_set"][key.removeprefix("context.")]), key
     assert groups["rpl"]["residual.weight"].shape == (304, 256, 1, 1)
     assert groups["projector"]["weight"].shape == (304, 256, 1, 1)  # rpl_training's nn.Conv2d
     assert torch.equal(groups["projector"]["bias"], torch.zeros(304))
@@ -197,7 +196,7 @@ def test_vainf_style_resnet_checkpoint_loads_by_architecture():
                                               "do not record; .*deeplabv3plus_resnet50_os16_cityscapes"):
         convert_pytorch_object({"model_state": state}, "best.pth")
     network = build_model(meta, groups, "vainf")
-    assert torch.equal(network.segmenter.backbone.layer4[2].conv3.weight, state["backbone.layer4.2.conv3.weight"])
+    assert torch.equal(network.closed_set.backbone.layer4[2].conv3.weight, state["backbone.layer4.2.conv3.weight"])
 
 
 def test_cli_refuses_official_output_for_other_models(tmp_path, capsys):

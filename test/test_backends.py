@@ -1,5 +1,5 @@
-"""Backends: the batch contract, ONNX Runtime against PyTorch, create_backend's choice and its
-log, the export cache, the TensorRT runtime (skipped without TensorRT and a GPU), and the
+"""Backends: the batch contract, ONNX Runtime against PyTorch, DeploymentSpec.create_backend's choice and
+its log, the export cache, the TensorRT runtime (skipped without TensorRT and a GPU), and the
 bench command's statistics, table and JSON."""
 
 import json
@@ -14,16 +14,17 @@ from rpl_perception import AnomalySegmenter
 from rpl_perception.backends import (
     AUTO_ORDER,
     BackendUnavailable,
+    DeploymentSpec,
     OnnxRuntimeBackend,
     TorchBackend,
-    create_backend,
     exported_onnx,
 )
 from rpl_perception.backends.common import check_batch, run_in_batches
 from rpl_perception.backends.tensorrt_build import tensorrt_available
 from rpl_perception.cli import main as cli_main
 from rpl_perception.commands.bench import format_table, parse_spec, percentile_ms
-from rpl_perception.export import export_onnx, sample_batch
+from rpl_perception.export import export_onnx
+from rpl_perception.parity import sample_batch
 
 SMALL = (256, 128)
 HAS_TENSORRT = tensorrt_available()  # not find_spec: tensorrt-stubs install an empty 'tensorrt'
@@ -128,13 +129,13 @@ def test_onnxruntime_cuda_without_gpu_names_the_package(small_onnx):
         OnnxRuntimeBackend(small_onnx, device="cuda")
 
 
-# --- create_backend -----------------------------------------------------------------------------
+# --- DeploymentSpec.create_backend --------------------------------------------------------------
 
 
 @pytest.mark.skipif(HAS_CUDA or HAS_TENSORRT, reason="checks the CPU-only choice")
 def test_auto_picks_onnxruntime_on_cpu_and_logs_why(segmenter, cache_dir, caplog):
     with caplog.at_level(logging.INFO, logger="rpl_perception.backends"):
-        backend = create_backend("auto", segmenter, cache_dir=cache_dir)
+        backend = DeploymentSpec(backend="auto", cache_dir=cache_dir).create_backend(segmenter)
     assert isinstance(backend, OnnxRuntimeBackend) and backend.device == "cpu"
     message = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backend auto")][-1]
     assert "onnxruntime" in message and "CPUExecutionProvider" in message
@@ -147,34 +148,34 @@ def test_missing_onnx_packages_fall_back_to_torch_with_the_reason(segmenter, cac
     """A plain install (no [onnx] extra): 'auto' serves with PyTorch instead of failing in the export."""
     monkeypatch.setitem(sys.modules, "onnx", None)  # import fails, find_spec gives None
     with caplog.at_level(logging.INFO, logger="rpl_perception.backends"):
-        backend = create_backend("auto", segmenter, device="cpu", cache_dir=cache_dir)
+        backend = DeploymentSpec(backend="auto", device="cpu", cache_dir=cache_dir).create_backend(segmenter)
     assert isinstance(backend, TorchBackend)
     message = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backend auto")][-1]
     assert "skipped onnxruntime (cpu): backend 'onnxruntime' runs the exported ONNX graph" in message
     with pytest.raises(BackendUnavailable, match="exporting needs the onnx package: pip install onnx"):
-        create_backend("onnxruntime", segmenter, device="cpu", cache_dir=cache_dir)
+        DeploymentSpec(backend="onnxruntime", device="cpu", cache_dir=cache_dir).create_backend(segmenter)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(BackendUnavailable, match="needs the onnxruntime package: pip install onnxruntime"):
-        create_backend("onnxruntime", segmenter, device="cpu", cache_dir=cache_dir)
+        DeploymentSpec(backend="onnxruntime", device="cpu", cache_dir=cache_dir).create_backend(segmenter)
 
 
 def test_create_backend_by_name(segmenter, cache_dir, small_onnx):
-    torch_backend = create_backend("torch", segmenter, device="cpu")
+    torch_backend = DeploymentSpec(backend="torch", device="cpu").create_backend(segmenter)
     assert isinstance(torch_backend, TorchBackend)
     # an exported file is used as it is; the same settings find the same cached file
     assert exported_onnx(segmenter.model, SMALL, cache_dir=cache_dir) == small_onnx
-    ort_backend = create_backend("onnxruntime", small_onnx, device="cpu")
+    ort_backend = DeploymentSpec(backend="onnxruntime", device="cpu").create_backend(small_onnx)
     assert ort_backend.onnx_path == small_onnx
-    with pytest.raises(ValueError, match="unknown backend 'tflite'"):
-        create_backend("tflite", segmenter)
+    with pytest.raises(ValueError, match="backend 'tflite' is unknown"):
+        DeploymentSpec(backend="tflite").create_backend(segmenter)
     with pytest.raises(ValueError, match="backend 'torch' needs the PyTorch model"):
-        create_backend("torch", small_onnx, device="cpu")
-    with pytest.raises(ValueError, match="device must be"):
-        create_backend("auto", segmenter, device="gpu")
+        DeploymentSpec(backend="torch", device="cpu").create_backend(small_onnx)
+    with pytest.raises(ValueError, match="device 'gpu' is unknown"):
+        DeploymentSpec(backend="auto", device="gpu").create_backend(segmenter)
     with pytest.raises(ValueError, match="'tensorrt' runs on a CUDA device"):
-        create_backend("tensorrt", segmenter, device="cpu")
+        DeploymentSpec(backend="tensorrt", device="cpu").create_backend(segmenter)
     with pytest.raises(ValueError, match="needs size"):
-        create_backend("onnxruntime", segmenter.model, device="cpu")
+        DeploymentSpec(backend="onnxruntime", device="cpu").create_backend(segmenter.model)
 
 
 def test_exported_onnx_refuses_a_file_with_other_settings(segmenter, small_onnx):
@@ -186,7 +187,7 @@ def test_exported_onnx_refuses_a_file_with_other_settings(segmenter, small_onnx)
 @pytest.mark.skipif(HAS_TENSORRT, reason="checks the message shown when TensorRT is missing")
 def test_tensorrt_without_tensorrt_says_what_to_install(segmenter, cache_dir):
     with pytest.raises(BackendUnavailable, match="pip install tensorrt"):
-        create_backend("tensorrt", segmenter, cache_dir=cache_dir)
+        DeploymentSpec(backend="tensorrt", cache_dir=cache_dir).create_backend(segmenter)
 
 
 # --- TensorRT (needs TensorRT and a GPU) ---------------------------------------------------------

@@ -5,11 +5,12 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from rpl_perception import AnomalySegmenter
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_model, read_checkpoint, save_checkpoint
-from rpl_perception.models import RPLSegmenter, get_architecture
+from rpl_perception.models import RPLNetwork, get_architecture
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def test_round_trip_with_rpl_branch_and_projector(tmp_path, default_model):
     torch.manual_seed(0)
     network, meta = default_model
     arch = get_architecture(meta.architecture)
-    model = RPLSegmenter(network.segmenter, arch.build_rpl_branch(network.segmenter, 32, "pyramid"))
+    model = RPLNetwork(network.closed_set, arch.build_rpl_branch(network.closed_set, 32, "pyramid"))
     projector = torch.nn.Conv2d(32, 32, 1)
     branch_meta = dataclasses.replace(meta, rpl_width=32, rpl_design="pyramid", score="rpl_energy",
                                       provenance={"data": "unit test", "iterations": 0})
@@ -35,6 +36,24 @@ def test_round_trip_with_rpl_branch_and_projector(tmp_path, default_model):
     assert AnomalySegmenter.from_checkpoint(path, network_size=(128, 64)).score == "rpl_energy"
 
 
+def test_files_with_the_earlier_group_name_still_load(tmp_path, default_model):
+    """Files written before the closed-set group was named ``closed_set`` (the shipped model among
+    them) call it ``segmenter.*``; they load to the same network."""
+    network, meta = default_model
+    path = save_checkpoint(tmp_path / "new.safetensors", meta, network)
+    tensors = load_file(str(path))
+    assert {key.split(".")[0] for key in tensors} == {"closed_set", "rpl"}
+    with safe_open(str(path), framework="pt") as fh:
+        header = fh.metadata()
+    earlier = tmp_path / "earlier.safetensors"
+    save_file({("segmenter." + key.removeprefix("closed_set.")) if key.startswith("closed_set.") else key: value
+               for key, value in tensors.items()}, str(earlier), metadata=header)
+    (_, new_groups), (_, earlier_groups) = read_checkpoint(path), read_checkpoint(earlier)
+    assert new_groups["closed_set"].keys() == earlier_groups["closed_set"].keys()
+    for group in ("closed_set", "rpl"):
+        assert all(torch.equal(value, earlier_groups[group][key]) for key, value in new_groups[group].items())
+
+
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         AnomalySegmenter.from_checkpoint(tmp_path / "nope.safetensors")
@@ -42,7 +61,7 @@ def test_missing_file_names_the_path(tmp_path):
 
 def test_mismatched_weights_name_file_keys_and_shapes(tmp_path):
     _, groups = read_checkpoint(DEFAULT_CHECKPOINT)
-    state = dict(groups["segmenter"])
+    state = dict(groups["closed_set"])
     del state["bu_dec_l4.merge_layer.3.weight"]
     state["extra.weight"] = torch.zeros(1)
     state["base_net.level1.conv.weight"] = torch.zeros(16, 3, 3, 3)
@@ -83,15 +102,15 @@ def test_branch_design_is_recorded_and_rebuilt(tmp_path):
     torch.manual_seed(0)
     network, meta = load_model(DEFAULT_CHECKPOINT, with_branch=False)
     arch = get_architecture(meta.architecture)
-    model = RPLSegmenter(network.segmenter, arch.build_rpl_branch(network.segmenter, 32, "aspp"))
+    model = RPLNetwork(network.closed_set, arch.build_rpl_branch(network.closed_set, 32, "aspp"))
     aspp_meta = dataclasses.replace(meta, rpl_width=32, rpl_design="aspp", score="rpl_energy")
     path = save_checkpoint(tmp_path / "aspp.safetensors", aspp_meta, model)
     loaded, loaded_meta = load_model(path)
     assert loaded_meta.rpl_design == "aspp" and isinstance(loaded.branch.context, SeparableASPP)
     for key, value in model.branch.state_dict().items():
         assert torch.equal(loaded.branch.state_dict()[key], value), key
-    # files written before designs existed record none: they hold the architecture's first design
-    pyramid = RPLSegmenter(network.segmenter, arch.build_rpl_branch(network.segmenter, 32, "pyramid"))
+    # files written before designs existed record none: they hold the pyramid
+    pyramid = RPLNetwork(network.closed_set, arch.build_rpl_branch(network.closed_set, 32, "pyramid"))
     old = save_checkpoint(tmp_path / "old.safetensors", dataclasses.replace(aspp_meta, rpl_design=None), pyramid)
     assert type(load_model(old)[0].branch.context).__name__ == "EfficientPyrPool"
     # weights of one design under the other's name: the error names the file and the keys
@@ -99,5 +118,5 @@ def test_branch_design_is_recorded_and_rebuilt(tmp_path):
     with pytest.raises(CheckpointError, match=r"wrong\.safetensors: the RPL branch weights do not match"):
         load_model(wrong)
     unknown = save_checkpoint(tmp_path / "unknown.safetensors", dataclasses.replace(aspp_meta, rpl_design="wide"), model)
-    with pytest.raises(CheckpointError, match=r"unknown\.safetensors: RPL branch design 'wide' is unknown.*pyramid, aspp, aspp_fine"):
+    with pytest.raises(CheckpointError, match=r"unknown\.safetensors: RPL branch design 'wide' is unknown.*aspp, pyramid, aspp_fine"):
         load_model(unknown)

@@ -1,4 +1,4 @@
-"""One home for each idea: image files, label values, shipped files and class counts."""
+"""The core's small homes: reading image files, shipped files and model names, class-count ranges."""
 
 import math
 from pathlib import Path
@@ -7,7 +7,6 @@ import cv2
 import numpy as np
 import pytest
 
-from rpl_perception import labels
 from rpl_perception.image import UnreadableImage, read_rgb
 from rpl_perception.resources import DEFAULT_CHECKPOINT, SAMPLE_IMAGES, model_path, sample_images
 from rpl_perception.scoring import generic_display_range
@@ -36,16 +35,6 @@ def test_read_rgb_gives_rgb_and_refuses_truncated_or_missing_files(jpeg, tmp_pat
         read_rgb(tmp_path / "missing.png")
 
 
-def test_every_reader_of_image_files_is_the_one_read_rgb():
-    from rpl_perception.eval import datasets as eval_datasets
-    from rpl_perception.image import read_image
-    from rpl_training import datasets as training_datasets
-
-    assert eval_datasets.read_rgb is read_rgb
-    assert training_datasets.read_image is read_image
-    assert training_datasets.UnreadableImage is UnreadableImage
-
-
 def test_predict_skips_a_truncated_file_and_says_why(jpeg, tmp_path, capsys):
     from rpl_perception.cli import main
 
@@ -55,21 +44,6 @@ def test_predict_skips_a_truncated_file_and_says_why(jpeg, tmp_path, capsys):
     assert main(["predict", str(bad), "--out", str(tmp_path / "out"), "--size", "64x32"]) == 0
     assert f"skipped {bad}: truncated JPEG" in capsys.readouterr().out
     assert not (tmp_path / "out" / "bad_anomaly.npy").exists()
-
-
-def test_label_values_have_one_home():
-    from rpl_perception import visualize
-    from rpl_perception.eval import datasets as eval_datasets
-    from rpl_perception.models import CITYSCAPES_CLASSES
-    from rpl_training import datasets as training_datasets
-    from rpl_training import losses
-
-    assert (labels.IN_DISTRIBUTION, labels.ANOMALY, labels.OUTLIER, labels.VOID) == (0, 1, 254, 255)
-    assert losses.OOD_LABEL == training_datasets.OBJECT == labels.OUTLIER
-    assert losses.VOID_LABEL == training_datasets.VOID == eval_datasets.VOID == labels.VOID
-    assert CITYSCAPES_CLASSES is labels.CITYSCAPES_CLASSES and len(CITYSCAPES_CLASSES) == 19
-    assert visualize.CITYSCAPES_PALETTE is labels.CITYSCAPES_PALETTE
-    assert labels.CITYSCAPES_PALETTE.shape == (labels.NUM_CITYSCAPES_CLASSES, 3)
 
 
 def test_shipped_files_and_model_names(monkeypatch, tmp_path):
@@ -92,7 +66,7 @@ def test_the_entropy_colour_range_follows_the_model_class_count():
 
 
 def test_the_live_evaluation_names_the_node_parameters_from_the_node_table():
-    from rpl_perception.eval.runner import NodeOptions
+    from rpl_perception.eval.live import NodeOptions
     from rpl_perception.ros.parameters import PARAMETERS, ros_arguments
 
     options = NodeOptions("m.safetensors", "energy", (64, 32), 0.5, "cpu", "reliable", "torch", "fp32", "/c")

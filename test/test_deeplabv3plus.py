@@ -11,7 +11,7 @@ from rpl_perception.checkpoint.pytorch_files import (
     official_template,
     official_to_groups,
 )
-from rpl_perception.models import RPLSegmenter, get_architecture
+from rpl_perception.models import RPLNetwork, get_architecture
 from rpl_perception.models.deeplabv3plus import deeplabv3plus_resnet50, deeplabv3plus_resnet101
 
 ODD_SIZE = (65, 97)  # (H, W): odd on both sides, not a multiple of any stride
@@ -137,15 +137,15 @@ def test_official_key_template_is_the_fact_sheet_tsv(tsv_rows):
 def test_wrn38_parameter_counts_match_the_fact_sheet():
     with torch.device("meta"):
         arch = get_architecture(WRN38_ARCHITECTURE)
-        segmenter = arch.build_segmenter()
-        branch = arch.build_rpl_branch(segmenter, arch.default_rpl_width)
-        projector = torch.nn.Conv2d(branch.context_channels, segmenter.head_channels, 1)
+        closed_set = arch.build_closed_set()
+        branch = arch.build_rpl_branch(closed_set, arch.default_rpl_width)
+        projector = torch.nn.Conv2d(branch.context_channels, closed_set.head_channels, 1)
 
     def count(module):
         return sum(p.numel() for p in module.parameters())
 
-    assert count(segmenter) == 137_103_936
-    assert sum(count(getattr(segmenter, f"mod{i}")) for i in range(1, 8)) == 105_062_720
+    assert count(closed_set) == 137_103_936
+    assert sum(count(getattr(closed_set, f"mod{i}")) for i in range(1, 8)) == 105_062_720
     assert count(branch) == 30_816_768
     assert count(branch.residual) == 77_824
     assert count(projector) == 78_128
@@ -153,7 +153,7 @@ def test_wrn38_parameter_counts_match_the_fact_sheet():
 
 def test_strict_load_of_official_keys_and_exact_map_back(wrn38, official_state):
     network, projector = wrn38
-    back = groups_to_official({"segmenter": network.segmenter.state_dict(),
+    back = groups_to_official({"closed_set": network.closed_set.state_dict(),
                                "rpl": network.branch.state_dict(), "projector": projector.state_dict()})
     assert list(back) == list(official_state)
     for key, value in official_state.items():
@@ -165,7 +165,7 @@ def test_wrn38_computes_the_official_function_at_an_odd_size(wrn38, official_sta
     x = torch.randn(1, 3, *WRN38_ODD_SIZE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         out = network(x)
-        plain = network.segmenter(x)
+        plain = network.closed_set(x)
         out1, out2, r = reference_forward(official_state, x)
         proj = projector(out.embedding)
         ref_proj = F.conv2d(r, official_state["branch1.residual_block.proj_head.proj.0.weight"],
@@ -173,7 +173,7 @@ def test_wrn38_computes_the_official_function_at_an_odd_size(wrn38, official_sta
     assert out.closed.shape == out.rpl.shape == (1, 19, *WRN38_ODD_SIZE)
     assert out.embedding.shape == (1, 256, 21, 29)  # at the mod2 (decoder) size ⌈H/2⌉ × ⌈W/2⌉
     assert proj.shape == (1, 304, 21, 29)
-    # ỹ is the segmenter's own output, bit for bit, with or without the branch
+    # ỹ is the closed-set network's own output, bit for bit, with or without the branch
     assert torch.equal(out.closed, plain)
     scale = out1.abs().max()
     assert scale > 0.1 and (out2 - out1).abs().max() > 1e-3 * scale  # the residual matters
@@ -183,7 +183,7 @@ def test_wrn38_computes_the_official_function_at_an_odd_size(wrn38, official_sta
 
 
 def test_wrn38_dilations_and_strides_follow_the_fact_sheet(wrn38):
-    seg = wrn38[0].segmenter
+    seg = wrn38[0].closed_set
     dilations = {f"mod{i}": {m.dilation[0] for m in getattr(seg, f"mod{i}").modules()
                              if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)}
                  for i in range(2, 8)}
@@ -196,10 +196,10 @@ def test_wrn38_dilations_and_strides_follow_the_fact_sheet(wrn38):
 
 def test_wrn38_branch_starts_as_a_trainable_copy_of_the_aspp(wrn38):
     network, _ = wrn38
-    segmenter = network.segmenter  # frozen by RPLSegmenter
+    closed_set = network.closed_set  # frozen by RPLNetwork
     torch.manual_seed(0)
-    branch = get_architecture(WRN38_ARCHITECTURE).build_rpl_branch(segmenter, 256)
-    for ours, theirs in ((branch.context.aspp, segmenter.aspp), (branch.context.bot_aspp, segmenter.bot_aspp)):
+    branch = get_architecture(WRN38_ARCHITECTURE).build_rpl_branch(closed_set, 256)
+    for ours, theirs in ((branch.context.aspp, closed_set.aspp), (branch.context.bot_aspp, closed_set.bot_aspp)):
         for key, value in theirs.state_dict().items():
             assert torch.equal(ours.state_dict()[key], value), key
     assert all(p.requires_grad for p in branch.parameters())
@@ -207,7 +207,7 @@ def test_wrn38_branch_starts_as_a_trainable_copy_of_the_aspp(wrn38):
     # Kaiming-normal fan-in: std sqrt(2 / 256)
     assert abs(branch.residual.weight.std().item() - (2 / 256) ** 0.5) < 0.005
     with pytest.raises(ValueError, match="width is 256; got 64"):
-        get_architecture(WRN38_ARCHITECTURE).build_rpl_branch(segmenter, 64)
+        get_architecture(WRN38_ARCHITECTURE).build_rpl_branch(closed_set, 64)
 
 
 def test_torchvision_resnet_keys_and_parameter_counts():
@@ -245,12 +245,12 @@ def test_resnet_output_stride_sets_dilations_and_deep_feature_size(output_stride
 def test_resnet_rpl_attachment_at_the_decoder_input():
     torch.manual_seed(0)
     arch = get_architecture("deeplabv3plus_resnet50_os16_cityscapes")
-    segmenter = arch.build_segmenter()
-    network = RPLSegmenter(segmenter, arch.build_rpl_branch(segmenter, 256)).eval()
+    closed_set = arch.build_closed_set()
+    network = RPLNetwork(closed_set, arch.build_rpl_branch(closed_set, 256)).eval()
     x = torch.randn(1, 3, *ODD_SIZE)
     with torch.no_grad():
         out = network(x)
-        plain = segmenter(x)
+        plain = closed_set(x)
         network.branch.residual.weight.zero_()
         zero = network(x)
     assert out.closed.shape == out.rpl.shape == (1, 19, *ODD_SIZE)
@@ -259,5 +259,5 @@ def test_resnet_rpl_attachment_at_the_decoder_input():
     assert not torch.allclose(out.rpl, out.closed)
     # the residual enters only through the 1×1 onto the 304-channel concat: zero it and ŷ = ỹ
     assert torch.equal(zero.rpl, zero.closed)
-    for key, value in segmenter.classifier.aspp.state_dict().items():
+    for key, value in closed_set.classifier.aspp.state_dict().items():
         assert torch.equal(network.branch.context.aspp.state_dict()[key], value), key

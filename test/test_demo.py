@@ -10,7 +10,7 @@ import pytest
 from rpl_perception.cli import main
 from rpl_perception.commands.demo import sample_frames
 from rpl_perception.eval.bags import bag_topics
-from rpl_perception.eval.runner import frames_from_bag
+from rpl_perception.eval.frames import frames_from_bag
 
 
 def test_sample_frames_are_the_drive_clip_then_the_stills():

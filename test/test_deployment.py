@@ -12,8 +12,8 @@ import torch
 from rpl_perception import AnomalySegmenter
 from rpl_perception.backends import DeploymentSpec, OnnxRuntimeBackend, TorchBackend, exported_onnx
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model
-from rpl_perception.export import sample_batch
 from rpl_perception.models import AnomalyModel
+from rpl_perception.parity import sample_batch
 
 SMALL = (128, 64)
 
@@ -127,7 +127,7 @@ def test_eager_labels_and_energy_match_the_reference_definitions(segmenter):
 
 
 def test_evaluation_runs_every_score_in_one_forward_on_onnxruntime(segmenter, tmp_path):
-    from rpl_perception.eval.runner import MultiScorePredictor
+    from rpl_perception.eval.offline import MultiScorePredictor
 
     spec = DeploymentSpec(backend="onnxruntime", device="cpu", cache_dir=tmp_path)
     deployed = AnomalySegmenter.from_spec(spec.with_changes(network_size=SMALL))
@@ -157,7 +157,7 @@ def test_evaluation_runs_every_score_in_one_forward_on_onnxruntime(segmenter, tm
 
 def test_eval_command_takes_backend_and_precision_and_passes_them_to_a_live_node():
     from rpl_perception.cli import build_parser
-    from rpl_perception.eval.runner import NodeOptions
+    from rpl_perception.eval.live import NodeOptions
 
     args = build_parser().parse_args(["eval", "--bag", "b", "--out", "o", "--backend", "onnxruntime",
                                       "--precision", "fp16", "--cache-dir", "/tmp/c"])

@@ -7,11 +7,13 @@ import importlib.util
 import json
 import logging
 import sys
+from pathlib import Path
 
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from rpl_perception.backends import DeploymentSpec
 from rpl_perception.backends.common import BackendUnavailable
 from rpl_perception.backends.engine_cache import (
     EngineCache,
@@ -99,11 +101,14 @@ def test_key_differences_say_cached_vs_current():
     assert EngineKey.from_json(json.loads(json.dumps(cached.to_json()))) == cached
 
 
-def test_key_file_tag_and_validation():
-    assert make_key().file_tag() == "fp16.b1-2-4"
+def test_engine_file_name_and_key_validation():
+    onnx = Path("/models/m.onnx")
+    assert EngineCache(onnx, make_key()).engine_path == Path("/models/m.fp16.b1-2-4.engine")
     static = make_key(precision="int8",
                       profile=(InputProfile.for_batches("images", (64, 128, 3), 2, 2, 2),))
-    assert static.file_tag() == "int8.b2"
+    assert EngineCache(onnx, static, cache_dir=Path("/cache")).engine_path == Path("/cache/m.int8.b2.engine")
+    # the deployment resolves the same name the cache writes
+    assert DeploymentSpec(precision="fp16", batch=(1, 2, 4)).engine_file(onnx) == EngineCache(onnx, make_key()).engine_path
     with pytest.raises(ValueError, match="precision must be one of fp32, fp16, int8"):
         make_key(precision="bf16")
     with pytest.raises(ValueError, match="min <= opt <= max"):

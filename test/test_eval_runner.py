@@ -13,19 +13,13 @@ from rpl_perception import AnomalySegmenter  # noqa: E402
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model  # noqa: E402
 from rpl_perception.cli import main  # noqa: E402
 from rpl_perception.eval.bags import BagFrame, ImageBagWriter, write_frames  # noqa: E402
+from rpl_perception.eval.evaluation import Evaluation, latency_summary
+from rpl_perception.eval.frames import EvalFrame, frames_from_bag
+from rpl_perception.eval.live import NodeOptions, evaluate_live
 from rpl_perception.eval.metrics import ComponentMetricAccumulator, miou, pixel_metrics, to_float16  # noqa: E402
-from rpl_perception.eval.runner import (  # noqa: E402
-    EvalFrame,
-    Evaluation,
-    MultiScorePredictor,
-    NodeOptions,
-    evaluate_live,
-    evaluate_offline,
-    evaluate_recorded,
-    frames_from_bag,
-    latency_summary,
-)
-from rpl_perception.models import RPLSegmenter, get_architecture  # noqa: E402
+from rpl_perception.eval.offline import MultiScorePredictor, evaluate_offline
+from rpl_perception.eval.recorded import evaluate_recorded
+from rpl_perception.models import RPLNetwork, get_architecture  # noqa: E402
 
 NETWORK_SIZE = (128, 64)
 START_NS = 1_600_000_000_000_000_000
@@ -77,9 +71,9 @@ def test_multi_score_rpl_energy_uses_the_branch(segmenter):
 
     arch = get_architecture(segmenter.meta.architecture)
     torch.manual_seed(0)  # the branch's random (Kaiming) initialisation
-    branch = arch.build_rpl_branch(segmenter.network.segmenter, arch.default_rpl_width)
-    network = RPLSegmenter(segmenter.network.segmenter, branch).eval()
-    meta = dataclasses.replace(segmenter.meta, rpl_width=arch.default_rpl_width)
+    branch = arch.build_rpl_branch(segmenter.network.closed_set, 64, "pyramid")
+    network = RPLNetwork(segmenter.network.closed_set, branch).eval()
+    meta = dataclasses.replace(segmenter.meta, rpl_width=64, rpl_design="pyramid")
     with_branch = AnomalySegmenter(network, meta, score="rpl_energy", network_size=NETWORK_SIZE)
     image = np.random.default_rng(4).integers(0, 256, (40, 64, 3), dtype=np.uint8)
     predictor = MultiScorePredictor(with_branch)

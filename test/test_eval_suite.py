@@ -96,7 +96,7 @@ def test_cli_suite_at_native_size(suite_file, tmp_path, capsys):
 
 
 def test_suite_table_marks_missing_metrics(suite_file):
-    from rpl_perception.eval.runner import EvaluationResult
+    from rpl_perception.eval.evaluation import EvaluationResult
     from rpl_perception.eval.suite import SuiteResult, load_suite
 
     sets = load_suite(suite_file)

@@ -15,18 +15,12 @@ from rpl_perception import AnomalySegmenter
 from rpl_perception.backends import OnnxRuntimeBackend
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model, read_checkpoint
 from rpl_perception.cli import main as cli_main
-from rpl_perception.export import (
-    ExportForms,
-    adaptive_pool_matrix,
-    check_parity,
-    export_onnx,
-    exportable_adaptive_avg_pool2d,
-    read_onnx_metadata,
-    sample_batch,
-)
+from rpl_perception.export import export_onnx, read_onnx_metadata
+from rpl_perception.export_forms import ExportForms, adaptive_pool_matrix, exportable_adaptive_avg_pool2d
 from rpl_perception.image import resize_rgb
 from rpl_perception.models import AnomalyModel, get_architecture
 from rpl_perception.models.espnetv2 import EfficientPyrPool
+from rpl_perception.parity import check_parity, sample_batch
 
 SMALL = (256, 128)
 
@@ -145,7 +139,7 @@ def test_rpl_branch_and_logits_dynamic_batch(tmp_path, roadanomaly_dev):
     torch.manual_seed(0)
     meta, _ = read_checkpoint(DEFAULT_CHECKPOINT)
     network, _ = load_model(DEFAULT_CHECKPOINT)
-    network.branch = get_architecture(meta.architecture).build_rpl_branch(network.segmenter, 64).eval()
+    network.branch = get_architecture(meta.architecture).build_rpl_branch(network.closed_set, 64, "pyramid").eval()
     model = AnomalyModel(network, num_inlier=meta.num_inlier, mean=meta.mean, std=meta.std,
                          score="rpl_energy").eval()
     path = export_onnx(model, tmp_path / "rpl.onnx", SMALL, dynamic_batch=True, return_logits=True)

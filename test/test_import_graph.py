@@ -16,13 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 #: package name → its folder
 PACKAGES = {"rpl_perception": REPO / "rpl_perception", "rpl_training": REPO / "training" / "rpl_training"}
 
-#: The layers, lowest first: (layer, {group: module prefixes}). A module may import its own group
+#: The layers, lowest first: (layer, {group: module prefixes}); docs/layers.md shows the same table
+#: (test_the_documented_table_is_this_one). A module may import its own group
 #: and any lower layer; a sideways import (another group of its own layer) or an upward one is an
 #: error unless it is listed in ALLOWED below. Within a group, only cycles are errors.
 LAYERS: List[Tuple[str, Dict[str, Tuple[str, ...]]]] = [
     ("core", {"core": ("rpl_perception.labels", "rpl_perception.resources", "rpl_perception.image",
                        "rpl_perception.scoring", "rpl_perception.calibration", "rpl_perception.models",
-                       "rpl_perception.checkpoint", "rpl_perception.export", "rpl_perception.visualize",
+                       "rpl_perception.checkpoint", "rpl_perception.export", "rpl_perception.export_forms",
+                       "rpl_perception.parity", "rpl_perception.files", "rpl_perception.visualize",
                        "rpl_perception.image_codec", "rpl_perception.topics")}),
     ("backends", {"backends": ("rpl_perception.backends",)}),
     # the package's own __init__ is the facade that re-exports AnomalySegmenter
@@ -34,8 +36,6 @@ LAYERS: List[Tuple[str, Dict[str, Tuple[str, ...]]]] = [
 
 #: (importer prefix, imported prefix) → why this arrow is allowed
 ALLOWED: Dict[Tuple[str, str], str] = {
-    ("rpl_perception.models", "rpl_perception.checkpoint"):
-        "the alias models.load_segmenter → checkpoint.load_closed_set, resolved on first use",
     ("rpl_training", "rpl_perception.eval"):
         "training validates with the evaluation's dataset readers, metrics and suite",
     ("rpl_perception.eval.live", "rpl_perception.ros.parameters"):
@@ -191,3 +191,11 @@ def test_reading_a_bag_needs_no_ros_module(graph):
             todo.extend(graph[module])
     assert "rpl_perception.image_codec" in seen
     assert sorted(m for m in seen if m.startswith("rpl_perception.ros")) == []
+
+
+def test_the_documented_table_is_this_one():
+    rows = [line.split("|")[1:4] for line in (REPO / "docs" / "layers.md").read_text(encoding="utf-8").splitlines()
+            if line.startswith("| ") and not line.startswith("| layer")]
+    documented = [(layer.strip(), group.strip(), tuple(m.strip(" `") for m in modules.split(",")))
+                  for layer, group, modules in rows]
+    assert documented == [(layer, group, prefixes) for layer, groups in LAYERS for group, prefixes in groups.items()]

@@ -1,10 +1,10 @@
-"""ESPNetv2 from the fact sheet, the RPL attachment, and the segmenter registry."""
+"""ESPNetv2 from the fact sheet, the RPL attachment, and the architecture registry."""
 
 import pytest
 import torch
 
-from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint
-from rpl_perception.models import ESPNetv2Segmentation, RPLSegmenter, get_architecture, load_segmenter
+from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_closed_set, read_checkpoint
+from rpl_perception.models import ESPNetv2Segmentation, RPLNetwork, get_architecture
 from rpl_perception.models.espnetv2 import EESP
 
 
@@ -21,13 +21,13 @@ def test_checkpoint_loads_strictly_into_fact_sheet_network(espnetv2_pth):
 def test_embedded_default_model_is_the_published_checkpoint(espnetv2_pth):
     published = torch.load(espnetv2_pth, map_location="cpu", weights_only=True)
     _, groups = read_checkpoint(DEFAULT_CHECKPOINT)
-    assert groups["segmenter"].keys() == published.keys()
+    assert groups["closed_set"].keys() == published.keys()
     for key, value in published.items():
-        assert torch.equal(groups["segmenter"][key], value), key
+        assert torch.equal(groups["closed_set"][key], value), key
 
 
-def test_load_segmenter_returns_frozen_eval_module_with_input_resolution_logits():
-    seg = load_segmenter(DEFAULT_CHECKPOINT)
+def test_load_closed_set_returns_frozen_eval_module_with_input_resolution_logits():
+    seg = load_closed_set(DEFAULT_CHECKPOINT)
     assert not seg.training
     assert all(not p.requires_grad for p in seg.parameters())
     x = torch.randn(2, 3, 128, 256)
@@ -44,8 +44,8 @@ def test_eesp_dilations_follow_the_receptive_field_limit():
 
 def _rpl_network(width):
     arch = get_architecture("espnetv2_cityscapes")
-    seg = load_segmenter(DEFAULT_CHECKPOINT)
-    return RPLSegmenter(seg, arch.build_rpl_branch(seg, width)).eval()
+    seg = load_closed_set(DEFAULT_CHECKPOINT)
+    return RPLNetwork(seg, arch.build_rpl_branch(seg, width, "pyramid")).eval()
 
 
 def test_rpl_branch_shapes_and_closed_set_invariance():
@@ -54,17 +54,17 @@ def test_rpl_branch_shapes_and_closed_set_invariance():
     x = torch.randn(1, 3, 128, 256)
     with torch.no_grad():
         out = network(x)
-        plain = network.segmenter(x)
+        plain = network.closed_set(x)
     assert out.rpl.shape == out.closed.shape == (1, 20, 128, 256)
     assert out.embedding.shape == (1, 64, 8, 16)  # stride 16 context feature
-    # ỹ is the segmenter's own output, bit for bit, whatever the branch does
+    # ỹ is the closed-set network's own output, bit for bit, whatever the branch does
     assert torch.equal(out.closed, plain)
     assert not torch.equal(out.rpl, out.closed)
 
 
 def test_branch_starts_as_copy_of_the_segmenters_context_module_only_when_widths_match():
     net64, net32 = _rpl_network(64), _rpl_network(32)
-    src = net64.segmenter.bu_dec_l1.state_dict()
+    src = net64.closed_set.bu_dec_l1.state_dict()
     for key, value in net64.branch.context.state_dict().items():
         assert torch.equal(value, src[key]), key
     assert net32.branch.context.merge_layer[3].out_channels == 32
@@ -73,8 +73,8 @@ def test_branch_starts_as_copy_of_the_segmenters_context_module_only_when_widths
 def test_segmenter_stays_frozen_in_eval_mode_when_training_the_branch():
     network = _rpl_network(64).train()
     assert network.branch.training
-    assert not network.segmenter.training
-    assert not any(m.training for m in network.segmenter.modules())
+    assert not network.closed_set.training
+    assert not any(m.training for m in network.closed_set.modules())
 
 
 def test_unknown_architecture_lists_known_ones():
@@ -86,8 +86,9 @@ def test_separable_aspp_branch_keeps_every_deep_channel():
     """The aspp design reads all 512 level-4 channels (the pyramid copy projects them to 10 first)."""
     torch.manual_seed(0)
     arch = get_architecture("espnetv2_cityscapes")
-    seg = load_segmenter(DEFAULT_CHECKPOINT)
-    assert arch.rpl_designs == ("pyramid", "aspp", "aspp_fine")
+    seg = load_closed_set(DEFAULT_CHECKPOINT)
+    assert arch.rpl_designs == ("aspp", "pyramid", "aspp_fine") and arch.default_rpl_width == 128
+    assert arch.design_of_unrecorded == "pyramid"  # files from before designs were recorded
     branch = arch.build_rpl_branch(seg, 128, "aspp")
     context = branch.context
     assert context.project[0].in_channels == 512 and context.project[0].out_channels == 128
@@ -95,7 +96,7 @@ def test_separable_aspp_branch_keeps_every_deep_channel():
     assert all(b[0].groups == 128 for b in context.atrous)  # depth-wise
     assert context.merge[0].in_channels == 5 * 128  # projection, three atrous, image pooling
     assert sum(p.numel() for p in branch.parameters()) == 221_984
-    network = RPLSegmenter(seg, branch).eval()
+    network = RPLNetwork(seg, branch).eval()
     x = torch.randn(2, 3, 128, 256)
     with torch.no_grad():
         out = network(x)
@@ -111,7 +112,7 @@ def test_separable_aspp_branch_keeps_every_deep_channel():
 
 
 def test_extract_deep_is_the_deep_feature_of_extract_features():
-    seg = load_segmenter(DEFAULT_CHECKPOINT)
+    seg = load_closed_set(DEFAULT_CHECKPOINT)
     x = torch.randn(1, 3, 64, 128)
     with torch.no_grad():
         deep, _ = seg.extract_features(x)
@@ -120,12 +121,12 @@ def test_extract_deep_is_the_deep_feature_of_extract_features():
 
 def test_fine_branch_reads_the_heads_input_at_its_resolution():
     """aspp_fine: the residual follows the head's input feature pixel by pixel (a stride-16 residual
-    cannot), and the closed-set output stays the segmenter's own."""
+    cannot), and the closed-set output stays the closed-set network's own."""
     from rpl_perception.models.rpl import FineRPLBranch
 
     torch.manual_seed(0)
     arch = get_architecture("espnetv2_cityscapes")
-    seg = load_segmenter(DEFAULT_CHECKPOINT)
+    seg = load_closed_set(DEFAULT_CHECKPOINT)
     branch = arch.build_rpl_branch(seg, 64, "aspp_fine").eval()
     assert isinstance(branch, FineRPLBranch) and branch.residual.in_channels == 32
     x = torch.randn(1, 3, 128, 256)
@@ -138,6 +139,6 @@ def test_fine_branch_reads_the_heads_input_at_its_resolution():
         poked[..., 30, 70] += 5.0
         changed = (branch.residual_from(embedding, poked) - residual).abs().sum(dim=1)[0]
         assert changed[30, 70] > 0 and changed.count_nonzero() == 1  # exactly where the feature changed
-        network = RPLSegmenter(seg, branch).eval()
+        network = RPLNetwork(seg, branch).eval()
         out = network(x)
         assert torch.equal(out.closed, seg(x)) and out.rpl.shape == (1, 20, 128, 256)

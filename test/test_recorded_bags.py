@@ -92,7 +92,7 @@ def test_rosbag2_bags_without_images_are_refused_before_the_model_loads(shared_d
     """rosbag2's own test fixtures (talker, metadata v4), sqlite3 and mcap: no image topic."""
     import rpl_perception.commands.evaluate as evaluate
 
-    monkeypatch.setattr(evaluate, "load_segmenter_from_args", lambda args: pytest.fail("the model loaded"))
+    monkeypatch.setattr(evaluate, "anomaly_segmenter_from_args", lambda args: pytest.fail("the model loaded"))
     for storage in ("sqlite3", "mcap"):
         bag = shared_dir / "data" / "bags_thirdparty" / "rosbag2" / f"rosbag2_talker_{storage}"
         lines = info_lines(capsys, bag)
@@ -166,7 +166,7 @@ def corrupt_bags(tmp_path, frames):
 def test_damaged_bags_give_one_line_and_write_nothing(tmp_path, frames, capsys, monkeypatch):
     import rpl_perception.commands.evaluate as evaluate
 
-    monkeypatch.setattr(evaluate, "load_segmenter_from_args", lambda args: pytest.fail("the model loaded"))
+    monkeypatch.setattr(evaluate, "anomaly_segmenter_from_args", lambda args: pytest.fail("the model loaded"))
     for name, (bag, named) in corrupt_bags(tmp_path, frames).items():
         with pytest.raises(DamagedBagError):
             inspect_bag(bag)

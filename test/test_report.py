@@ -9,8 +9,9 @@ import pytest
 
 pytest.importorskip("matplotlib", reason="report plots need matplotlib (pip install '.[eval]')")
 
+from rpl_perception.eval.evaluation import Evaluation  # noqa: E402
+from rpl_perception.eval.frames import EvalFrame  # noqa: E402
 from rpl_perception.eval.report import PLOTS, metrics_table, to_json_safe, write_report  # noqa: E402
-from rpl_perception.eval.runner import EvalFrame, Evaluation  # noqa: E402
 
 
 def evaluation_result(num_frames=4, with_images=True, **summary):

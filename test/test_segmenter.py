@@ -9,7 +9,7 @@ from rpl_perception import AnomalySegmenter
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model
 from rpl_perception.image import MAX_IMAGE_SIDE
 from rpl_perception.models import get_architecture
-from rpl_perception.models.rpl import RPLSegmenter
+from rpl_perception.models.rpl import RPLNetwork
 
 SMALL = (256, 128)
 
@@ -89,7 +89,7 @@ def test_closed_set_labels_identical_with_and_without_branch(roadanomaly_dev):
     torch.manual_seed(0)
     network, meta = load_model(DEFAULT_CHECKPOINT)
     arch = get_architecture(meta.architecture)
-    with_branch = RPLSegmenter(network.segmenter, arch.build_rpl_branch(network.segmenter, 64))
+    with_branch = RPLNetwork(network.closed_set, arch.build_rpl_branch(network.closed_set, 64, "pyramid"))
     plain = AnomalySegmenter(network, meta, network_size=SMALL)
     rpl = AnomalySegmenter(with_branch, meta, score="rpl_energy", network_size=SMALL)
     rgb = _read_rgb(next((roadanomaly_dev / "images").glob("*.jpg")))

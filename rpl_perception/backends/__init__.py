@@ -10,12 +10,12 @@ benchmark the stages ``upload(batch)``, ``run(inputs)``, ``download(outputs)``,
 - ``onnxruntime``: the exported graph on ONNX Runtime (:class:`OnnxRuntimeBackend`), CPU or CUDA.
 - ``tensorrt``: the exported graph as a cached TensorRT engine (:class:`TensorRTBackend`).
 
-:class:`DeploymentSpec` says which one, how and where its files are; :func:`create_backend`
-builds it by name, or picks the fastest that works with ``auto``.
+:class:`DeploymentSpec` says which one, how and where its files are; its
+:meth:`~DeploymentSpec.create_backend` builds it by name, or picks the fastest that works with ``auto``.
 """
 
 from .common import BACKENDS, DEFAULT_WORKSPACE_GB, PRECISIONS, BackendUnavailable
-from .deployment import DeploymentSpec, create_backend
+from .deployment import DeploymentSpec
 from .factory import AUTO_ORDER
 from .onnx_cache import default_cache_dir, exported_onnx
 from .onnxruntime_backend import OnnxRuntimeBackend
@@ -23,5 +23,5 @@ from .tensorrt_backend import TensorRTBackend
 from .torch_backend import TorchBackend
 
 __all__ = ["BACKENDS", "PRECISIONS", "DEFAULT_WORKSPACE_GB", "AUTO_ORDER", "BackendUnavailable", "DeploymentSpec",
-           "TorchBackend", "OnnxRuntimeBackend", "TensorRTBackend", "create_backend",
+           "TorchBackend", "OnnxRuntimeBackend", "TensorRTBackend",
            "default_cache_dir", "exported_onnx"]

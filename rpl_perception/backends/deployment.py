@@ -11,13 +11,13 @@ loads: the same model, size, score, precision, batch range and cache folder give
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Mapping, Optional, Tuple
 
 from ..resources import model_path
 from .common import BACKENDS, DEFAULT_WORKSPACE_GB, PRECISIONS
 from .factory import build_backend
 
-__all__ = ["DeploymentSpec", "BACKENDS", "PRECISIONS", "DEFAULT_WORKSPACE_GB", "create_backend"]
+__all__ = ["DeploymentSpec", "BACKENDS", "PRECISIONS", "DEFAULT_WORKSPACE_GB"]
 
 
 def _text(value) -> Optional[str]:
@@ -128,7 +128,7 @@ class DeploymentSpec:
 
     @property
     def dynamic_batch(self) -> bool:
-        """A graph for one frame at a time is exported static (ONNX Runtime runs it ~10 % faster)."""
+        """A graph for one frame at a time is exported static (ONNX Runtime runs a static graph faster)."""
         return self.batch != (1, 1, 1)
 
     def onnx_file(self, model, size: Tuple[int, int]) -> Path:
@@ -150,13 +150,31 @@ class DeploymentSpec:
         return folder / engine_file_name(onnx_path, self.precision, self.batch)
 
     def create_backend(self, model, size: Optional[Tuple[int, int]] = None):
-        """The backend this spec names for ``model`` (AnomalySegmenter or AnomalyModel + size);
-        see :func:`rpl_perception.backends.create_backend`."""
-        return create_backend(self.backend, model, device=self.device, precision=self.precision,
-                              size=size, batch=self.batch, onnx_path=self.onnx_path,
-                              cache_dir=self.cache_dir, engine_path=self.engine_path,
-                              calibration_dir=self.calibration_dir, workspace_gb=self.workspace_gb,
-                              threads=self.threads)
+        """The backend this spec names for ``model``, with the reasons for its choice logged: the
+        one way to build a backend.
+
+        ``backend`` 'auto' tries, fastest first, TensorRT (GPU), ONNX Runtime (GPU), PyTorch
+        (GPU), ONNX Runtime (CPU), PyTorch (CPU), and takes the first that starts: any failure of
+        a candidate (a missing package, a parse or build error, a read-only engine folder, an
+        unsupported TensorRT) skips it, and the reasons are logged. A named backend fails with
+        its error. ``device`` 'cpu' / 'cuda' restricts the candidates to that device.
+        ``precision`` fp16 applies to PyTorch on CUDA (autocast) and TensorRT; ONNX Runtime runs
+        the fp32 graph; int8 is TensorRT only. ``onnx_path`` defaults to a file in ``cache_dir``
+        ($XDG_CACHE_HOME/rpl_perception) named by the weights and settings, ``engine_path`` to
+        a file beside it.
+
+        Args:
+            model: an :class:`~rpl_perception.segmenter.AnomalySegmenter` (the usual case), an
+                :class:`~rpl_perception.models.AnomalyModel` with ``size``, or the path of an
+                exported ``.onnx`` file (onnxruntime / tensorrt only).
+            size: network (width, height); only needed with a bare AnomalyModel.
+
+        Returns a callable backend (see :mod:`rpl_perception.backends`), with ``skipped``: the
+        candidates 'auto' passed over and why. Raises BackendUnavailable when none can run.
+        """
+        if model is None:
+            raise ValueError("create_backend needs a model (AnomalySegmenter, AnomalyModel or .onnx path)")
+        return build_backend(self, model, size)
 
     def describe(self) -> str:
         low, opt, high = self.batch
@@ -167,54 +185,3 @@ class DeploymentSpec:
         elif self.cache_dir is not None:
             parts.append(f"cache {self.cache_dir}")
         return ", ".join(parts)
-
-
-def create_backend(name: str = "auto", model: Union[object, str, Path, None] = None, *,
-                   device: str = "auto", precision: str = "fp32",
-                   size: Optional[Tuple[int, int]] = None,
-                   batch: Union[int, Sequence[int]] = 1, onnx_path=None, cache_dir=None,
-                   engine_path=None, calibration_dir=None,
-                   workspace_gb: float = DEFAULT_WORKSPACE_GB, threads: Optional[int] = None):
-    """Build the backend ``name`` for ``model`` and log what was chosen and why.
-
-    Args:
-        name: 'auto', 'tensorrt', 'onnxruntime' or 'torch'. 'auto' tries, fastest first,
-            TensorRT (GPU), ONNX Runtime (GPU), PyTorch (GPU), ONNX Runtime (CPU), PyTorch
-            (CPU), and takes the first that starts: any failure of a candidate (a missing
-            package, a parse or build error, a read-only engine folder, an unsupported TensorRT)
-            skips it, and the reasons are logged. A named backend fails with its error.
-        model: an :class:`~rpl_perception.segmenter.AnomalySegmenter` (the usual case), an
-            :class:`~rpl_perception.models.AnomalyModel` with ``size``, or the path of an
-            exported ``.onnx`` file (onnxruntime / tensorrt only).
-        device: 'auto', 'cpu' or 'cuda[:N]'; 'auto' allows both, 'cpu'/'cuda' restrict the
-            candidates to that device.
-        precision: 'fp32', 'fp16' or 'int8' for the network; scores are float32 in every case.
-            fp16 applies to PyTorch on CUDA (autocast) and TensorRT; ONNX Runtime runs the fp32
-            graph. int8 is TensorRT only (built with calibration images, or already built).
-        size: network (width, height); only needed with a bare AnomalyModel.
-        batch: the most frames per run (dynamic batch 1..N), or (min, opt, max).
-        onnx_path: where the exported graph is or goes (default: a file in ``cache_dir``
-            named by the weights and settings; TensorRT engines are cached beside it).
-        cache_dir: default $XDG_CACHE_HOME/rpl_perception (~/.cache/rpl_perception).
-        engine_path: a TensorRT engine file to load, or to build there (default: beside the ONNX).
-        calibration_dir: images for an int8 build.
-        threads: ONNX Runtime CPU threads (default: one per CPU available to the process).
-
-    Returns a callable backend (see the module docstring), with ``skipped``: the candidates
-    'auto' passed over and why. Raises BackendUnavailable when no candidate can run.
-    """
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if not (device == "auto" or device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
-    if model is None:
-        raise ValueError("create_backend needs a model (AnomalySegmenter, AnomalyModel or "
-                         ".onnx path)")
-    batch_range = (1, batch, batch) if isinstance(batch, int) else tuple(batch)
-    spec = DeploymentSpec(backend=name, device=device, precision=precision, batch=batch_range,
-                          onnx_path=None if onnx_path is None else Path(onnx_path),
-                          cache_dir=None if cache_dir is None else Path(cache_dir),
-                          engine_path=None if engine_path is None else Path(engine_path),
-                          calibration_dir=None if calibration_dir is None else Path(calibration_dir),
-                          workspace_gb=workspace_gb, threads=threads)
-    return build_backend(spec, model, size)

@@ -103,10 +103,10 @@ class EngineKey:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         object.__setattr__(self, "profile", tuple(self.profile))
 
-    def file_tag(self) -> str:
-        """``fp16.b1`` (static batch 1) or ``fp16.b1-4-8`` (batch min-opt-max) for file names."""
+    def batch_range(self) -> Tuple[int, int, int]:
+        """The profile's (min, opt, max) batch ((1, 1, 1) without a profile)."""
         batches = {(p.min[0], p.opt[0], p.max[0]) for p in self.profile} or {(1, 1, 1)}
-        return f"{self.precision}.{batch_tag(*max(batches))}"
+        return max(batches)
 
     def to_json(self) -> Dict[str, object]:
         return asdict(self)
@@ -222,7 +222,7 @@ class EngineCache:
         self.onnx_path = Path(self.onnx_path)
         if self.engine_path is None:
             folder = Path(self.cache_dir) if self.cache_dir is not None else self.onnx_path.parent
-            self.engine_path = folder / f"{self.onnx_path.stem}.{self.key.file_tag()}.engine"
+            self.engine_path = folder / engine_file_name(self.onnx_path, self.key.precision, self.key.batch_range())
         self.engine_path = Path(self.engine_path)
         self.meta_path = self.engine_path.with_name(self.engine_path.name + ".json")
 

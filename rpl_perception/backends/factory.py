@@ -78,7 +78,7 @@ def _build(name: str, device: str, source, spec, size):
 
 def build_backend(spec, model, size=None):
     """The backend ``spec`` (a validated :class:`~rpl_perception.backends.DeploymentSpec`) names for
-    ``model``; see :func:`rpl_perception.backends.create_backend`."""
+    ``model``; see :meth:`~rpl_perception.backends.DeploymentSpec.create_backend`, its caller."""
     name, device, precision = spec.backend, spec.device, spec.precision
     kind = None if device == "auto" else ("cpu" if device == "cpu" else "cuda")
     if name == "auto":

@@ -63,7 +63,7 @@ class OnnxRuntimeBackend:
 
     ``device`` is 'cpu' or 'cuda[:N]' (the graph runs in float32). ``threads`` sets the intra-op thread count
     (None: one per CPU this process may run on; ONNX Runtime's own default pins its threads to
-    cores, which measured ~15 % slower here on a shared 2-core machine). A static-batch graph
+    cores, which was slower on a shared machine). A static-batch graph
     accepts any batch size (run in chunks of its batch); frames must be at the graph's size.
     """
 

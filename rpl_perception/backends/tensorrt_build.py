@@ -275,7 +275,7 @@ def engine_cache_for(onnx_path, device: str = "cuda:0", precision: str = "fp32",
         raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    from ..export import file_sha256
+    from ..files import file_sha256
 
     runtime = runtime or cuda_runtime(device)
     gpu_name, capability = runtime.identity()

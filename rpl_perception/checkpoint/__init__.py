@@ -1,4 +1,4 @@
-"""Model files: one safetensors file holds segmenter + RPL weights + metadata; PyTorch files of
+"""Model files: one safetensors file holds closed-set network + RPL weights + metadata; PyTorch files of
 other code bases load too.
 
 * :mod:`.metadata` — :class:`CheckpointMeta` (architecture, classes, input size, normalisation,

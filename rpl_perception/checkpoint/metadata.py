@@ -30,7 +30,7 @@ class CheckpointMeta:
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
     rpl_width: Optional[int] = None  # None: no RPL branch in the file
-    #: the branch design (``Architecture.rpl_designs``); None: the architecture's first design
+    #: the branch design (``Architecture.rpl_designs``); None: ``Architecture.design_of_unrecorded``
     rpl_design: Optional[str] = None
     score: str = "energy"  # default score of this model
     smoothing_sigma: float = 1.0

@@ -1,12 +1,12 @@
-"""The single-file model format: segmenter + RPL weights + metadata in one safetensors file.
+"""The single-file model format: closed-set network + RPL weights + metadata in one safetensors file.
 
 safetensors holds only tensors and a string→string header, so loading never executes pickled
-code. Tensors are grouped by prefix: ``segmenter.*`` (the closed-set network, its original key
-names), ``rpl.*`` (the RPL branch, optional) and ``projector.*`` (the CoroCL projector, kept for
+code. Tensors are grouped by prefix: ``closed_set.*`` (the closed-set network, its original key
+names; files written before it had that name call the group ``segmenter.*``, and still load), ``rpl.*`` (the RPL branch, optional) and ``projector.*`` (the CoroCL projector, kept for
 resuming training, unused at inference). The header key ``rpl_perception`` holds the JSON
 metadata described by :class:`CheckpointMeta`.
 
-PyTorch files (``.pth``/``.pt``) load too, with ``weights_only=True``: plain segmenter state
+PyTorch files (``.pth``/``.pt``) load too, with ``weights_only=True``: plain closed-set state
 dicts and the official RPL / NVIDIA WiderResNet38 files (see :mod:`.pytorch_files`).
 """
 
@@ -25,7 +25,10 @@ from .pytorch_files import read_pytorch_checkpoint
 __all__ = ["save_checkpoint", "read_checkpoint", "load_model", "build_model", "load_closed_set"]
 
 _HEADER_KEY = "rpl_perception"
-_GROUPS = ("segmenter", "rpl", "projector")
+_GROUPS = ("closed_set", "rpl", "projector")
+#: the closed-set group's prefix in files written before it was named ``closed_set`` (the
+#: shipped model file among them)
+_EARLIER_PREFIXES = {"segmenter": "closed_set"}
 
 
 def save_checkpoint(path, meta: CheckpointMeta, model: RPLNetwork,
@@ -34,7 +37,7 @@ def save_checkpoint(path, meta: CheckpointMeta, model: RPLNetwork,
     path = Path(path)
     if model.has_branch != (meta.rpl_width is not None):
         raise ValueError("meta.rpl_width must be set exactly when the model has an RPL branch")
-    tensors = {f"segmenter.{k}": v for k, v in model.closed_set.state_dict().items()}
+    tensors = {f"closed_set.{k}": v for k, v in model.closed_set.state_dict().items()}
     if model.has_branch:
         tensors.update({f"rpl.{k}": v for k, v in model.branch.state_dict().items()})
     if projector is not None:
@@ -51,6 +54,7 @@ def _split_groups(tensors: Dict[str, torch.Tensor], source) -> Dict[str, Dict[st
     groups: Dict[str, Dict[str, torch.Tensor]] = {g: {} for g in _GROUPS}
     for key, value in tensors.items():
         group, _, rest = key.partition(".")
+        group = _EARLIER_PREFIXES.get(group, group)
         if group not in groups or not rest:
             raise CheckpointError(f"{source}: unexpected tensor {key!r} (expected prefixes "
                                   f"{', '.join(g + '.' for g in _GROUPS)})")
@@ -59,11 +63,11 @@ def _split_groups(tensors: Dict[str, torch.Tensor], source) -> Dict[str, Dict[st
 
 
 def read_checkpoint(path, architecture: Optional[str] = None):
-    """Read a model file → ``(meta, {"segmenter": …, "rpl": …, "projector": …})`` state dicts.
+    """Read a model file → ``(meta, {"closed_set": …, "rpl": …, "projector": …})`` state dicts.
 
     Any other file is a PyTorch file, read by
     :func:`~rpl_perception.checkpoint.pytorch_files.read_pytorch_checkpoint`: official RPL / RPL+CoroCL and
-    NVIDIA WiderResNet38 files are recognised by their keys; a plain segmenter state dict gets
+    NVIDIA WiderResNet38 files are recognised by their keys; a plain closed-set state dict gets
     metadata from ``architecture``'s registry entry (default ``espnetv2_cityscapes``), no RPL weights.
     """
     path = Path(path)
@@ -96,26 +100,26 @@ def load_model(path, architecture: Optional[str] = None, with_branch: bool = Tru
 def build_model(meta: CheckpointMeta, groups, source, with_branch: bool = True) -> RPLNetwork:
     """The :class:`RPLNetwork` (eval mode) that ``meta`` describes, strictly loaded from ``groups``."""
     arch = get_architecture(meta.architecture)
-    segmenter = arch.build_segmenter()
-    load_state_dict_strict(segmenter, groups["segmenter"], source, "segmenter")
+    closed_set = arch.build_closed_set()
+    load_state_dict_strict(closed_set, groups["closed_set"], source, "closed_set")
     branch = None
     if with_branch and meta.rpl_width is not None:
-        design = meta.rpl_design or arch.rpl_designs[0]
+        design = meta.rpl_design or arch.design_of_unrecorded
         if design not in arch.rpl_designs:
             raise CheckpointError(f"{source}: RPL branch design {design!r} is unknown for {arch.name}; "
                                   f"known: {', '.join(arch.rpl_designs)}")
-        branch = arch.build_rpl_branch(segmenter, meta.rpl_width, design)
+        branch = arch.build_rpl_branch(closed_set, meta.rpl_width, design)
         load_state_dict_strict(branch, groups["rpl"], source, "RPL branch")
     elif with_branch and groups["rpl"]:
         raise CheckpointError(f"{source}: holds rpl.* tensors but its metadata has no rpl_width")
-    return RPLNetwork(segmenter, branch).eval()
+    return RPLNetwork(closed_set, branch).eval()
 
 
 def load_closed_set(path, architecture: Optional[str] = None) -> nn.Module:
-    """Frozen closed-set segmenter in eval mode: normalised (B,3,H,W) → logits (B,C,H,W).
+    """Frozen closed-set network in eval mode: normalised (B,3,H,W) → logits (B,C,H,W).
 
     ``path`` is an rpl_perception checkpoint (``.safetensors``) or a plain PyTorch state dict of
-    the segmenter (loaded with ``weights_only=True``; ``architecture`` defaults to ESPNetv2).
+    the closed-set network (loaded with ``weights_only=True``; ``architecture`` defaults to ESPNetv2).
     Keys must match exactly; a mismatch raises :class:`CheckpointError` naming the file and the keys.
     """
     network, _ = load_model(Path(path), architecture=architecture, with_branch=False)

@@ -9,10 +9,10 @@ DataParallel prefix ``module.``. The formats (:data:`FORMATS`, fact sheet
 
 - ``official-rpl``: the released RPL (300 keys) and RPL+CoroCL (302 keys) WiderResNet38
   checkpoints, keys ``branch1.…``. Mapped by :data:`OFFICIAL_PREFIXES`.
-- ``nvidia-wrn38``: NVIDIA's ``cityscapes_best.pth`` (DeepWV3Plus segmenter, 268 keys under
+- ``nvidia-wrn38``: NVIDIA's ``cityscapes_best.pth`` (DeepWV3Plus closed-set network, 268 keys under
   ``state_dict``, prefixed ``module.``; ``criterion.nll_loss.weight`` is dropped). No RPL weights:
-  a training run starts its branch from the segmenter's ASPP (``Architecture.build_rpl_branch``).
-- ``state-dict``: a plain segmenter state dict of a registered architecture (default ESPNetv2).
+  a training run starts its branch from the closed-set network's ASPP (``Architecture.build_rpl_branch``).
+- ``state-dict``: a plain closed-set state dict of a registered architecture (default ESPNetv2).
 
 Each format is checked key by key before any module is built; a wrong file raises
 :class:`~rpl_perception.checkpoint.CheckpointError` naming the expected format and the missing,
@@ -34,8 +34,8 @@ __all__ = ["FORMATS", "OFFICIAL_PREFIXES", "WRN38_ARCHITECTURE", "read_pytorch_c
 
 FORMATS = {
     "official-rpl": "RPL / RPL+CoroCL WiderResNet38 checkpoint, keys 'branch1.…' (github.com/yyliu01/RPL)",
-    "nvidia-wrn38": "NVIDIA DeepWV3Plus cityscapes_best.pth, segmenter keys 'mod1.…' to 'final.…'",
-    "state-dict": "plain segmenter state dict of a registered architecture",
+    "nvidia-wrn38": "NVIDIA DeepWV3Plus cityscapes_best.pth, closed-set keys 'mod1.…' to 'final.…'",
+    "state-dict": "plain closed-set state dict of a registered architecture",
 }
 WRAPPER_KEYS = ("model", "model_state", "state_dict")
 DATA_PARALLEL_PREFIX = "module."
@@ -46,13 +46,13 @@ NVIDIA_SKIPPED_KEYS = ("criterion.nll_loss.weight",)
 #: (group, our key prefix, official key prefix), most specific first: the official residual block
 #: is our RPL branch (its ASPP + bottleneck are the branch's ``context``, ``atten_aspp_final`` is
 #: ``residual``), ``proj_head``'s single 1×1 is the CoroCL projector (a plain ``nn.Conv2d``, as
-#: rpl_training builds it), and the rest of ``branch1`` is the segmenter.
+#: rpl_training builds it), and the rest of ``branch1`` is the closed-set network.
 OFFICIAL_PREFIXES = (
     ("rpl", "context.aspp.", "branch1.residual_block.atten_aspp."),
     ("rpl", "context.bot_aspp.", "branch1.residual_block.bot_atten_aspp."),
     ("rpl", "residual.", "branch1.residual_block.atten_aspp_final."),
     ("projector", "", "branch1.residual_block.proj_head.proj.0."),
-    ("segmenter", "", "branch1."),
+    ("closed_set", "", "branch1."),
 )
 _PROJECTOR_PREFIX = "branch1.residual_block.proj_head."
 
@@ -85,7 +85,7 @@ def unwrap_state_dict(obj, source) -> Dict[str, torch.Tensor]:
         obj = obj[wrapper]
     if not isinstance(obj, dict):
         raise CheckpointError(f"{source}: expected a plain state dict (name → tensor) of the "
-                              f"segmenter, got {type(obj).__name__}")
+                              f"closed-set network, got {type(obj).__name__}")
     return {_strip_data_parallel(k): v for k, v in obj.items()}
 
 
@@ -105,8 +105,8 @@ def detect_format(state: Dict[str, torch.Tensor]) -> str:
 
 
 def official_to_groups(state: Dict[str, torch.Tensor]) -> Groups:
-    """Official RPL keys → ``{"segmenter", "rpl", "projector"}`` state dicts (pure renaming)."""
-    groups: Groups = {"segmenter": {}, "rpl": {}, "projector": {}}
+    """Official RPL keys → ``{"closed_set", "rpl", "projector"}`` state dicts (pure renaming)."""
+    groups: Groups = {"closed_set": {}, "rpl": {}, "projector": {}}
     for key, value in state.items():
         for group, ours, theirs in OFFICIAL_PREFIXES:
             if key.startswith(theirs):
@@ -128,11 +128,11 @@ def groups_to_official(groups: Groups) -> Dict[str, torch.Tensor]:
 
     block = {official(g, k): v for g in ("rpl", "projector") for k, v in groups.get(g, {}).items()}
     state: Dict[str, torch.Tensor] = {}
-    for key, value in groups["segmenter"].items():
+    for key, value in groups["closed_set"].items():
         if block and not key.startswith("mod"):
             state.update(block)
             block = {}
-        state[official("segmenter", key)] = value
+        state[official("closed_set", key)] = value
     state.update(block)
     return state
 
@@ -141,10 +141,10 @@ def groups_to_official(groups: Groups) -> Dict[str, torch.Tensor]:
 def _wrn38_groups_on_meta() -> Groups:
     arch = get_architecture(WRN38_ARCHITECTURE)
     with torch.device("meta"):  # shapes only: nothing is allocated or initialised
-        segmenter = arch.build_segmenter()
-        branch = arch.build_rpl_branch(segmenter, arch.default_rpl_width, arch.rpl_designs[0])
-        projector = torch.nn.Conv2d(branch.context_channels, segmenter.head_channels, 1, bias=True)
-    return {"segmenter": segmenter.state_dict(), "rpl": branch.state_dict(),
+        closed_set = arch.build_closed_set()
+        branch = arch.build_rpl_branch(closed_set, arch.default_rpl_width, arch.rpl_designs[0])
+        projector = torch.nn.Conv2d(branch.context_channels, closed_set.head_channels, 1, bias=True)
+    return {"closed_set": closed_set.state_dict(), "rpl": branch.state_dict(),
             "projector": projector.state_dict()}
 
 
@@ -175,7 +175,7 @@ def read_pytorch_checkpoint(path, architecture: Optional[str] = None,
     """Read a PyTorch file → ``(meta, groups)`` as :func:`~rpl_perception.checkpoint.read_checkpoint`.
 
     ``fmt`` forces one of :data:`FORMATS` (default: detected from the keys). ``architecture``
-    names the segmenter of a ``state-dict`` file (default ``espnetv2_cityscapes``) and must agree
+    names the closed-set network of a ``state-dict`` file (default ``espnetv2_cityscapes``) and must agree
     with the WRN38 formats.
     """
     path = Path(path)
@@ -200,16 +200,16 @@ def convert_pytorch_object(obj, source, architecture: Optional[str] = None,
                 f"--from state-dict --arch NAME")
         arch = get_architecture(architecture or "espnetv2_cityscapes")
         return (CheckpointMeta.for_architecture(arch, provenance=provenance),
-                {"segmenter": state, "rpl": {}, "projector": {}})
+                {"closed_set": state, "rpl": {}, "projector": {}})
     if architecture is not None and architecture != WRN38_ARCHITECTURE:
         raise CheckpointError(f"{source}: holds a {fmt!r} checkpoint of architecture "
                               f"{WRN38_ARCHITECTURE!r}, expected {architecture!r}")
     arch = get_architecture(WRN38_ARCHITECTURE)
     if fmt == "nvidia-wrn38":
         state = {k: v for k, v in state.items() if k not in NVIDIA_SKIPPED_KEYS}
-        state = _check(state, _wrn38_groups_on_meta()["segmenter"], source, fmt)
+        state = _check(state, _wrn38_groups_on_meta()["closed_set"], source, fmt)
         return (CheckpointMeta.for_architecture(arch, provenance=provenance),
-                {"segmenter": state, "rpl": {}, "projector": {}})
+                {"closed_set": state, "rpl": {}, "projector": {}})
     with_projector = any(k.startswith(_PROJECTOR_PREFIX) for k in state)
     state = _check(state, official_template(with_projector), source, fmt)
     provenance["variant"] = "RPL+CoroCL" if with_projector else "RPL"

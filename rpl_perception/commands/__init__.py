@@ -9,7 +9,7 @@ def add_model_arguments(parser, deployment: bool = False) -> None:
     """The options every command that runs the model shares; with ``deployment`` also how it is
     deployed (backend, precision, cache), the options of the node's deployment parameters."""
     parser.add_argument("--model", default="default",
-                        help="model file (.safetensors or segmenter .pth), or 'default' for the embedded model")
+                        help="model file (.safetensors or closed-set .pth), or 'default' for the embedded model")
     parser.add_argument("--score", default=None,
                         help="anomaly score: rpl_energy, energy, max_logit, max_softmax, entropy "
                              "(default: the model's own)")
@@ -60,8 +60,8 @@ def deployment_spec_from_args(args, **overrides):
     return DeploymentSpec.from_settings(settings)
 
 
-def load_segmenter_from_args(args):
-    """The segmenter of the model options; with deployment options (``--backend``), its backend
+def anomaly_segmenter_from_args(args):
+    """The AnomalySegmenter of the model options; with deployment options (``--backend``), its backend
     is the one they name (created on first use), else PyTorch on ``--device``."""
     from ..segmenter import AnomalySegmenter
 

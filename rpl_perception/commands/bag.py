@@ -80,7 +80,7 @@ def dataset_frames(kind, root, label_map=None, image_dir=None, label_dir=None):
     """BagFrames of a labelled dataset (anomaly labels, or semantic ones for closed-set sets) and their count."""
     from ..eval.bags import BagFrame
     from ..eval.datasets import open_dataset
-    from ..eval.runner import frames_from_dataset
+    from ..eval.frames import frames_from_dataset
 
     options = {}
     if kind == "folders":

@@ -25,8 +25,8 @@ from ..resources import SAMPLE_IMAGES
 from . import (
     add_deployment_arguments,
     add_model_arguments,
+    anomaly_segmenter_from_args,
     deployment_spec_from_args,
-    load_segmenter_from_args,
     parse_size,
 )
 
@@ -285,7 +285,7 @@ def run(args) -> int:
     if args.camera_size is not None:
         rgb = resize_rgb(rgb, args.camera_size)
     frames = [rgb.copy() for _ in range(args.batch)]
-    segmenter = load_segmenter_from_args(args)
+    segmenter = anomaly_segmenter_from_args(args)
 
     measurements = []
     with tempfile.TemporaryDirectory(prefix="rpl-bench-") as stub_dir:

@@ -23,7 +23,7 @@ def register(subparsers):
                    help="architecture of a 'state-dict' file, e.g. deeplabv3plus_resnet101_os16_cityscapes")
     p.add_argument("--init-rpl", action="store_true",
                    help="add an untrained RPL branch (and CoroCL projector) initialised from the "
-                        "segmenter's ASPP, as the official trainer does: a training start")
+                        "closed-set network's ASPP, as the official trainer does: a training start")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh layers of --init-rpl")
     p.set_defaults(func=run)
 
@@ -64,14 +64,14 @@ def run(args) -> int:
 
     if args.init_rpl:
         if network.has_branch:
-            raise ValueError(f"{args.input}: already holds RPL weights; --init-rpl is for segmenter-only files")
+            raise ValueError(f"{args.input}: already holds RPL weights; --init-rpl is for files of a closed-set network alone")
         torch.manual_seed(args.seed)
         branch = arch.build_rpl_branch(network.closed_set, arch.default_rpl_width, arch.rpl_designs[0])
         network = RPLNetwork(network.closed_set, branch).eval()
         projector = coro_cl_projector(network)
         meta.rpl_width = arch.default_rpl_width
         meta.score = "energy"  # an untrained branch must not be the default score
-        meta.provenance["rpl"] = (f"untrained: initialised from the segmenter's ASPP, fresh 1×1s "
+        meta.provenance["rpl"] = (f"untrained: initialised from the closed-set network's ASPP, fresh 1×1s "
                                   f"(seed {args.seed})")
 
     if args.target_format == "official-rpl":
@@ -80,7 +80,7 @@ def run(args) -> int:
                              f"{args.input} holds {meta.architecture} "
                              f"{'with' if network.has_branch else 'without'} one")
         save_official_rpl(args.out, {
-            "segmenter": network.closed_set.state_dict(), "rpl": network.branch.state_dict(),
+            "closed_set": network.closed_set.state_dict(), "rpl": network.branch.state_dict(),
             "projector": projector.state_dict() if projector is not None else {}})
     else:
         save_checkpoint(args.out, meta, network, projector)

@@ -14,7 +14,7 @@ The same flow, piecewise, for your own frames or bags: ``rpl-perception bag make
 
 from pathlib import Path
 
-from . import SAMPLES_ROOT, add_model_arguments, load_segmenter_from_args
+from . import SAMPLES_ROOT, add_model_arguments, anomaly_segmenter_from_args
 
 TOPIC = "/cam/image_raw"
 CAMERA_RATE_HZ = 10.0  # the bag's stamps: a 10 Hz camera
@@ -73,13 +73,13 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    from ..eval import runner
     from ..eval.bags import write_frames
+    from ..eval.live import NodeOptions, evaluate_live
     from ..eval.report import write_report
     from .evaluate import print_summary
 
     check_dependencies()
-    segmenter = load_segmenter_from_args(args)  # checks the model options before a node starts
+    segmenter = anomaly_segmenter_from_args(args)  # checks the model options before a node starts
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames must be >= 1; got {args.max_frames}")
     bag, recorded, report = args.out / "bag", args.out / "recorded", args.out / "report"
@@ -97,8 +97,8 @@ def run(args) -> int:
     print(f"[2/3] anomaly_node ({args.model} model, score {segmenter.score}) serving {TOPIC}; replaying {pace} "
           f"and recording into {recorded}", flush=True)
     # reliable: large frames sent best-effort between processes can be lost whole by the DDS
-    node = runner.NodeOptions(args.model, args.score, args.size, args.smoothing_sigma, args.device, "reliable")
-    result = runner.evaluate_live(bag, TOPIC, score=segmenter.score, meta=segmenter.meta, node_options=node,
+    node = NodeOptions(args.model, args.score, args.size, args.smoothing_sigma, args.device, "reliable")
+    result = evaluate_live(bag, TOPIC, score=segmenter.score, meta=segmenter.meta, node_options=node,
                                   timeout_s=args.timeout, startup_timeout_s=args.startup_timeout,
                                   record=recorded, rate_scale=1.0 if args.rate is None else args.rate,
                                   lockstep=args.rate is None)

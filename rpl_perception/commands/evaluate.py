@@ -15,7 +15,7 @@ are skipped and named in the report; a damaged bag stops the run before the mode
 
 from pathlib import Path
 
-from . import add_model_arguments, load_segmenter_from_args
+from . import add_model_arguments, anomaly_segmenter_from_args
 
 MODES = ("offline", "live", "recorded")
 DESCRIPTION = ("offline: run the model on the bag's (or dataset's) frames as fast as it goes, comparing every "
@@ -133,9 +133,9 @@ def evaluate_into(args, out: Path):
         from ..eval.suite import native_size
 
         first = open_dataset(args.dataset[0], Path(args.dataset[1]))[0].image
-        divisor = load_segmenter_from_args(args).network.size_divisor
+        divisor = anomaly_segmenter_from_args(args).network.size_divisor
         args.size = native_size((first.shape[1], first.shape[0]), divisor)
-    segmenter = load_segmenter_from_args(args)  # recorded, live: for the score's name, display range, threshold
+    segmenter = anomaly_segmenter_from_args(args)  # recorded, live: for the score's name, display range, threshold
     skipped, observers = SkipLog(), []
     if args.bag is not None:  # the video at the camera's rate (recorded mode: the node's output rate)
         rate_topic = output_topics(args.topic)["anomaly"] if args.mode == "recorded" else args.topic
@@ -161,15 +161,18 @@ def evaluate_into(args, out: Path):
 
 
 def _evaluate(args, segmenter, components, skipped, observers):
-    from ..eval import runner
+    from ..eval.frames import frames_from_bag, frames_from_dataset
+    from ..eval.live import NodeOptions, evaluate_live
+    from ..eval.offline import evaluate_offline
+    from ..eval.recorded import evaluate_recorded
 
     if args.mode == "recorded":
-        return runner.evaluate_recorded(args.bag, args.topic, label_topic=args.label_topic, score=segmenter.score,
+        return evaluate_recorded(args.bag, args.topic, label_topic=args.label_topic, score=segmenter.score,
                                         meta=segmenter.meta, component_sizes=components, num_worst=args.worst,
                                         skipped=skipped, observers=observers)
     if args.mode == "live":
-        return runner.evaluate_live(args.bag, args.topic, label_topic=args.label_topic, score=segmenter.score,
-                                    meta=segmenter.meta, node_options=runner.NodeOptions.from_args(args),
+        return evaluate_live(args.bag, args.topic, label_topic=args.label_topic, score=segmenter.score,
+                                    meta=segmenter.meta, node_options=NodeOptions.from_args(args),
                                     launch=not args.no_launch, timeout_s=args.timeout,
                                     startup_timeout_s=args.startup_timeout, record=args.record,
                                     rate_scale=args.rate_scale, lockstep=args.lockstep, component_sizes=components,
@@ -178,14 +181,14 @@ def _evaluate(args, segmenter, components, skipped, observers):
         from ..eval.datasets import DATASET_KINDS, open_dataset
 
         dataset = open_dataset(args.dataset[0], Path(args.dataset[1]))
-        frames, total = runner.frames_from_dataset(dataset)
+        frames, total = frames_from_dataset(dataset)
         source = f"{dataset.kind}:{dataset.root}"
         components = None if args.no_components else DATASET_KINDS[dataset.kind].component_sizes
     else:
-        frames, total = runner.frames_from_bag(args.bag, args.topic, args.label_topic, skipped)
+        frames, total = frames_from_bag(args.bag, args.topic, args.label_topic, skipped)
         source = str(args.bag)
     scores = None if args.scores is None else [s.strip() for s in args.scores.split(",") if s.strip()]
-    return runner.evaluate_offline(segmenter, frames, total=total, scores=scores, batch_size=args.batch_size,
+    return evaluate_offline(segmenter, frames, total=total, scores=scores, batch_size=args.batch_size,
                                    component_sizes=components, num_worst=args.worst, source=source,
                                    observers=observers)
 
@@ -201,7 +204,7 @@ def run_suite(args, out: Path) -> int:
 
     def load(size):
         args.size = size
-        return load_segmenter_from_args(args)
+        return anomaly_segmenter_from_args(args)
 
     scores = None if args.scores is None else [s.strip() for s in args.scores.split(",") if s.strip()]
     result = suite.run_suite(load, sets, network_size="native" if args.native_size else args.size, scores=scores,

@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from . import add_model_arguments, deployment_spec_from_args, load_segmenter_from_args
+from . import add_model_arguments, anomaly_segmenter_from_args, deployment_spec_from_args
 
 
 def register(subparsers):
@@ -38,11 +38,12 @@ def register(subparsers):
 
 def run(args) -> int:
     from ..backends import OnnxRuntimeBackend
-    from ..export import DEFAULT_OPSET, check_parity, export_onnx, sample_batch
+    from ..export import DEFAULT_OPSET, export_onnx
+    from ..parity import check_parity, sample_batch
 
     if args.device != "cpu":
         raise ValueError("export traces on the CPU; drop --device")
-    segmenter = load_segmenter_from_args(args)
+    segmenter = anomaly_segmenter_from_args(args)
     if args.out is None:  # the file the deployment spec resolves, exactly as the node would export it
         spec = deployment_spec_from_args(args)
         path = spec.onnx_file(segmenter.model, segmenter.network_size)

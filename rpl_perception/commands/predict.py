@@ -4,7 +4,7 @@ from pathlib import Path
 
 from ..image import IMAGE_SUFFIXES, UnreadableImage, read_rgb
 from ..resources import SAMPLE_IMAGES as SAMPLES_DIR
-from . import add_model_arguments, load_segmenter_from_args
+from . import add_model_arguments, anomaly_segmenter_from_args
 
 
 def register(subparsers):
@@ -45,7 +45,7 @@ def run(args) -> int:
     files = collect_images(list(args.images) + ([SAMPLES_DIR] if args.samples else []))
     if not files:
         raise ValueError("no images given (pass files or folders, or --samples)")
-    segmenter = load_segmenter_from_args(args)
+    segmenter = anomaly_segmenter_from_args(args)
     low, high = segmenter.display_range
     threshold = segmenter.anomaly_threshold if args.threshold is None else args.threshold
     args.out.mkdir(parents=True, exist_ok=True)

@@ -8,12 +8,14 @@ malformed messages instead of failing; its ``observers`` (e.g. the drive's video
 frame with its latency.
 """
 
+import os
 import time
 from dataclasses import dataclass, fields
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from .evaluation import Evaluation, EvaluationResult, class_count, downscale_preview, latency_summary
 from .frames import BagTopics, EvalFrame, check_same_size, frames_from_bag
@@ -213,12 +215,6 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
     the received outputs (bag time = send / receipt wall time), which ``evaluate_recorded`` reads.
     ``domain_id`` defaults to ``ROS_DOMAIN_ID`` of the environment; a launched node gets the same.
     """
-    import os
-
-    from tqdm import tqdm
-
-    from .bags import ImageBagWriter
-
     if not rate_scale > 0:
         raise ValueError(f"rate scale must be > 0; got {rate_scale}")
     if not timeout_s > 0:
@@ -234,94 +230,149 @@ def evaluate_live(bag, image_topic: str, *, label_topic: Optional[str] = None, s
     evaluation = Evaluation([score], thresholds={score: threshold}, component_sizes=component_sizes,
                             num_worst=num_worst, num_classes=class_count(meta), observers=observers)
     process = _NodeProcess((node_options or NodeOptions()).command(image_topic), env) if launch else None
-    session = writer = None
-    sent, latencies = 0, []
-    pending: Dict[int, Tuple[EvalFrame, float]] = {}  # stamp → (frame with preview image, send time)
-    outputs: Dict[int, Dict[str, _Received]] = {}
+    session = recorder = None
     started = time.perf_counter()
     try:
         session = _LiveSession(topics, domain_id, camera_message_type_of(bag, image_topic))
         _wait_until_ready(session, process, startup_timeout_s, topics.image)
-        if record is not None:
-            writer = ImageBagWriter(record).__enter__()
-
-        def settle(now: float, final: bool = False) -> None:
-            """Take received outputs; score frames whose outputs are complete, drop expired ones."""
-            while not session.received.empty():
-                item = session.received.get_nowait()
-                if item.stamp_ns in pending:
-                    outputs.setdefault(item.stamp_ns, {})[item.output] = item
-                    if writer is not None:
-                        writer.write(topics.anomaly if item.output == "anomaly" else topics.semantic_prediction,
-                                     item.pixels, item.stamp_ns, encoding="32FC1" if item.output == "anomaly"
-                                     else "mono8", log_time_ns=item.received_wall_ns)
-            for stamp in list(pending):
-                got = outputs.get(stamp, {})
-                frame, sent_at = pending[stamp]
-                expired = final or now - sent_at > timeout_s
-                if len(got) == 2 or (expired and "anomaly" in got):
-                    anomaly = got["anomaly"]
-                    latencies.append(anomaly.received_s - sent_at)
-                    semantic = got["semantic"].pixels if "semantic" in got else None
-                    check_same_size(anomaly.pixels, frame.label, stamp)
-                    evaluation.update(frame, {score: anomaly.pixels}, semantic, latency_s=latencies[-1])
-                if len(got) == 2 or expired:
-                    del pending[stamp]
-                    outputs.pop(stamp, None)
-
-        first_stamp = first_send = None
+        recorder = _Recorder(record, topics) if record is not None else None
+        matcher = _Matcher(session, evaluation, score, timeout_s, recorder)
+        pace = _Pacer(matcher, process, lockstep, rate_scale)
         for frame in tqdm(frames, total=total, desc="eval live", unit="frame", disable=not progress):
-            if first_stamp is None:
-                first_stamp, first_send = frame.stamp_ns, time.perf_counter()
-            if lockstep:  # the previous frame's outputs (or its timeout) first, then this one at once
-                while pending:
-                    if process is not None:
-                        process.check_alive()
-                    settle(time.perf_counter())
-                    time.sleep(0.005)
-            else:
-                due = first_send + (frame.stamp_ns - first_stamp) / 1e9 / rate_scale
-                while (now := time.perf_counter()) < due:
-                    settle(now)
-                    time.sleep(min(0.005, due - now))
+            pace.until_due(frame)
             if process is not None:
                 process.check_alive()
             session.publish(frame, "camera")
             sent_at, sent_wall = time.perf_counter(), time.time_ns()
-            sent += 1
-            if writer is not None:
-                writer.write(topics.image, frame.image, frame.stamp_ns, encoding="rgb8", log_time_ns=sent_wall)
-                for topic, truth in ((topics.label, frame.label), (topics.semantic, frame.semantic)):
-                    if truth is not None:
-                        writer.write(topic, truth, frame.stamp_ns, encoding="mono8", log_time_ns=sent_wall)
-            preview = EvalFrame(frame.name, downscale_preview(frame.image, cv2.INTER_AREA), frame.label, frame.semantic,
-                                frame.stamp_ns)
-            pending[frame.stamp_ns] = (preview, sent_at)
-            settle(time.perf_counter())
-        deadline = time.perf_counter() + timeout_s
-        while pending and time.perf_counter() < deadline:
-            settle(time.perf_counter())
-            time.sleep(0.01)
-        settle(time.perf_counter(), final=True)
+            if recorder is not None:
+                recorder.sent(frame, sent_wall)
+            matcher.sent(frame, sent_at)
+        matcher.drain()
     finally:
-        if writer is not None:
-            writer.__exit__(None, None, None)
+        if recorder is not None:
+            recorder.close()
         if session is not None:
             session.close()
         if process is not None:
             process.stop()
-    delivered = len(latencies)
     return evaluation.result(
         mode="live", source=str(bag),
         settings={"score": score, "display_range": {score: display}, "threshold": {score: threshold},
                   "topics": vars(topics), "node": vars(node_options or NodeOptions()) if launch else "already running",
                   "rate_scale": None if lockstep else rate_scale, "lockstep": lockstep, "timeout_s": timeout_s},
-        delivery={"frames_sent": sent, "frames_delivered": delivered,
-                  "delivered_ratio": delivered / sent if sent else None,
-                  "latency": latency_summary(latencies), "latency_clock": "publish → anomaly received"},
-        timing={"wall_s": time.perf_counter() - started})
+        delivery=_delivery(matcher.sent_count, matcher.latencies), timing={"wall_s": time.perf_counter() - started})
 
 
+def _delivery(sent: int, latencies: List[float]) -> Dict[str, object]:
+    """The report's delivery section: how many frames came back, and how late."""
+    delivered = len(latencies)
+    return {"frames_sent": sent, "frames_delivered": delivered, "delivered_ratio": delivered / sent if sent else None,
+            "latency": latency_summary(latencies), "latency_clock": "publish → anomaly received"}
+
+
+class _Recorder:
+    """``record``: a bag with the sent frames, their ground truth and the received outputs (bag
+    time = send / receipt wall time), which ``evaluate_recorded`` reads."""
+
+    def __init__(self, path, topics: BagTopics):
+        from .bags import ImageBagWriter
+
+        self.topics = topics
+        self.writer = ImageBagWriter(path).__enter__()
+
+    def sent(self, frame: EvalFrame, wall_ns: int) -> None:
+        self.writer.write(self.topics.image, frame.image, frame.stamp_ns, encoding="rgb8", log_time_ns=wall_ns)
+        for topic, truth in ((self.topics.label, frame.label), (self.topics.semantic, frame.semantic)):
+            if truth is not None:
+                self.writer.write(topic, truth, frame.stamp_ns, encoding="mono8", log_time_ns=wall_ns)
+
+    def received(self, item: _Received) -> None:
+        anomaly = item.output == "anomaly"
+        self.writer.write(self.topics.anomaly if anomaly else self.topics.semantic_prediction, item.pixels,
+                          item.stamp_ns, encoding="32FC1" if anomaly else "mono8", log_time_ns=item.received_wall_ns)
+
+    def close(self) -> None:
+        self.writer.__exit__(None, None, None)
+
+
+class _Matcher:
+    """Matches the node's outputs to the sent frames by header stamp and scores complete frames; a
+    frame whose ``anomaly`` has not come ``timeout_s`` after it was sent counts as lost."""
+
+    def __init__(self, session: _LiveSession, evaluation: Evaluation, score: str, timeout_s: float,
+                 recorder: Optional[_Recorder]):
+        self.session, self.evaluation, self.score = session, evaluation, score
+        self.timeout_s, self.recorder = timeout_s, recorder
+        self.pending: Dict[int, Tuple[EvalFrame, float]] = {}  # stamp → (frame with preview image, send time)
+        self.outputs: Dict[int, Dict[str, _Received]] = {}
+        self.latencies: List[float] = []
+        self.sent_count = 0
+
+    def sent(self, frame: EvalFrame, sent_at: float) -> None:
+        preview = EvalFrame(frame.name, downscale_preview(frame.image, cv2.INTER_AREA), frame.label, frame.semantic,
+                            frame.stamp_ns)
+        self.pending[frame.stamp_ns] = (preview, sent_at)
+        self.sent_count += 1
+        self.settle(time.perf_counter())
+
+    def _take_received(self) -> None:
+        while not self.session.received.empty():
+            item = self.session.received.get_nowait()
+            if item.stamp_ns in self.pending:
+                self.outputs.setdefault(item.stamp_ns, {})[item.output] = item
+                if self.recorder is not None:
+                    self.recorder.received(item)
+
+    def settle(self, now: float, final: bool = False) -> None:
+        """Take received outputs; score frames whose outputs are complete, drop expired ones."""
+        self._take_received()
+        for stamp in list(self.pending):
+            got = self.outputs.get(stamp, {})
+            frame, sent_at = self.pending[stamp]
+            expired = final or now - sent_at > self.timeout_s
+            if len(got) == 2 or (expired and "anomaly" in got):
+                anomaly = got["anomaly"]
+                self.latencies.append(anomaly.received_s - sent_at)
+                semantic = got["semantic"].pixels if "semantic" in got else None
+                check_same_size(anomaly.pixels, frame.label, stamp)
+                self.evaluation.update(frame, {self.score: anomaly.pixels}, semantic, latency_s=self.latencies[-1])
+            if len(got) == 2 or expired:
+                del self.pending[stamp]
+                self.outputs.pop(stamp, None)
+
+    def drain(self) -> None:
+        """After the last frame: wait up to ``timeout_s`` for the outstanding outputs."""
+        deadline = time.perf_counter() + self.timeout_s
+        while self.pending and time.perf_counter() < deadline:
+            self.settle(time.perf_counter())
+            time.sleep(0.01)
+        self.settle(time.perf_counter(), final=True)
+
+
+class _Pacer:
+    """When the next frame goes out: at its recorded time (scaled by ``rate_scale``), or in
+    ``lockstep`` once the previous frame's outputs have come (or timed out). Outputs are taken
+    while waiting."""
+
+    def __init__(self, matcher: _Matcher, process: Optional[_NodeProcess], lockstep: bool, rate_scale: float):
+        self.matcher, self.process, self.lockstep, self.rate_scale = matcher, process, lockstep, rate_scale
+        self.first_stamp: Optional[int] = None
+        self.first_send = 0.0
+
+    def until_due(self, frame: EvalFrame) -> None:
+        if self.first_stamp is None:
+            self.first_stamp, self.first_send = frame.stamp_ns, time.perf_counter()
+        if self.lockstep:
+            while self.matcher.pending:
+                if self.process is not None:
+                    self.process.check_alive()
+                self.matcher.settle(time.perf_counter())
+                time.sleep(0.005)
+            return
+        due = self.first_send + (frame.stamp_ns - self.first_stamp) / 1e9 / self.rate_scale
+        while (now := time.perf_counter()) < due:
+            self.matcher.settle(now)
+            time.sleep(min(0.005, due - now))
 
 
 def _wait_until_ready(session: _LiveSession, process: Optional[_NodeProcess], timeout_s: float, topic: str) -> None:

@@ -21,7 +21,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import yaml
 
 from .datasets import DATASET_KINDS, open_dataset
-from .runner import EvaluationResult, evaluate_offline, frames_from_dataset
+from .evaluation import EvaluationResult
+from .frames import frames_from_dataset
+from .offline import evaluate_offline
 
 __all__ = ["SuiteSet", "SuiteResult", "load_suite", "native_size", "run_suite", "suite_table", "suite_summary"]
 
@@ -80,10 +82,10 @@ def native_size(image_size: Tuple[int, int], divisor: int) -> Tuple[int, int]:
     return tuple(-(-side // divisor) * divisor for side in image_size)
 
 
-def run_suite(load_segmenter: Callable[[Optional[Tuple[int, int]]], object], sets: Sequence[SuiteSet], *,
+def run_suite(segmenter_at: Callable[[Optional[Tuple[int, int]]], object], sets: Sequence[SuiteSet], *,
               network_size: NetworkSize = None, scores: Optional[Sequence[str]] = None, batch_size: int = 1,
               num_worst: int = 4, components: bool = True, progress: bool = True) -> SuiteResult:
-    """Evaluate every set; ``load_segmenter(size)`` gives an AnomalySegmenter at that network size
+    """Evaluate every set; ``segmenter_at(size)`` gives an AnomalySegmenter at that network size
     (None: the model's own). ``network_size``: None (model's), ``"native"`` or (width, height)."""
     results, sizes = {}, {}
     for entry in sets:
@@ -91,10 +93,10 @@ def run_suite(load_segmenter: Callable[[Optional[Tuple[int, int]]], object], set
         size = network_size
         if network_size == "native":
             first = dataset[0].image
-            probe = load_segmenter(None)
+            probe = segmenter_at(None)
             divisor = probe.network.size_divisor
             size = native_size((first.shape[1], first.shape[0]), divisor)
-        segmenter = load_segmenter(size)
+        segmenter = segmenter_at(size)
         frames, total = frames_from_dataset(dataset)
         component_sizes = DATASET_KINDS[dataset.kind].component_sizes if components else None
         results[entry.name] = evaluate_offline(segmenter, frames, total=total, scores=scores,

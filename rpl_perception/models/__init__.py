@@ -1,14 +1,14 @@
 """Segmentation architectures and their RPL attachment: the architecture registry.
 
 The registry maps an architecture name (stored in every checkpoint) to how to build the
-closed-set segmenter and its RPL branch. Add an architecture with :func:`register_architecture`.
+closed-set network and its RPL branch. Add an architecture with :func:`register_architecture`.
 Loading weights from files is :mod:`rpl_perception.checkpoint`'s (e.g. ``load_closed_set``); this
 package imports none of it.
 """
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from torch import nn
 
@@ -23,12 +23,12 @@ from .deeplabv3plus import (
     deeplabv3plus_wrn38,
 )
 from .espnetv2 import EfficientPyrPool, ESPNetv2Segmentation, espnetv2_cityscapes
-from .rpl import FineRPLBranch, RPLBranch, RPLNetwork, RPLOutput, RPLSegmenter, SeparableASPP
+from .rpl import FineRPLBranch, RPLBranch, RPLNetwork, RPLOutput, SeparableASPP
 
 __all__ = [
     "Architecture", "ARCHITECTURES", "CITYSCAPES_CLASSES", "register_architecture",
     "get_architecture", "AnomalyModel", "ImageNormalisation", "RPLBranch", "RPLOutput",
-    "RPLNetwork", "RPLSegmenter", "ESPNetv2Segmentation", "DeepLabV3PlusWRN38", "DeepLabV3PlusResNet",
+    "RPLNetwork", "ESPNetv2Segmentation", "DeepLabV3PlusWRN38", "DeepLabV3PlusResNet",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,11 +37,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Architecture:
-    """How to build one segmenter family and attach RPL to it."""
+    """How to build one closed-set network family and attach RPL to it."""
 
     name: str
-    build_segmenter: Callable[[], nn.Module]
-    #: (frozen segmenter, branch width, design) → RPLBranch, initialised as the official code does
+    build_closed_set: Callable[[], nn.Module]
+    #: (frozen closed-set network, branch width, design) → RPLBranch, initialised as the official code does
     build_rpl_branch: Callable[[nn.Module, int, str], RPLBranch]
     default_rpl_width: int
     input_size: Tuple[int, int]  # (width, height) the network was trained at
@@ -49,9 +49,15 @@ class Architecture:
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD
     extra: Dict[str, object] = field(default_factory=dict)
-    #: RPL branch designs ``build_rpl_branch`` knows; the first is the default (and the design of
-    #: model files that record none)
+    #: RPL branch designs ``build_rpl_branch`` knows; the first is the default
     rpl_designs: Tuple[str, ...] = ("aspp",)
+    #: the design of model files that record none (written before designs were recorded); None:
+    #: the default design
+    unrecorded_rpl_design: Optional[str] = None
+
+    @property
+    def design_of_unrecorded(self) -> str:
+        return self.unrecorded_rpl_design or self.rpl_designs[0]
 
     @property
     def num_inlier(self) -> int:
@@ -75,43 +81,46 @@ def get_architecture(name: str) -> Architecture:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
 
 
-def espnetv2_rpl_branch(segmenter: ESPNetv2Segmentation, width: int = 64, design: str = "pyramid") -> RPLBranch:
-    """ESPNetv2's RPL branch on the level-4 feature (stride 16, 512 channels), in one of two designs.
+def espnetv2_rpl_branch(closed_set: ESPNetv2Segmentation, width: int = 128, design: str = "aspp") -> RPLBranch:
+    """ESPNetv2's RPL branch on the level-4 feature (stride 16, 512 channels), in one of three designs.
 
-    * ``pyramid``: a copy of the segmenter's own context module ``bu_dec_l1`` (EfficientPyrPool
+    * ``aspp`` (the default, the shipped model's): :class:`SeparableASPP` (512 → ``width``, randomly
+      initialised), which keeps the whole feature, as the official branch keeps its 4096-channel input.
+    * ``pyramid``: a copy of the closed-set network's own context module ``bu_dec_l1`` (EfficientPyrPool
       512 → 10 → 64), as the official code copies DeepLabV3+'s ASPP; copied when the widths match.
       Its first layer keeps only 10 of the 512 channels, the ones the decoder needs for Cityscapes.
-    * ``aspp``: :class:`SeparableASPP` (512 → ``width``, randomly initialised), which keeps the
-      whole feature, as the official branch keeps its 4096-channel input.
     * ``aspp_fine``: the ``aspp`` context, and a residual that also reads the head's input feature
       (:class:`FineRPLBranch`): sharp enough for small obstacles.
     """
     if design == "pyramid":
-        context = EfficientPyrPool(segmenter.deep_channels, 10, width)
-        if width == segmenter.bu_dec_l1.merge_layer[3].out_channels:
-            context.load_state_dict(segmenter.bu_dec_l1.state_dict())
+        context = EfficientPyrPool(closed_set.deep_channels, 10, width)
+        if width == closed_set.bu_dec_l1.merge_layer[3].out_channels:
+            context.load_state_dict(closed_set.bu_dec_l1.state_dict())
     elif design in ("aspp", "aspp_fine"):
-        context = SeparableASPP(segmenter.deep_channels, width)
+        context = SeparableASPP(closed_set.deep_channels, width)
     else:
-        raise ValueError(f"unknown ESPNetv2 RPL branch design {design!r}; known: pyramid, aspp, aspp_fine")
+        raise ValueError(f"unknown ESPNetv2 RPL branch design {design!r}; known: aspp, pyramid, aspp_fine")
     if design == "aspp_fine":
-        return FineRPLBranch(context, width, segmenter.head_channels)
-    return RPLBranch(context, width, segmenter.head_channels)
+        return FineRPLBranch(context, width, closed_set.head_channels)
+    return RPLBranch(context, width, closed_set.head_channels)
 
 
 register_architecture(Architecture(
     name="espnetv2_cityscapes",
-    build_segmenter=espnetv2_cityscapes,
+    build_closed_set=espnetv2_cityscapes,
     build_rpl_branch=espnetv2_rpl_branch,
-    default_rpl_width=64,
+    # aspp / 128: the shipped model's branch, better than the pyramid copy on every held-back set
+    # (docs/rpl_training.md); files from before designs were recorded hold the pyramid
+    default_rpl_width=128,
     input_size=(1024, 512),
-    rpl_designs=("pyramid", "aspp", "aspp_fine"),
+    rpl_designs=("aspp", "pyramid", "aspp_fine"),
+    unrecorded_rpl_design="pyramid",
 ))
 
 # DeepLabV3+ (19 Cityscapes classes, trained and evaluated on full 2048×1024 frames)
 register_architecture(Architecture(
     name="deeplabv3plus_wrn38_cityscapes",
-    build_segmenter=deeplabv3plus_wrn38,
+    build_closed_set=deeplabv3plus_wrn38,
     build_rpl_branch=deeplabv3plus_rpl_branch,
     default_rpl_width=256,
     input_size=(2048, 1024),
@@ -120,18 +129,9 @@ for _depth, _build in ((50, deeplabv3plus_resnet50), (101, deeplabv3plus_resnet1
     for _stride in (8, 16):
         register_architecture(Architecture(
             name=f"deeplabv3plus_resnet{_depth}_os{_stride}_cityscapes",
-            build_segmenter=partial(_build, output_stride=_stride),
+            build_closed_set=partial(_build, output_stride=_stride),
             build_rpl_branch=deeplabv3plus_rpl_branch,
             default_rpl_width=256,
             input_size=(2048, 1024),
         ))
 
-
-def __getattr__(name):
-    # ``load_segmenter`` lived here before it became checkpoint.load_closed_set; resolved on use so
-    # that the registry imports no checkpoint code (the import-graph test lists this alias)
-    if name == "load_segmenter":
-        from ..checkpoint import load_closed_set
-
-        return load_closed_set
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -40,7 +40,7 @@ class ImageNormalisation(nn.Module):
 
 def _negative_logsumexp(logits: torch.Tensor, maximum: torch.Tensor) -> torch.Tensor:
     """−logsumexp over dim 1 given its max: −(m + log Σ exp(x − m)), PyTorch's own formula without
-    its handling of infinite maxima (finite network logits), ~25 % faster on the CPU."""
+    its handling of infinite maxima (finite network logits), which costs time on the CPU."""
     shifted = torch.exp(logits - maximum.unsqueeze(1)).sum(dim=1)
     return -(maximum + torch.log(shifted))
 
@@ -49,11 +49,16 @@ class AnomalyScoring(nn.Module):
     """Closed-set logits ỹ (and the branch's ŷ) → labels uint8 and score map(s), in float32.
 
     ``scores`` one name: the map is (B, H, W); several (``stacked``): (B, S, H, W) in that order,
-    each computed exactly as it would be alone. Eager PyTorch takes the labels from ``max(dim)``
-    (one pass, ~7× faster than ``argmax`` over the channel axis on the CPU), reuses that maximum
-    in the closed-set logsumexp and spells logsumexp out; while tracing for export the plain
-    ``argmax`` / ``logsumexp`` are kept, which :class:`rpl_perception.export.ExportForms` turns
-    into the same one-reduction form.
+    each computed exactly as it would be alone.
+
+    Two forms of the same values, because eager PyTorch and ONNX Runtime are fast at different
+    things: eager PyTorch takes the labels and the channel maximum from one ``max(dim)`` (much
+    faster than ``argmax`` over the channel axis on the CPU) and reuses that maximum in the
+    spelled-out logsumexp. The traced graph keeps the plain ``argmax`` / ``logsumexp`` calls:
+    ``max(dim)`` would export as two reductions, and only these calls let
+    :class:`rpl_perception.export_forms.ExportForms` write the one-reduction form ONNX Runtime
+    runs fastest (the max as the value at the argmax, the channel sum as a 1×1 convolution).
+    The export parity tests (test/test_export.py) hold the two forms to the same values.
     """
 
     def __init__(self, num_inlier: int, scores: Sequence[str], smoothing_sigma: float, stacked: bool):

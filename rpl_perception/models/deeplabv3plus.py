@@ -63,7 +63,7 @@ def _aspp_conv_branches(in_channels: int, rates: Sequence[int]):
 class DeepWV3PlusASPP(nn.Module):
     """NVIDIA's ASPP (fact sheet section 3): outputs [image pool, 1×1, 3×3 r1, r2, r3], 1280 channels.
 
-    No projection inside: the 1280 → 256 ``bot_aspp`` is a separate module of the segmenter.
+    No projection inside: the 1280 → 256 ``bot_aspp`` is a separate module of the closed-set network.
     """
 
     def __init__(self, in_channels: int, rates: Sequence[int] = (12, 24, 36)):
@@ -249,7 +249,7 @@ class DeepLabV3PlusResNet(_DeepLabV3PlusBase):
 class DeepLabRPLBranch(RPLBranch):
     """The official RPL residual block (fact sheet section 5) in :class:`RPLBranch` form.
 
-    ``context`` is a trainable copy of the segmenter's ASPP (+ bottleneck), ``residual`` the
+    ``context`` is a trainable copy of the closed-set network's ASPP (+ bottleneck), ``residual`` the
     1×1 ``atten_aspp_final`` (256 → 304, no bias). Unlike the generic branch, the context is
     upsampled to the decoder size *before* the 1×1, in the official code's order of operations;
     the upsampled context is the ``embedding`` that the CoroCL projector reads (``proj_head(r)``
@@ -293,11 +293,11 @@ def deeplabv3plus_resnet101(num_classes: int = NUM_CITYSCAPES_CLASSES, output_st
                                output_stride)
 
 
-def deeplabv3plus_rpl_branch(segmenter: _DeepLabV3PlusBase, width: int = ASPP_CHANNELS,
+def deeplabv3plus_rpl_branch(closed_set: _DeepLabV3PlusBase, width: int = ASPP_CHANNELS,
                              design: str = "aspp") -> DeepLabRPLBranch:
     """The RPL branch, initialised as the official trainer does (fact sheet section 8a).
 
-    The context starts as an exact copy of the segmenter's ASPP (and, for WRN38, ``bot_aspp``),
+    The context starts as an exact copy of the closed-set network's ASPP (and, for WRN38, ``bot_aspp``),
     trainable even when ``segmenter`` is already frozen; the 1×1 residual is fresh Kaiming-normal.
     """
     if design != "aspp":
@@ -305,6 +305,6 @@ def deeplabv3plus_rpl_branch(segmenter: _DeepLabV3PlusBase, width: int = ASPP_CH
     if width != ASPP_CHANNELS:
         raise ValueError(f"the DeepLabV3+ RPL branch copies the ASPP, so its width is "
                          f"{ASPP_CHANNELS}; got {width}")
-    context = nn.Sequential(copy.deepcopy(segmenter.context_modules()))
+    context = nn.Sequential(copy.deepcopy(closed_set.context_modules()))
     context.requires_grad_(True).train()
-    return DeepLabRPLBranch(context, width, segmenter.head_channels, segmenter.align_corners)
+    return DeepLabRPLBranch(context, width, closed_set.head_channels, closed_set.align_corners)

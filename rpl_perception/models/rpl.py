@@ -1,9 +1,9 @@
 """Residual Pattern Learning (Liu et al., ICCV 2023), the network side.
 
-Paper Eq. 3: a trainable branch reads the segmenter's deep feature and adds a residual to the
+Paper Eq. 3: a trainable branch reads the closed-set network's deep feature and adds a residual to the
 feature ``f`` that feeds the frozen classifier head, which is then run twice::
 
-    ỹ = head(f)                 closed-set logits (the segmenter's own output, untouched)
+    ỹ = head(f)                 closed-set logits (the closed-set network's own output, untouched)
     ŷ = head(f + rpl(deep))     logits used for the anomaly score
 
 Closed-set labels always come from ỹ, so they are bit-identical with and without the branch.
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RPLOutput", "RPLBranch", "FineRPLBranch", "RPLNetwork", "RPLSegmenter", "SeparableASPP",
+__all__ = ["RPLOutput", "RPLBranch", "FineRPLBranch", "RPLNetwork", "SeparableASPP",
            "init_kaiming_fan_in"]
 
 
@@ -44,7 +44,7 @@ class SeparableASPP(nn.Module):
     The input is projected to ``width`` channels once (1×1); three atrous branches (depth-wise 3×3
     at ``rates``, then a point-wise 1×1) and an image-pooling branch read it; the five
     ``width``-channel maps are merged by a 1×1. This is the official RPL context block (a copy of
-    DeepLabV3+'s ASPP) made cheap enough for a small segmenter: it keeps every input channel's
+    DeepLabV3+'s ASPP) made cheap enough for a small closed-set network: it keeps every input channel's
     information (no narrow projection) at a fraction of the full ASPP's cost.
     """
 
@@ -100,7 +100,7 @@ class FineRPLBranch(RPLBranch):
     concatenated with the head's input ``feat``, fused by a 1×1 (+ BatchNorm, ReLU) and mapped to the
     residual by the final 1×1. A residual from the stride-16 context alone is a blurred field; with
     the fine feature it can follow object outlines and mark objects a few pixels wide. The
-    segmenter is untouched: ``feat`` is only read.
+    closed-set network is untouched: ``feat`` is only read.
     """
 
     def __init__(self, context: nn.Module, context_channels: int, head_channels: int, fine_channels: int = 32):
@@ -116,9 +116,9 @@ class FineRPLBranch(RPLBranch):
 
 
 class RPLNetwork(nn.Module):
-    """The network: a frozen closed-set segmenter (``closed_set``) with an optional RPL branch.
+    """The network: a frozen closed-set network (``closed_set``) with an optional RPL branch.
 
-    The closed-set segmenter must provide ``extract_features(x) -> (deep, feat)``, ``extract_deep(x) -> deep``
+    The closed-set network must provide ``extract_features(x) -> (deep, feat)``, ``extract_deep(x) -> deep``
     (for training), ``head(feat)`` and ``upsample_logits(logits, size)`` (see :class:`~rpl_perception.models.espnetv2.ESPNetv2Segmentation`).
     It stays in eval mode with frozen parameters whatever ``train()`` is called with: RPL never
     changes it, and its BatchNorm must keep using the running statistics.
@@ -133,17 +133,12 @@ class RPLNetwork(nn.Module):
         self.closed_set.eval()
 
     @property
-    def segmenter(self) -> nn.Module:
-        """The closed-set segmenter under its earlier name (alias of :attr:`closed_set`)."""
-        return self.closed_set
-
-    @property
     def has_branch(self) -> bool:
         return self.branch is not None
 
     @property
     def size_divisor(self) -> int:
-        """Input sizes must be multiples of this (the closed-set segmenter's own, else 1)."""
+        """Input sizes must be multiples of this (the closed-set network's own, else 1)."""
         return getattr(self.closed_set, "size_divisor", 1)
 
     def train(self, mode: bool = True):
@@ -161,7 +156,3 @@ class RPLNetwork(nn.Module):
         residual, embedding = self.branch(deep, feat)
         rpl = seg.upsample_logits(seg.head(feat + residual), size)
         return RPLOutput(closed, rpl, embedding)
-
-
-#: the network's earlier name, kept for existing code
-RPLSegmenter = RPLNetwork

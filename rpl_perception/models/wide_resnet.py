@@ -3,7 +3,7 @@
 Written from the fact sheet ``shared/specs/wrn38_rpl.md`` (section 2), which describes the
 backbone of NVIDIA's DeepWV3Plus as the official RPL code uses it. Module names follow that code
 (``mod1`` … ``mod7``, ``blockN``, ``bn1.0``, ``convs.conv1`` …) so that its weights load with
-``strict=True``. The ImageNet head (``bn_out``, ``classifier``) is not part of the segmenter and
+``strict=True``. The ImageNet head (``bn_out``, ``classifier``) is not part of the closed-set network and
 is left out.
 """
 

@@ -4,7 +4,7 @@
 * :mod:`rpl_training.datasets` — Cityscapes / driving frames (inliers), COCO / cut-outs (outliers);
 * :mod:`rpl_training.transforms` — outlier exposure (paste objects, context images);
 * :mod:`rpl_training.data` — the deterministic, resumable sample stream (several weighted sources);
-* :mod:`rpl_training.model` — the branch on the frozen segmenter, its optimiser and one step's losses;
+* :mod:`rpl_training.model` — the branch on the frozen closed-set network, its optimiser and one step's losses;
 * :mod:`rpl_training.validation` — validation on one labelled set or a suite of them;
 * :mod:`rpl_training.run_state` — a run's state and its set-up (new or resumed);
 * :mod:`rpl_training.train` — the loop (one CPU, one GPU, or DDP under torchrun) and ``rpl-train``;

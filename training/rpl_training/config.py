@@ -36,10 +36,10 @@ DEFAULTS: Dict[str, Any] = {
     "seed": 666,
     "output_dir": "runs/rpl",
     "model": {
-        "segmenter": None,  # rpl_perception checkpoint or segmenter .pth; None = the embedded default
+        "segmenter": None,  # the closed-set network: an rpl_perception model file or a .pth state dict; None = the embedded default
         "architecture": None,  # registry name; needed only for a plain .pth state dict
         "rpl_width": None,  # branch width; None = the architecture's default
-        "rpl_design": None,  # branch design (ESPNetv2: pyramid | aspp); None = the architecture's default
+        "rpl_design": None,  # branch design (ESPNetv2: aspp | pyramid | aspp_fine); None = the architecture's default
     },
     "data": {
         # one inlier source, or a list of them (each with these keys) sampled by their weights
@@ -68,7 +68,7 @@ DEFAULTS: Dict[str, Any] = {
             "flip_prob": 0.0,  # object augmentation
             "colour_jitter": 0.0,  # object augmentation strength (brightness/contrast/saturation)
             "on_road": {  # obstacles pasted where obstacles lie (rpl_training.transforms.RoadPlacement)
-                "share": 0.0,  # of the pasted objects, placed on the frozen segmenter's road pixels
+                "share": 0.0,  # of the pasted objects, placed on the frozen closed-set network's road pixels
                 "height_at_bottom": [0.04, 0.3],  # object height at the frame's bottom row / frame height
                 "min_height": 6,  # px; smaller objects (near the horizon) are not pasted there
                 "soft_edge": 0.0,  # σ px of the outline's feathering (0: hard edges)
@@ -99,7 +99,7 @@ DEFAULTS: Dict[str, Any] = {
             "max_views": 512,
             "min_images": 2,  # per process, as the official trainer
         },
-        "compile": False,  # torch.compile the frozen segmenter (torch backend) and the loss terms (minutes to
+        "compile": False,  # torch.compile the frozen closed-set network (torch backend) and the loss terms (minutes to
                            # compile, then faster)
         "frozen": {
             "where": "auto",  # model | loader | auto: the frozen pass in the data loader's worker on a CPU

@@ -8,7 +8,7 @@ than 254 / 255 is inlier; the RPL losses never read the class):
   official table), read through :func:`rpl_perception.eval.datasets.open_dataset`;
 * :class:`FrameInliers` — any folder of driving images and/or videos (or one video file); every
   pixel is inlier (label 0). This is legitimate because the in-distribution loss only uses the
-  frozen segmenter's pseudo-labels;
+  frozen closed-set network's pseudo-labels;
 * :class:`IDDInliers` — the India Driving Dataset (IDD / IDD-Lite) layout
   ``leftImg8bit/SPLIT/SEQ/NAME_image.jpg`` + ``gtFine/SPLIT/SEQ/NAME_label.png``, with its labels
   (so that a class such as IDD's "living things" can be voided out of the in-distribution loss).

@@ -1,4 +1,4 @@
-"""The frozen segmenter's share of a training step: what the branch and the losses read that the
+"""The frozen closed-set network's share of a training step: what the branch and the losses read that the
 branch does not change, computed without autograd.
 
 Per batch of uint8 images (B, H, W, 3) the frozen pass gives (:data:`FROZEN_KEYS`):
@@ -12,8 +12,8 @@ Per batch of uint8 images (B, H, W, 3) the frozen pass gives (:data:`FROZEN_KEYS
 It runs on the training device inside the model's step (GPU), or, on a CPU, inside the data
 loader's worker process (:class:`FrozenCollate`): there it overlaps the trainable step of the
 previous batch on the other core, and with ``onnxruntime`` it runs as one ONNX graph exported
-with :class:`rpl_perception.export.ExportForms` (the same rewrites as the deployed model). The
-values are those of the eager segmenter up to float rounding (tested).
+with :class:`rpl_perception.export_forms.ExportForms` (the same rewrites as the deployed model). The
+values are those of the eager closed-set network up to float rounding (tested).
 """
 
 import copy
@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from rpl_perception.export import ExportForms
+from rpl_perception.export_forms import ExportForms
 from rpl_perception.models import ImageNormalisation
 
 from .data import collate
 from .losses import closed_set_targets
 
-__all__ = ["FROZEN_KEYS", "FrozenSegmenter", "FrozenEncoder", "export_frozen", "OnnxFrozenPass", "TorchFrozenPass",
+__all__ = ["FROZEN_KEYS", "FrozenClosedSet", "FrozenEncoder", "export_frozen", "OnnxFrozenPass", "TorchFrozenPass",
            "FrozenCollate", "onnxruntime_available"]
 
 log = logging.getLogger("rpl_training")
@@ -41,7 +41,7 @@ FROZEN_KEYS = ("deep", "feat", "pseudo", "closed_entropy")
 _OPSET = 17
 
 
-class FrozenSegmenter(nn.Module):
+class FrozenClosedSet(nn.Module):
     """uint8 (B, H, W, 3) images → ``deep``, ``feat``, ``pseudo`` (uint8), ``closed_entropy``.
 
     Normalises as :class:`rpl_perception.models.AnomalyModel`; the closed-set logits are resized
@@ -79,13 +79,13 @@ class FrozenEncoder(nn.Module):
 class TorchFrozenPass(nn.Module):
     """The frozen pass in PyTorch on any device (``compile``: ``torch.compile`` both modules,
     minutes of compilation per input shape, then faster on a CPU). Always in eval mode: the
-    segmenter's BatchNorm keeps its running statistics whatever ``train()`` is called with."""
+    closed-set network's BatchNorm keeps its running statistics whatever ``train()`` is called with."""
 
-    def __init__(self, segmenter: FrozenSegmenter, encoder: FrozenEncoder, compile: bool = False):
+    def __init__(self, closed_set: FrozenClosedSet, encoder: FrozenEncoder, compile: bool = False):
         super().__init__()
-        self.segmenter, self.encoder = segmenter, encoder
+        self.closed_set, self.encoder = closed_set, encoder
         # a plain dict: the compiled wrappers are not registered as submodules a second time
-        self._run = {"segmenter": torch.compile(segmenter, dynamic=False) if compile else segmenter,
+        self._run = {"closed_set": torch.compile(closed_set, dynamic=False) if compile else closed_set,
                      "encoder": torch.compile(encoder, dynamic=False) if compile else encoder}
         self.eval()
 
@@ -94,7 +94,7 @@ class TorchFrozenPass(nn.Module):
 
     def forward(self, images: torch.Tensor, context: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         with torch.no_grad():
-            out = dict(zip(FROZEN_KEYS, self._run["segmenter"](images)))
+            out = dict(zip(FROZEN_KEYS, self._run["closed_set"](images)))
             if context is not None:
                 out["context_deep"] = self._run["encoder"](context)
         return out
@@ -120,14 +120,14 @@ def _export(module: nn.Module, path: Path, example: torch.Tensor, outputs: Seque
     return path
 
 
-def export_frozen(segmenter: FrozenSegmenter, encoder: FrozenEncoder, folder: Path, crop_hw) -> Dict[str, Path]:
+def export_frozen(closed_set: FrozenClosedSet, encoder: FrozenEncoder, folder: Path, crop_hw) -> Dict[str, Path]:
     """Export both modules (CPU copies, batch dynamic, size ``crop_hw`` fixed) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     h, w = (int(v) for v in crop_hw)
     example = torch.zeros(2, h, w, 3, dtype=torch.uint8)
-    paths = {"segmenter": folder / f"frozen_segmenter_{w}x{h}.onnx", "encoder": folder / f"frozen_encoder_{w}x{h}.onnx"}
+    paths = {"closed_set": folder / f"frozen_closed_set_{w}x{h}.onnx", "encoder": folder / f"frozen_encoder_{w}x{h}.onnx"}
     # copies: the training network stays on its device
-    _export(copy.deepcopy(segmenter).cpu().eval(), paths["segmenter"], example, FROZEN_KEYS)
+    _export(copy.deepcopy(closed_set).cpu().eval(), paths["closed_set"], example, FROZEN_KEYS)
     _export(copy.deepcopy(encoder).cpu().eval(), paths["encoder"], example, ("context_deep",))
     return paths
 
@@ -155,7 +155,7 @@ class OnnxFrozenPass:
     def __call__(self, images: torch.Tensor, context: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         if self._sessions is None:
             self._sessions = self._open()
-        values = self._sessions["segmenter"].run(None, {"images": np.ascontiguousarray(images.numpy())})
+        values = self._sessions["closed_set"].run(None, {"images": np.ascontiguousarray(images.numpy())})
         out = {key: torch.from_numpy(value) for key, value in zip(FROZEN_KEYS, values)}
         if context is not None:
             deep = self._sessions["encoder"].run(None, {"images": np.ascontiguousarray(context.numpy())})[0]

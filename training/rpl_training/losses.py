@@ -41,7 +41,7 @@ _LOG_FLOOR = math.log(1e-7)
 
 
 class ClosedSetTargets(NamedTuple):
-    """What the losses read from the frozen segmenter's logits ỹ, per pixel (N,H,W)."""
+    """What the losses read from the frozen closed-set network's logits ỹ, per pixel (N,H,W)."""
 
     pseudo: torch.Tensor  # argmax_c ỹ (the first maximum), integer
     entropy: torch.Tensor  # H(ỹ) at temperature 1, float
@@ -83,7 +83,7 @@ def closed_set_targets(logits_closed: torch.Tensor) -> ClosedSetTargets:
 def rpl_losses(logits_rpl: torch.Tensor, closed: Union[torch.Tensor, ClosedSetTargets], target: torch.Tensor, *,
                ood_label: int = OOD_LABEL, void_label: int = VOID_LABEL, t: float = 1.0,
                energy_weight: float = 0.05, compiled: bool = False) -> Dict[str, torch.Tensor]:
-    """RPL losses on ŷ (``logits_rpl``, with the branch) and ỹ (the frozen segmenter's logits,
+    """RPL losses on ŷ (``logits_rpl``, with the branch) and ỹ (the frozen closed-set network's logits,
     or their :func:`closed_set_targets`, which the training computes with the frozen pass).
 
     As the official ``energy_loss`` (paper Eq. 4–6), with pseudo = argmax_c ỹ:

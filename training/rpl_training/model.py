@@ -1,4 +1,4 @@
-"""What is trained: the RPL branch (and the CoroCL projector) on a frozen segmenter, its optimiser
+"""What is trained: the RPL branch (and the CoroCL projector) on a frozen closed-set network, its optimiser
 and one step's losses."""
 
 import dataclasses
@@ -13,7 +13,7 @@ from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, CheckpointMeta, load_m
 from rpl_perception.models import RPLNetwork, get_architecture
 from rpl_perception.models.rpl import init_kaiming_fan_in
 
-from .frozen import FROZEN_KEYS, FrozenEncoder, FrozenSegmenter, TorchFrozenPass
+from .frozen import FROZEN_KEYS, FrozenClosedSet, FrozenEncoder, TorchFrozenPass
 from .losses import OOD_LABEL, VOID_LABEL, ClosedSetTargets, corocl_loss, rpl_losses
 
 __all__ = ["TrainingOutput", "RPLTrainingModel", "build_network", "build_optimizer", "poly_schedule",
@@ -21,7 +21,7 @@ __all__ = ["TrainingOutput", "RPLTrainingModel", "build_network", "build_optimiz
 
 
 class TrainingOutput(NamedTuple):
-    targets: ClosedSetTargets  # pseudo-labels and entropy of ỹ (the frozen segmenter), without autograd
+    targets: ClosedSetTargets  # pseudo-labels and entropy of ỹ (the frozen closed-set network), without autograd
     rpl: torch.Tensor  # ŷ over the inlier classes (B, C, H, W)
     projected: torch.Tensor  # CoroCL embedding of the mixed images (B, C', h, w)
     context_projected: Optional[torch.Tensor]  # that of the context images; None without them
@@ -53,7 +53,7 @@ class RPLTrainingModel(nn.Module):
         self.network = network
         self.projector = projector
         self.num_inlier = int(num_inlier)
-        self.frozen = TorchFrozenPass(FrozenSegmenter(network.closed_set, mean, std, num_inlier),
+        self.frozen = TorchFrozenPass(FrozenClosedSet(network.closed_set, mean, std, num_inlier),
                                       FrozenEncoder(network.closed_set, mean, std), compile=compile_frozen)
         # (compiling the trainable part too was measured slower on the CPU: its backward kernels)
 
@@ -86,7 +86,7 @@ class RPLTrainingModel(nn.Module):
 
 
 def build_network(model_cfg: Dict[str, object]) -> Tuple[RPLNetwork, nn.Conv2d, CheckpointMeta]:
-    """Frozen segmenter from ``model.segmenter`` + a fresh RPL branch + the CoroCL projector.
+    """Frozen closed-set network from ``model.segmenter`` (a model file) + a fresh RPL branch + the CoroCL projector.
 
     Initialisation as the official code: the branch's context block starts as a copy of the
     segmenter's own context module where the architectures match (the registry's
@@ -100,14 +100,14 @@ def build_network(model_cfg: Dict[str, object]) -> Tuple[RPLNetwork, nn.Conv2d, 
     design = model_cfg.get("rpl_design") or arch.rpl_designs[0]
     if design not in arch.rpl_designs:
         raise ValueError(f"model.rpl_design {design!r} is unknown for {arch.name}; known: {', '.join(arch.rpl_designs)}")
-    segmenter = frozen.closed_set
-    branch = arch.build_rpl_branch(segmenter, width, design)
-    projector = nn.Conv2d(branch.context_channels, segmenter.head_channels, kernel_size=1, bias=True)
+    closed_set = frozen.closed_set
+    branch = arch.build_rpl_branch(closed_set, width, design)
+    projector = nn.Conv2d(branch.context_channels, closed_set.head_channels, kernel_size=1, bias=True)
     init_kaiming_fan_in(projector)
     meta = dataclasses.replace(meta, rpl_width=width, rpl_design=design, score="rpl_energy")
     if "source" not in meta.provenance:
         meta.provenance = {**meta.provenance, "source": str(path)}
-    return RPLNetwork(segmenter, branch), projector, meta
+    return RPLNetwork(closed_set, branch), projector, meta
 
 
 def build_optimizer(network: RPLNetwork, projector: nn.Module, train_cfg: Dict[str, object]) -> torch.optim.Adam:

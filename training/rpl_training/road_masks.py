@@ -1,9 +1,9 @@
-"""Where the road is in every inlier frame, by the frozen segmenter's own labels, computed once.
+"""Where the road is in every inlier frame, by the frozen closed-set network's own labels, computed once.
 
 On-road pasting (:class:`~rpl_training.transforms.RoadPlacement`) needs each inlier frame's
 drivable surface. Most inlier sources have no labels (video frames), and the segmenter that is
 being taught is the one whose notion of "road" matters, so the masks are its own predictions:
-the frame at its training resolution (the source's ``resize``) through the closed-set segmenter at
+the frame at its training resolution (the source's ``resize``) through the closed-set network at
 that size (rounded up to its size divisor), pixels of the ``classes`` train ids (default road).
 
 They are cached as PNG files (0 / 255) under ``cache_dir/<model file hash>_<classes>/`` named by
@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from rpl_perception.export import file_sha256
+from rpl_perception.files import file_sha256
 from rpl_perception.image import resize_rgb
 
 __all__ = ["RoadMasks"]

@@ -13,7 +13,6 @@ from typing import Dict, Optional
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, CheckpointMeta
 from rpl_perception.eval.datasets import DatasetLayoutError
@@ -24,21 +23,21 @@ from .distributed import DistContext, barrier
 from .frozen import FrozenCollate, OnnxFrozenPass, export_frozen, onnxruntime_available
 from .model import RPLTrainingModel, build_network, build_optimizer, poly_schedule
 from .road_masks import RoadMasks
-from .utils import MetricsLog, git_commit
+from .utils import git_commit
 from .validation import calibrate_on_batch, open_validation
 
-__all__ = ["RunState", "STATE_FILE", "WINDOW_TERMS", "rng_state", "set_rng_state", "setup_run", "frozen_in_loader",
+__all__ = ["RunState", "STATE_FILE", "rng_state", "set_rng_state", "setup_run", "frozen_in_loader",
            "make_loader_for"]
 
 log = logging.getLogger("rpl_training")
 
 STATE_FILE = "train_state.pt"
-WINDOW_TERMS = ("loss", "ce", "reg", "energy", "corocl", "corocl_fraction")
 
 
 @dataclasses.dataclass
 class RunState:
-    """What a run carries from one iteration to the next; :func:`save` writes it to ``train_state.pt``."""
+    """What a run carries from one iteration to the next and its model files record; ``train_state.pt``
+    restores it (the loop's reporting is :class:`rpl_training.train.TrainingLog`'s)."""
 
     cfg: dict
     ctx: DistContext
@@ -61,14 +60,7 @@ class RunState:
     calibration_source: Optional[str] = None
     train_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)  # last logging window
     val_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)  # latest validation
-    last_batch: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
-    skipped_reads: int = 0
-    warned: set = dataclasses.field(default_factory=set)
-    window: Optional[torch.Tensor] = None  # sums of WINDOW_TERMS over the logging window
-    window_count: int = 0
-    window_seconds: float = 0.0
-    metrics_log: Optional[MetricsLog] = None
-    progress: Optional[tqdm] = None
+    last_batch: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # calibration without validation
 
     @property
     def device(self) -> torch.device:
@@ -203,8 +195,7 @@ def setup_run(cfg, ctx: DistContext, out_dir: Path, resume: bool):
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=bool(train_cfg["corocl"]["enabled"]))
     run = RunState(cfg, ctx, out_dir, meta, network, projector, ddp_model, optimizer, scheduler, scaler, generator,
-                   total, iterations_per_epoch, _provenance(cfg, dataset),
-                   window=torch.zeros(len(WINDOW_TERMS), dtype=torch.float64, device=device))
+                   total, iterations_per_epoch, _provenance(cfg, dataset))
     if state is not None:
         network.branch.load_state_dict(state["branch"])
         projector.load_state_dict(state["projector"])
@@ -247,9 +238,9 @@ def _frozen_collate(run: RunState, backend: str) -> FrozenCollate:
     base = run.model.module if isinstance(run.model, nn.parallel.DistributedDataParallel) else run.model
     frozen = base.frozen
     if backend == "onnxruntime":
-        paths = export_frozen(frozen.segmenter, frozen.encoder, run.out_dir / "frozen", run.cfg["data"]["crop_size"])
+        paths = export_frozen(frozen.closed_set, frozen.encoder, run.out_dir / "frozen", run.cfg["data"]["crop_size"])
         frozen = OnnxFrozenPass(paths, threads=1)
-    log.info("the frozen segmenter runs in the data loader (%s)", backend)
+    log.info("the frozen closed-set network runs in the data loader (%s)", backend)
     return FrozenCollate(frozen, with_context=bool(run.cfg["train"]["corocl"]["enabled"]))
 
 

@@ -1,4 +1,4 @@
-"""``rpl-train --config FILE``: fit the RPL branch (and the CoroCL projector) on a frozen segmenter.
+"""``rpl-train --config FILE``: fit the RPL branch (and the CoroCL projector) on a frozen closed-set network.
 
 One process on a CPU or GPU, or several under torchrun (DDP)::
 
@@ -11,10 +11,12 @@ their context images are forwarded, else the mixed images only → loss =
 ``rpl_losses(...)["total"]`` on the mixed images + ``corocl.weight`` · CoroCL on the images with
 objects → Adam step → poly learning-rate step.
 
-In the style of torchvision's ``references/segmentation``: :func:`train_one_epoch` runs the
-iterations up to the next validation or checkpoint, :func:`evaluate` validates and keeps the best
-model, :func:`save` writes the model and the resumable state; :class:`~rpl_training.run_state.RunState`
-(built by :func:`~rpl_training.run_state.setup_run`) is everything a run carries between them.
+In the style of torchvision's ``references/segmentation``: :func:`train_iterations` runs the
+iterations up to the next validation or checkpoint, :func:`evaluate` returns the validation
+metrics and its caller keeps the best model, :func:`save` writes the model and the resumable
+state; :class:`~rpl_training.run_state.RunState` (built by :func:`~rpl_training.run_state.setup_run`)
+is what a run carries between iterations and what ``train_state.pt`` restores, :class:`TrainingLog`
+what the loop only reports (window sums, metrics files, progress bar).
 
 The output folder receives ``config.yaml``, ``metrics.csv`` (and ``validation.csv``, TensorBoard
 events when the ``tensorboard`` package is installed), the runtime model files
@@ -30,7 +32,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 import torch
 import yaml
@@ -44,18 +46,20 @@ from .config import ConfigError, load_config
 from .distributed import all_gather_objects, all_reduce, barrier, cleanup_distributed, init_distributed
 from .losses import OOD_LABEL
 from .model import RPLTrainingModel, build_network, build_optimizer, forward_losses, poly_schedule
-from .run_state import STATE_FILE, WINDOW_TERMS, RunState, make_loader_for, rng_state, setup_run
+from .run_state import STATE_FILE, RunState, make_loader_for, rng_state, setup_run
 from .utils import VALIDATION_FIELDS, MetricsLog, StopRequest
 from .validation import ValidationSets, describe, validate
 
 __all__ = ["RPLTrainingModel", "RunState", "TrainResult", "build_network", "build_optimizer", "poly_schedule",
-           "forward_losses", "validate", "train_one_epoch", "evaluate", "save", "train", "main", "STATE_FILE",
+           "forward_losses", "validate", "TrainingLog", "train_iterations", "evaluate", "validate_and_keep_best", "save", "train", "main", "STATE_FILE",
            "LAST_CHECKPOINT", "BEST_CHECKPOINT"]
 
 log = logging.getLogger("rpl_training")
 
 LAST_CHECKPOINT = "last.safetensors"
 BEST_CHECKPOINT = "best.safetensors"
+#: the loss terms a logging window averages (metrics.csv columns)
+WINDOW_TERMS = ("loss", "ce", "reg", "energy", "corocl", "corocl_fraction")
 
 
 @dataclasses.dataclass
@@ -72,35 +76,54 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------- the steps
 
-def log_window(run: RunState) -> None:
+@dataclasses.dataclass
+class TrainingLog:
+    """What the loop reports and nothing resumes: the logging window's sums of ``WINDOW_TERMS``,
+    unreadable files, the metrics files (main process) and the progress bar."""
+
+    sums: torch.Tensor
+    progress: tqdm
+    metrics_log: Optional[MetricsLog] = None
+    count: int = 0  # iterations in the window
+    seconds: float = 0.0
+    skipped_reads: int = 0
+    warned: Set[str] = dataclasses.field(default_factory=set)
+
+    def skipped(self, names) -> None:
+        for name in names:
+            self.skipped_reads += 1
+            if name not in self.warned:
+                self.warned.add(name)
+                log.warning("skipping unreadable file: %s", name)
+
+
+def log_window(run: RunState, window: TrainingLog) -> None:
     """Means of the loss terms over the window and all processes → CSV / TensorBoard / progress bar."""
-    counts = torch.tensor([run.window_count, run.skipped_reads], dtype=torch.float64, device=run.device)
-    sums = all_reduce(torch.cat([run.window, counts]), run.ctx)
+    counts = torch.tensor([window.count, window.skipped_reads], dtype=torch.float64, device=run.device)
+    sums = all_reduce(torch.cat([window.sums, counts]), run.ctx)
     run.train_metrics = dict(zip(WINDOW_TERMS, (sums[:6] / sums[6]).tolist()))
     if run.ctx.is_main:
-        run.metrics_log.write("train", {"iteration": run.iteration, "epoch": run.iteration / run.iterations_per_epoch,
-                                        "lr": run.optimizer.param_groups[0]["lr"], **run.train_metrics,
-                                        "skipped_reads": int(sums[7]),
-                                        "seconds_per_iteration": run.window_seconds / run.window_count})
-        run.progress.set_postfix(loss=f"{run.train_metrics['loss']:.4f}", corocl=f"{run.train_metrics['corocl']:.3f}")
-    run.window.zero_()
-    run.window_count, run.window_seconds = 0, 0.0
+        window.metrics_log.write("train", {"iteration": run.iteration,
+                                           "epoch": run.iteration / run.iterations_per_epoch,
+                                           "lr": run.optimizer.param_groups[0]["lr"], **run.train_metrics,
+                                           "skipped_reads": int(sums[7]),
+                                           "seconds_per_iteration": window.seconds / window.count})
+        window.progress.set_postfix(loss=f"{run.train_metrics['loss']:.4f}",
+                                    corocl=f"{run.train_metrics['corocl']:.3f}")
+    window.sums.zero_()
+    window.count, window.seconds = 0, 0.0
 
 
-def train_one_epoch(run: RunState, batches, end: int, stop: StopRequest) -> bool:
-    """Iterations ``run.iteration … end − 1`` (an "epoch" here is the stretch up to the next
-    validation or checkpoint). Returns True when a stop was requested (the last batch is dropped)."""
+def train_iterations(run: RunState, batches, end: int, stop: StopRequest, window: TrainingLog) -> bool:
+    """Iterations ``run.iteration … end − 1`` (up to the next validation or checkpoint). Returns
+    True when a stop was requested (the last batch is dropped)."""
     train_cfg = run.cfg["train"]
     corocl_cfg = train_cfg["corocl"]
     use_amp = bool(train_cfg["amp"]) and run.device.type == "cuda"
     while run.iteration < end:
         step_start = time.perf_counter()
         batch = next(batches)
-        for name in batch.pop("skipped"):
-            run.skipped_reads += 1
-            if name not in run.warned:
-                run.warned.add(name)
-                log.warning("skipping unreadable file: %s", name)
+        window.skipped(batch.pop("skipped"))
         batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
         with_objects = int((batch["label"] == OOD_LABEL).flatten(1).any(dim=1).sum())
         flags = all_reduce(torch.tensor([float(stop.requested), -with_objects], device=run.device), run.ctx,
@@ -118,29 +141,38 @@ def train_one_epoch(run: RunState, batches, end: int, stop: StopRequest) -> bool
         run.scheduler.step()
         run.iteration += 1
         run.last_batch = {k: batch[k][:2] for k in ("image", "label")}
-        run.window += torch.stack([loss.detach(), terms["ce"], terms["reg"], terms["energy"], terms["corocl"],
-                                   torch.tensor(float(use_corocl), device=run.device)]).double()
-        run.window_count += 1
-        run.window_seconds += time.perf_counter() - step_start
-        run.progress.update(1)
+        window.sums += torch.stack([loss.detach(), terms["ce"], terms["reg"], terms["energy"], terms["corocl"],
+                                    torch.tensor(float(use_corocl), device=run.device)]).double()
+        window.count += 1
+        window.seconds += time.perf_counter() - step_start
+        window.progress.update(1)
         if run.iteration % int(train_cfg["log_every"]) == 0 or run.iteration == run.total:
-            log_window(run)
+            log_window(run, window)
     return False
 
 
-def evaluate(run: RunState, sets: ValidationSets) -> None:
-    """Validate (main process), log it, and write ``best.safetensors`` when the AP improved."""
+def evaluate(run: RunState, sets: ValidationSets) -> Optional[Dict[str, float]]:
+    """The validation metrics (main process; None in the others). Also the rpl_energy calibration
+    that the run's next model file records."""
+    if not run.ctx.is_main:
+        return None
     val_cfg = run.cfg["validation"]
-    if run.ctx.is_main:
-        metrics, run.calibration = validate(run.network, run.meta, sets, device=run.device,
-                                            network_size=val_cfg["network_size"], max_images=val_cfg["max_images"])
-        run.calibration_source = f"validation set {val_cfg['root'] or val_cfg['suite']}"
-        run.model.train()
+    metrics, run.calibration = validate(run.network, run.meta, sets, device=run.device,
+                                        network_size=val_cfg["network_size"], max_images=val_cfg["max_images"])
+    run.calibration_source = f"validation set {val_cfg['root'] or val_cfg['suite']}"
+    run.model.train()
+    return metrics
+
+
+def validate_and_keep_best(run: RunState, sets: ValidationSets, window: TrainingLog) -> None:
+    """:func:`evaluate`, log it, and write ``best.safetensors`` when the AP improved."""
+    metrics = evaluate(run, sets)
+    if metrics is not None:
         improved = run.best_ap is None or metrics["ap"] > run.best_ap
         if improved:
             run.best_ap, run.best_iteration = metrics["ap"], run.iteration
         run.val_metrics = dict(metrics)
-        run.metrics_log.write("validation", {"iteration": run.iteration, **metrics, "best_ap": run.best_ap})
+        window.metrics_log.write("validation", {"iteration": run.iteration, **metrics, "best_ap": run.best_ap})
         log.info("iteration %d: %s (best AP %.4f at %d)", run.iteration, describe(metrics, [n for n, _ in sets.sets]),
                  run.best_ap, run.best_iteration)
         if improved:
@@ -218,8 +250,9 @@ def _train(run: RunState, dataset, sets: Optional[ValidationSets], stop_after: O
     train_cfg, val_cfg = cfg["train"], cfg["validation"]
     start = run.iteration
     stop_at = run.total if stop_after is None else min(run.total, start + stop_after)
+    metrics_log = None
     if ctx.is_main:
-        run.metrics_log = MetricsLog(run.out_dir, start, sets.fields if sets is not None else VALIDATION_FIELDS)
+        metrics_log = MetricsLog(run.out_dir, start, sets.fields if sets is not None else VALIDATION_FIELDS)
         (run.out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         log.info("training %s + RPL branch (%s, width %d) for %d iterations (%d per epoch, batch %d over %d "
                  "process(es) on %s)%s", run.meta.architecture, run.meta.rpl_design, run.meta.rpl_width, run.total,
@@ -229,30 +262,31 @@ def _train(run: RunState, dataset, sets: Optional[ValidationSets], stop_after: O
     checkpoint_every = int(train_cfg["checkpoint_every"])
     batches = iter(make_loader_for(run, dataset))
     interrupted, validated_at = False, None
-    run.progress = tqdm(total=run.total, initial=start, desc="rpl-train", unit="it", dynamic_ncols=True,
-                        disable=not ctx.is_main)
+    window = TrainingLog(torch.zeros(len(WINDOW_TERMS), dtype=torch.float64, device=run.device),
+                         tqdm(total=run.total, initial=start, desc="rpl-train", unit="it", dynamic_ncols=True,
+                              disable=not ctx.is_main), metrics_log)
     with StopRequest(deadline) as stop, logging_redirect_tqdm():
         while run.iteration < stop_at:
             end = min(stop_at, _next_stop(run.iteration, val_every, run.total),
                       _next_stop(run.iteration, checkpoint_every, run.total))
-            if train_one_epoch(run, batches, end, stop):
+            if train_iterations(run, batches, end, stop, window):
                 interrupted = True
                 break
             if val_every and run.iteration % val_every == 0:
-                evaluate(run, sets)
+                validate_and_keep_best(run, sets, window)
                 validated_at = run.iteration
             if run.iteration % checkpoint_every == 0 and run.iteration != run.total:
                 save(run)
         interrupted = interrupted or run.iteration < run.total
-        run.progress.close()
-        if run.window_count:  # stopped inside a logging window
-            log_window(run)
+        window.progress.close()
+        if window.count:  # stopped inside a logging window
+            log_window(run, window)
         if sets is not None and not interrupted and validated_at != run.iteration and run.iteration > start:
-            evaluate(run, sets)
+            validate_and_keep_best(run, sets, window)
         if run.iteration > start:
             save(run)
-    if run.metrics_log is not None:
-        run.metrics_log.close()
+    if metrics_log is not None:
+        metrics_log.close()
     if ctx.is_main:
         best = f", best AP {run.best_ap:.4f} at {run.best_iteration}" if run.best_ap is not None else ""
         log.info("%s at iteration %d/%d; model: %s%s", "stopped" if interrupted else "finished", run.iteration,
@@ -266,7 +300,7 @@ def _train(run: RunState, dataset, sets: Optional[ValidationSets], stop_after: O
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="rpl-train", description="Train the RPL branch (and CoroCL projector) on a frozen segmenter.",
+        prog="rpl-train", description="Train the RPL branch (and CoroCL projector) on a frozen closed-set network.",
         epilog="Several GPUs: torchrun --nproc_per_node N -m rpl_training.train --config FILE")
     parser.add_argument("--config", type=Path, required=True, help="YAML config (see rpl_training/configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

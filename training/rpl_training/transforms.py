@@ -13,7 +13,7 @@ Per training sample (all randomness from one ``numpy.random.Generator``):
 3. the context image for CoroCL: the unscaled outlier image padded / centre-cropped to
    ``crop_size``, labels 0 background / 254 object / 255 padding or void.
 
-With a :class:`RoadPlacement` of share > 0 and the frame's road mask (the frozen segmenter's own
+With a :class:`RoadPlacement` of share > 0 and the frame's road mask (the frozen closed-set network's own
 road pixels, :mod:`rpl_training.road_masks`), that share of the objects is instead pasted on the
 whole (resized, flipped) inlier frame where obstacles lie: standing on a road pixel, scaled by
 perspective (:func:`paste_on_road`), and the crop is then drawn among the windows that hold the

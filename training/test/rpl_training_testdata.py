@@ -154,5 +154,7 @@ def small_config(tiny_data, output_dir: Path, *overrides: str):
         "train": {"batch_size": 2, "iterations": 4, "log_every": 2, "checkpoint_every": 2, "device": "cpu",
                   "corocl": {"max_views": 64}},
         "validation": {"root": None},
+        # the small branch keeps these CPU tests quick (the registry's default is aspp / 128)
+        "model": {"rpl_design": "pyramid", "rpl_width": 64},
     }
     return load_config(None, overrides, **base)

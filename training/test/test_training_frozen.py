@@ -44,7 +44,7 @@ def _reference_rpl_losses(rpl, closed, target, t=1.0, energy_weight=0.05):
 
 def _reference_step(network, projector, model, batch, cfg):
     """The old step: mixed and context images through the whole network, eager, channel-first."""
-    x = model.frozen.segmenter.normalise(torch.cat([batch["image"], batch["context"]]))
+    x = model.frozen.closed_set.normalise(torch.cat([batch["image"], batch["context"]]))
     out = network(x)
     n = batch["image"].shape[0]
     projected = F.interpolate(projector(out.embedding), [s // 2 for s in CROP_HW], mode="bilinear",
@@ -74,7 +74,7 @@ def test_frozen_pass_in_the_loader_gives_the_old_losses_and_gradients(tiny_data,
     model = RPLTrainingModel(network, projector, meta.mean, meta.std, num_inlier=meta.num_inlier).train()
     frozen = model.frozen
     if backend == "onnxruntime":
-        frozen = OnnxFrozenPass(export_frozen(model.frozen.segmenter, model.frozen.encoder, tmp_path / "onnx", CROP_HW))
+        frozen = OnnxFrozenPass(export_frozen(model.frozen.closed_set, model.frozen.encoder, tmp_path / "onnx", CROP_HW))
     dataset = build_dataset(cfg["data"], MEAN, 0)
     samples = [dataset[k] for k in IterationBatchSampler(len(dataset), 4, 1, seed=0).keys(0)]
     batch = FrozenCollate(frozen, with_context=True)(samples)
@@ -145,7 +145,7 @@ def test_onnx_pass_pickles_without_sessions_and_frozen_modules_stay_in_eval(tiny
     model = RPLTrainingModel(network, projector, meta.mean, meta.std, num_inlier=meta.num_inlier).train()
     assert network.branch.training and not network.closed_set.training
     assert not any(m.training for m in model.frozen.modules())
-    onnx_pass = OnnxFrozenPass(export_frozen(model.frozen.segmenter, model.frozen.encoder, tmp_path, CROP_HW))
+    onnx_pass = OnnxFrozenPass(export_frozen(model.frozen.closed_set, model.frozen.encoder, tmp_path, CROP_HW))
     images = torch.randint(0, 256, (2, *CROP_HW, 3), dtype=torch.uint8)
     first = onnx_pass(images)
     copy = pickle.loads(pickle.dumps(onnx_pass))  # a spawned loader worker opens its own sessions

@@ -145,11 +145,11 @@ def test_training_forward_equals_the_whole_network_on_the_joint_batch(tiny_data,
     loss.backward()
     grads = [p.grad.clone() for p in network.branch.parameters()]
 
-    # the reference: everything through the full RPLSegmenter in one batch
+    # the reference: everything through the full RPLNetwork in one batch
     from rpl_training.losses import corocl_loss, rpl_losses
     for p in network.branch.parameters():
         p.grad = None
-    x = model.frozen.segmenter.normalise(torch.cat([batch["image"], batch["context"]]))
+    x = model.frozen.closed_set.normalise(torch.cat([batch["image"], batch["context"]]))
     out = network(x)
     projected = torch.nn.functional.interpolate(projector(out.embedding), (32, 64), mode="bilinear",
                                                 align_corners=True)
@@ -173,7 +173,7 @@ def test_compile_option_compiles_only_the_frozen_pass(tiny_data, tmp_path, monke
     monkeypatch.setattr(torch, "compile", fake_compile)
     network, projector, meta = build_network(small_config(tiny_data, tmp_path / "run")["model"])
     RPLTrainingModel(network, projector, meta.mean, meta.std, num_inlier=meta.num_inlier, compile_frozen=True)
-    assert compiled == [("FrozenSegmenter", {"dynamic": False}), ("FrozenEncoder", {"dynamic": False})]
+    assert compiled == [("FrozenClosedSet", {"dynamic": False}), ("FrozenEncoder", {"dynamic": False})]
     compiled.clear()
     RPLTrainingModel(network, projector, meta.mean, meta.std, num_inlier=meta.num_inlier)
     assert compiled == []

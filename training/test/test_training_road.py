@@ -1,4 +1,4 @@
-"""Obstacles pasted where obstacles lie: on the frozen segmenter's road pixels, standing on them,
+"""Obstacles pasted where obstacles lie: on the frozen closed-set network's road pixels, standing on them,
 scaled by perspective, optionally feathered and shadowed; the road masks that say where the road is."""
 
 import numpy as np

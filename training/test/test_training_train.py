@@ -1,4 +1,4 @@
-"""The training loop on tiny data on the CPU: loss, frozen segmenter, checkpoints, resume, Ctrl-C, CLI."""
+"""The training loop on tiny data on the CPU: loss, frozen closed-set network, checkpoints, resume, Ctrl-C, CLI."""
 
 import csv
 import signal
@@ -11,6 +11,7 @@ import yaml
 
 from rpl_perception import AnomalySegmenter
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model
+from rpl_perception.models.rpl import SeparableASPP
 from rpl_training import datasets as training_datasets
 from rpl_training.config import DEFAULTS, ConfigError, load_config
 from rpl_training.data import IterationBatchSampler, build_dataset, collate
@@ -56,17 +57,21 @@ def _assert_same_state(a, b):
 
 def test_initialisation_as_the_official_code():
     torch.manual_seed(0)
-    network, projector, meta = build_network({"segmenter": None, "architecture": None, "rpl_width": None})
+    default, _, default_meta = build_network({"segmenter": None, "architecture": None, "rpl_width": None})
+    assert (default_meta.rpl_design, default_meta.rpl_width) == ("aspp", 128)  # the shipped model's design
+    assert isinstance(default.branch.context, SeparableASPP)
+    network, projector, meta = build_network({"segmenter": None, "architecture": None, "rpl_width": 64,
+                                              "rpl_design": "pyramid"})
     assert meta.rpl_width == 64 and meta.score == "rpl_energy"
-    own_context = network.segmenter.bu_dec_l1.state_dict()  # ESPNetv2's context module, copied
+    own_context = network.closed_set.bu_dec_l1.state_dict()  # ESPNetv2's context module, copied
     for key, value in network.branch.context.state_dict().items():
         assert torch.equal(value, own_context[key]), key
-    assert projector.in_channels == 64 and projector.out_channels == network.segmenter.head_channels == 32
+    assert projector.in_channels == 64 and projector.out_channels == network.closed_set.head_channels == 32
     for conv in (network.branch.residual, projector):  # Kaiming normal, fan-in; bias 0
         fan_in = conv.weight[0].numel()
         assert conv.weight.std().item() == pytest.approx((2.0 / fan_in) ** 0.5, rel=0.15)
         assert not conv.bias.any()
-    assert all(not p.requires_grad for p in network.segmenter.parameters())
+    assert all(not p.requires_grad for p in network.closed_set.parameters())
     wider, wider_projector, _ = build_network({"segmenter": None, "architecture": None, "rpl_width": 96})
     assert wider_projector.in_channels == 96 and wider.branch.residual.in_channels == 96
 
@@ -93,7 +98,7 @@ def test_a_few_steps_lower_the_loss(tiny_data, tmp_path):
         assert loss.item() == pytest.approx(terms["total"].item() + terms["corocl"].item(), rel=1e-6)
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert losses[-1] < 0.95 * losses[0]
-    assert all(p.grad is None for p in network.segmenter.parameters())  # frozen: never receives gradients
+    assert all(p.grad is None for p in network.closed_set.parameters())  # frozen: never receives gradients
 
 
 def test_training_writes_runtime_checkpoints(uninterrupted, tiny_data):
@@ -134,7 +139,7 @@ def test_segmenter_stays_bit_identical(uninterrupted):
     cfg, result = uninterrupted
     source, _ = load_model(DEFAULT_CHECKPOINT)
     trained, _ = load_model(result.last_checkpoint)
-    source_state, trained_state = source.segmenter.state_dict(), trained.segmenter.state_dict()
+    source_state, trained_state = source.closed_set.state_dict(), trained.closed_set.state_dict()
     assert source_state.keys() == trained_state.keys()
     for key in source_state:  # weights and BatchNorm running statistics
         assert torch.equal(source_state[key], trained_state[key]), key
