@@ -23,8 +23,8 @@ from rpl_perception.backends.engine_cache import (
     images_sha256,
     onnx_io,
 )
-from rpl_perception.backends.tensorrt_backend import _input_profile, cuda_runtime, import_tensorrt
-from rpl_perception.backends.tensorrt_build import tensorrt_available
+from rpl_perception.backends.tensorrt_backend import cuda_runtime, import_tensorrt
+from rpl_perception.backends.tensorrt_build import _input_profile, tensorrt_available
 
 HAS_TENSORRT = tensorrt_available()  # not find_spec: tensorrt-stubs install an empty 'tensorrt'
 

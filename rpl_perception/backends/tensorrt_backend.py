@@ -18,7 +18,6 @@ from .cuda_runtime import cuda_runtime
 from .tensorrt_build import (
     DEFAULT_WORKSPACE_GB,
     BuiltEngine,
-    _input_profile,
     build_engine,
     engine_cache_for,
     engine_io,
@@ -29,7 +28,7 @@ if TYPE_CHECKING:
     import tensorrt as trt
 
 __all__ = ["TensorRTBackend", "BuiltEngine", "build_engine", "engine_cache_for", "import_tensorrt",
-           "cuda_runtime", "engine_io", "_input_profile"]
+           "cuda_runtime", "engine_io"]
 
 
 class TensorRTBackend:

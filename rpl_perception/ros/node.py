@@ -79,10 +79,6 @@ def segmenter_from_settings(settings: Settings) -> AnomalySegmenter:
     return segmenter
 
 
-#: the earlier name, kept for existing code
-load_segmenter = segmenter_from_settings
-
-
 class Frame(NamedTuple):
     message: bytes  # serialised: deserialised only if the frame is not replaced first
     received_ns: int  # node clock at receipt, the latency origin when the stamp is zero
