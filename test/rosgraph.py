@@ -179,7 +179,8 @@ def venv_executable(name: str):
     """``name`` from this Python's bin/ or PATH; skip where it is not installed."""
     path = shutil.which(name, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     if path is None:
-        pytest.skip(f"{name} is not installed (pip install -e '.[ros]'; ros2: ../shared/ros2_tools/install.sh)")
+        pytest.skip(f"{name} is not installed (pip install -e '.[ros]'; the ros2 CLI: a ROS distribution, "
+                    "not on PyPI)")
     return path
 
 
