@@ -1,0 +1,157 @@
+"""Anomaly objects: connected regions of the anomaly map above the calibrated threshold.
+
+Pixels with score > threshold (inside a region such as the drivable corridor) are grouped in
+8-connected components; components closer than ``merge_gap_px`` are one object (a tyre seen as two
+blobs stays one); objects smaller than ``min_area_px`` are dropped. Each object has its box, area,
+mean / max score and the closed-set class it was mistaken for (the majority label under it).
+:func:`project_objects` adds where it stands on the ground (distance, width, height, footprint).
+"""
+
+from dataclasses import dataclass, replace
+from typing import List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from .ground_projection import GroundProjector, contact_pixels
+
+#: contact points this close behind the nearest one are its front line (metres, fraction of its distance)
+FRONT_DEPTH_M, FRONT_DEPTH_FRACTION = 0.5, 0.1
+
+__all__ = ["GroundFootprint", "AnomalyObject", "ObjectMap", "find_anomaly_objects", "project_objects"]
+
+
+@dataclass(frozen=True)
+class GroundFootprint:
+    """Where a projected object meets the ground (optical frame of the camera, metres)."""
+    distance_m: float  # horizontal distance to its nearest contact point
+    contact: Tuple[float, float, float]  # the middle of its contact line
+    width_m: float  # lateral extent of its front contact line
+    height_m: float  # height of its top row over the contact line (a standing object's height)
+    area_m2: float  # area of the convex hull of its pixels' ground points (flat objects: their footprint)
+
+
+@dataclass(frozen=True)
+class AnomalyObject:
+    index: int  # its value in ObjectMap.ids
+    box: Tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1 / y1 exclusive
+    area_px: int
+    mean_score: float
+    max_score: float
+    mistaken_for: int  # closed-set train id under most of its pixels
+    ground: Optional[GroundFootprint] = None
+
+    @property
+    def center(self) -> Tuple[float, float]:
+        x0, y0, x1, y1 = self.box
+        return (x0 + x1) / 2.0, (y0 + y1) / 2.0
+
+
+@dataclass
+class ObjectMap:
+    """The objects of one frame and H×W int32 ``ids`` (0: no object; else an object's ``index``)."""
+    objects: List[AnomalyObject]
+    ids: np.ndarray
+
+    def mask(self, indices: Optional[Sequence[int]] = None) -> np.ndarray:
+        """H×W bool pixels of all objects, or of those with ``indices``."""
+        if indices is None:
+            return self.ids > 0
+        lookup = np.zeros(max(len(self.objects), max(indices, default=0)) + 1, bool)
+        lookup[list(indices)] = True
+        return lookup[self.ids]
+
+
+def _grouping(mask: np.ndarray, merge_gap_px: int) -> np.ndarray:
+    """Component id of every pixel after bridging gaps up to ``merge_gap_px``."""
+    grouping = mask.view(np.uint8)
+    if merge_gap_px > 0:
+        size = 2 * merge_gap_px + 1
+        grouping = cv2.dilate(grouping, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+    _, ids = cv2.connectedComponents(grouping, connectivity=8, ltype=cv2.CV_32S)
+    return ids
+
+
+def find_anomaly_objects(score: np.ndarray, labels: np.ndarray, threshold: float,
+                         region: Optional[np.ndarray] = None, min_area_px: int = 200,
+                         merge_gap_px: int = 3) -> ObjectMap:
+    """Objects of score > ``threshold`` inside ``region`` (H×W bool; None: the whole frame)."""
+    if score.shape != labels.shape or score.ndim != 2:
+        raise ValueError(f"score {score.shape} and labels {labels.shape} must be H×W maps of one size")
+    if region is not None and region.shape != score.shape:
+        raise ValueError(f"region {region.shape} must have the score's shape {score.shape}")
+    mask = score > threshold
+    if region is not None:
+        mask &= region
+    ids = np.zeros(score.shape, np.int32)
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return ObjectMap([], ids)
+    component = _grouping(np.ascontiguousarray(mask), merge_gap_px)[ys, xs]
+    area = np.bincount(component)
+    keep = area >= max(1, min_area_px)
+    keep[0] = False
+    kept = np.flatnonzero(keep)
+    if not len(kept):
+        return ObjectMap([], ids)
+    order = np.argsort(component, kind="stable")
+    component, xs, ys = component[order], xs[order], ys[order]
+    values, classes = score[ys, xs], labels[ys, xs]
+    present, starts = np.unique(component, return_index=True)  # reduceat runs from start to next start
+    chosen = keep[present]
+
+    def per_object(reduce, array):
+        return reduce.reduceat(array, starts)[chosen]
+
+    x0, x1 = per_object(np.minimum, xs), per_object(np.maximum, xs)
+    y0, y1 = per_object(np.minimum, ys), per_object(np.maximum, ys)
+    maxima, sums = per_object(np.maximum, values), per_object(np.add, values.astype(np.float64))
+    votes = np.bincount(component.astype(np.int64) * 256 + classes, minlength=len(area) * 256).reshape(-1, 256)
+    objects = []
+    remap = np.zeros(len(area), np.int32)
+    for i, c in enumerate(kept):
+        remap[c] = i + 1
+        objects.append(AnomalyObject(i + 1, (int(x0[i]), int(y0[i]), int(x1[i]) + 1, int(y1[i]) + 1), int(area[c]),
+                                     float(sums[i] / area[c]), float(maxima[i]), int(votes[c].argmax())))
+    ids[ys, xs] = remap[component]
+    return ObjectMap(objects, ids)
+
+
+def _footprint(projector: GroundProjector, xs: np.ndarray, ys: np.ndarray, top: float) -> Optional[GroundFootprint]:
+    cx, cy = contact_pixels(xs, ys)
+    contact = projector.project(np.column_stack([cx, cy]))
+    contact = contact[~np.isnan(contact[:, 0])]
+    if not len(contact):
+        return None  # its contact line is above the horizon or out of range
+    ranges = projector.ground_range(contact)
+    # the front contact line: a column whose lowest pixel is well behind the nearest point is the
+    # object's side seen from above (or a sliver at its outline), not where it stands
+    front = ranges <= ranges.min() + max(FRONT_DEPTH_M, FRONT_DEPTH_FRACTION * ranges.min())
+    contact, level = contact[front], projector.level(contact[front])
+    middle = contact[np.argsort(level[:, 0])[len(contact) // 2]]
+    points = projector.project(np.column_stack([xs, ys]))
+    points = projector.level(points[~np.isnan(points[:, 0])])[:, [0, 2]].astype(np.float32)
+    area = float(cv2.contourArea(cv2.convexHull(points))) if len(points) >= 3 else 0.0
+    return GroundFootprint(float(ranges.min()), tuple(float(v) for v in middle),
+                           float(level[:, 0].max() - level[:, 0].min()),
+                           projector.height_above_ground(middle, (float(np.mean(cx)), top)), area)
+
+
+def project_objects(objects: ObjectMap, projector: GroundProjector, min_area_m2: float = 0.0) -> ObjectMap:
+    """The objects with their ground footprint; those that cannot be projected (contact above the
+    horizon, beyond the range) or with a footprint under ``min_area_m2`` are dropped."""
+    h, w = objects.ids.shape
+    projector = projector.at_size(w, h)
+    ys, xs = np.nonzero(objects.ids)
+    owner = objects.ids[ys, xs]
+    kept = []
+    for obj in objects.objects:
+        mine = owner == obj.index
+        ground = _footprint(projector, xs[mine], ys[mine], float(obj.box[1]))
+        if ground is not None and ground.area_m2 >= min_area_m2:
+            kept.append(replace(obj, ground=ground))
+    if len(kept) != len(objects.objects):
+        lookup = np.zeros(len(objects.objects) + 1, np.int32)
+        lookup[[o.index for o in kept]] = [o.index for o in kept]
+        return ObjectMap(kept, lookup[objects.ids])
+    return ObjectMap(kept, objects.ids)
