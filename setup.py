@@ -83,7 +83,7 @@ setup(
     extras_require={
         # rclpy and messages from PyPI for machines without a ROS 2 distribution. Where one is
         # sourced, its PYTHONPATH entries come before site-packages, so it wins over these.
-        "ros": ["ros-rclpy", "ros-sensor-msgs", "ros-diagnostic-msgs",
+        "ros": ["ros-rclpy", "ros-sensor-msgs", "ros-diagnostic-msgs", "ros-visualization-msgs",
                 "ros-rmw-fastrtps-cpp"],
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
         "eval": ["rosbags>=0.9.20", "matplotlib>=3.7"],

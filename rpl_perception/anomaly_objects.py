@@ -119,7 +119,7 @@ def find_anomaly_objects(score: np.ndarray, labels: np.ndarray, threshold: float
 
 def _footprint(projector: GroundProjector, xs: np.ndarray, ys: np.ndarray, top: float) -> Optional[GroundFootprint]:
     cx, cy = contact_pixels(xs, ys)
-    contact = projector.project(np.column_stack([cx, cy]))
+    contact = projector.at_pixels(cx, cy)
     contact = contact[~np.isnan(contact[:, 0])]
     if not len(contact):
         return None  # its contact line is above the horizon or out of range
@@ -129,7 +129,7 @@ def _footprint(projector: GroundProjector, xs: np.ndarray, ys: np.ndarray, top: 
     front = ranges <= ranges.min() + max(FRONT_DEPTH_M, FRONT_DEPTH_FRACTION * ranges.min())
     contact, level = contact[front], projector.level(contact[front])
     middle = contact[np.argsort(level[:, 0])[len(contact) // 2]]
-    points = projector.project(np.column_stack([xs, ys]))
+    points = projector.at_pixels(xs, ys)
     points = projector.level(points[~np.isnan(points[:, 0])])[:, [0, 2]].astype(np.float32)
     area = float(cv2.contourArea(cv2.convexHull(points))) if len(points) >= 3 else 0.0
     return GroundFootprint(float(ranges.min()), tuple(float(v) for v in middle),

@@ -142,6 +142,10 @@ class GroundProjector:
             self._table = self.project(np.column_stack([xs.ravel(), ys.ravel()])).reshape(h, w, 3).astype(np.float32)
         return self._table
 
+    def at_pixels(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """N×3 ground points of integer pixel coordinates, from :attr:`table` (NaN rows: dropped)."""
+        return self.table[ys, xs].astype(np.float64)
+
     def level(self, points: np.ndarray) -> np.ndarray:
         """N×3 optical-frame points → level frame (x right, y down, z forward; ground at y = height)."""
         return points @ self._rotation.T

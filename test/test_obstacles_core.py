@@ -1,9 +1,10 @@
 """The ROS-free obstacle core: corridor, anomaly objects, ground projection, persistence.
 
-The projection is checked against a synthetic scene with known geometry: a flat road and boxes
-rendered with a distorting pinhole camera 1.5 m over the ground, pitched 5° down.
+The projection is checked against a synthetic scene with known geometry (synthetic_road.py): a flat
+road and boxes rendered with a distorting pinhole camera 1.5 m over the ground, pitched 5° down.
 """
 
+import functools
 import math
 
 import cv2
@@ -16,6 +17,7 @@ from rpl_perception.ground_projection import CameraIntrinsics, CameraPose, Groun
 from rpl_perception.labels import CITYSCAPES_CLASSES
 from rpl_perception.obstacles import ObstacleSettings, confidence_image, find_obstacles
 from rpl_perception.persistence import ObjectTracker, box_iou
+from synthetic_road import HEIGHT_M, PITCH, SIZE, D, K, camera_from_level, render, synthetic_scene
 
 ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, CAR = (CITYSCAPES_CLASSES.index(n) for n in (
     "road", "sidewalk", "building", "vegetation", "sky", "car"))
@@ -129,42 +131,7 @@ def test_no_object_and_bad_shapes():
 
 # -- ground projection against a synthetic scene -------------------------------------------------
 
-HEIGHT_M, PITCH = 1.5, math.radians(5.0)
-K = np.array([[1000.0, 0, 959.5], [0, 1000.0, 539.5], [0, 0, 1]])
-D = np.array([-0.12, 0.03, 0.001, -0.0005, 0.0])  # plumb_bob: barrel distortion
-SIZE = (1920, 1080)
-
-
-def camera_from_level(pitch=PITCH):
-    """Written out, independently of the module: a ground point (X, h, Z) of the level frame (x right,
-    y down, z forward) is at (X, h cos - Z sin, h sin + Z cos) in the optical frame."""
-    c, s = math.cos(pitch), math.sin(pitch)
-    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-
-
-def render(points_level):
-    """Level-frame points → distorted pixels of the synthetic camera."""
-    rvec, _ = cv2.Rodrigues(camera_from_level())
-    pixels, _ = cv2.projectPoints(np.asarray(points_level, np.float64), rvec, np.zeros(3), K, D)
-    return pixels.reshape(-1, 2)
-
-
-def box_corners(x0, x1, z0, depth=0.4, height=0.5):
-    return [(x, HEIGHT_M - dy, z) for x in (x0, x1) for z in (z0, z0 + depth) for dy in (0.0, height)]
-
-
-def synthetic_scene(boxes):
-    """Score 1 on the rendered boxes, 0 elsewhere; road labels below the horizon, sky above."""
-    score = np.zeros(SIZE[::-1], np.float32)
-    labels = np.full(SIZE[::-1], SKY, np.uint8)
-    labels[430:] = ROAD
-    for x0, x1, z0 in boxes:
-        hull = cv2.convexHull(render(box_corners(x0, x1, z0)).astype(np.float32))
-        cv2.fillConvexPoly(score, np.round(hull * 16).astype(np.int32), 1.0, lineType=cv2.LINE_8, shift=4)
-    labels[score > 0] = CAR
-    return score, labels
-
-
+@functools.lru_cache(maxsize=None)  # its per-pixel table is built once
 def projector(max_range=60.0):
     return GroundProjector(CameraIntrinsics(*SIZE, K, D, "plumb_bob"), CameraPose(HEIGHT_M, PITCH), max_range)
 

@@ -8,6 +8,8 @@ name ends in ``/compressed``), after remapping, it publishes with the input's he
 * ``<prefix>/anomaly_mask``    mono8, 255 where the score is above ``anomaly_threshold``
 * ``<prefix>/semantic_color``  rgb8, only while someone subscribes
 * ``<prefix>/overlay``         rgb8 camera image + heatmap + anomaly contour, only while subscribed
+* obstacles for planners (confidence, obstacle mask, detections, markers, ground points), each only
+  while subscribed: :mod:`.object_outputs`
 
 Callbacks only keep each camera's newest serialised frame; a decoder thread per camera turns it into
 pixels and one worker runs every waiting frame, from all cameras, as one batch through one model
@@ -45,6 +47,7 @@ from .camera import Camera
 from .dds import profile_environment
 from .diagnostics import diagnostics_message
 from .log_bridge import forward_python_logging
+from .object_outputs import ObstacleConfig, ObstacleOutputs
 from .outputs import publish_outputs
 from .parameters import PARAMETERS, ParameterError, Settings, threshold_value
 from .pipeline import FramePipeline
@@ -110,7 +113,9 @@ class AnomalyNode(Node):
         self.stopped_cleanly = True  # False once destroy_node left a batch running in a daemon thread
         self._log_bridge = forward_python_logging(self.get_logger())  # export/engine progress, fallbacks
         try:
-            self.settings = Settings.from_values(self._declare_parameters())
+            values = self._declare_parameters()
+            self.settings = Settings.from_values(values)
+            self.obstacle_config = ObstacleConfig.from_values(values)
             self._check_topic_names()
             self.get_logger().info(f"preparing {self.settings.deployment.describe()}")
             self.segmenter = segmenter_from_settings(self.settings)
@@ -123,6 +128,8 @@ class AnomalyNode(Node):
             self._warm_up()
             self.cameras = [Camera(self, topic, self.settings.qos_reliability, self.settings.qos_depth,
                                    OUTPUT_QOS, self._on_image) for topic in self.settings.image_topics]
+            self.obstacle_outputs = {camera: ObstacleOutputs(self, camera.topic, self.obstacle_config, OUTPUT_QOS,
+                                                             self.segmenter.class_names) for camera in self.cameras}
         except ValueError as exc:  # e.g. a per-topic qos_overrides value
             self.destroy_node()
             raise ParameterError(str(exc)) from None
@@ -237,8 +244,11 @@ class AnomalyNode(Node):
             if self._pipeline.stopping.is_set():
                 return  # shutting down: the publishers are going away
             try:
+                obstacles = self.obstacle_outputs[camera]
+                prediction = obstacles.heatmap(prediction)
                 publish_outputs(camera.publishers, decoded.header, decoded.rgb, prediction, self.threshold,
                                 self.display_range, self.overlay_alpha)
+                obstacles.publish(decoded.header, prediction, self.threshold, self.display_range)
             except Exception as exc:  # noqa: BLE001 - one camera's failure must not hide the others
                 if self._pipeline.stopping.is_set() or not self.context.ok():
                     return
