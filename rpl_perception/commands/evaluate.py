@@ -41,6 +41,10 @@ def register(subparsers):
     p.add_argument("--batch-size", type=int, default=1, help="offline: frames per network batch")
     p.add_argument("--worst", type=int, default=4, help="worst frames shown in the report")
     p.add_argument("--no-components", action="store_true", help="skip the component metrics (sIoU, PPV, F1)")
+    p.add_argument("--obstacles", action="store_true",
+                   help="offline: also score the node's obstacle outputs: the model score restricted to the drivable "
+                        "corridor (score+corridor), with a soft corridor prior (score+corridor_prior), and the "
+                        "object output (objects: component metrics of the objects)"),
     p.add_argument("--native-size", action="store_true",
                    help="--dataset / --suite: run the network at each set's own image size (rounded up to the "
                         "network's size divisor) instead of the model's input size")
@@ -73,6 +77,8 @@ def run(args) -> int:
     for option, given in (("--dataset", args.dataset), ("--suite", args.suite)):
         if given and args.mode != "offline":
             raise ValueError(f"{option} works in offline mode only; {args.mode} mode needs --bag")
+    if args.obstacles and args.mode != "offline":
+        raise ValueError("--obstacles works in offline mode only")
     if args.native_size and not (args.dataset or args.suite):
         raise ValueError("--native-size needs --dataset or --suite (a bag's frames have no single native size)")
     if args.native_size and args.size:
@@ -101,7 +107,8 @@ def run(args) -> int:
             source = str(args.bag)
         scores = None if args.scores is None else [s.strip() for s in args.scores.split(",") if s.strip()]
         result = runner.evaluate_offline(segmenter, frames, total=total, scores=scores, batch_size=args.batch_size,
-                                         component_sizes=components, num_worst=args.worst, source=source)
+                                         component_sizes=components, num_worst=args.worst, source=source,
+                                         obstacles=args.obstacles)
     elif args.mode == "recorded":
         segmenter = load_segmenter_from_args(args)  # for the score's name, display range and threshold
         result = runner.evaluate_recorded(args.bag, args.topic, label_topic=args.label_topic, score=segmenter.score,
@@ -134,7 +141,8 @@ def run_suite(args) -> int:
 
     scores = None if args.scores is None else [s.strip() for s in args.scores.split(",") if s.strip()]
     result = suite.run_suite(load, sets, network_size="native" if args.native_size else args.size, scores=scores,
-                             batch_size=args.batch_size, num_worst=args.worst, components=not args.no_components)
+                             batch_size=args.batch_size, num_worst=args.worst, components=not args.no_components,
+                             obstacles=args.obstacles)
     lines = [f"# Evaluation suite `{args.suite}`", "", f"- model: `{args.model}`", ""]
     for entry in sets:
         write_report(result.results[entry.name], args.out / entry.slug, title=entry.name)
