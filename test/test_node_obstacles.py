@@ -105,6 +105,12 @@ def frame(probe):
     return probe.publish(CAM, image_msg(np.zeros((360, 640, 3), np.uint8), "rgb8"), frame_id="front_optical")
 
 
+def served(node, count):
+    """Wait until the node has finished ``count`` frames in all (the obstacle outputs come after the images)."""
+    stats = node.cameras[0].stats.total
+    wait_until(lambda: stats.published >= count, f"the node to finish frame {count}")
+
+
 def test_nothing_is_computed_for_outputs_nobody_subscribes_to(graph, monkeypatch):
     from rpl_perception.ros import object_outputs
 
@@ -112,8 +118,10 @@ def test_nothing_is_computed_for_outputs_nobody_subscribes_to(graph, monkeypatch
     calls = []
     monkeypatch.setattr(object_outputs, "confidence_image", lambda *a: calls.append("confidence"))
     monkeypatch.setattr(object_outputs, "find_obstacles", lambda *a: calls.append("objects"))
+    done = node.cameras[0].stats.total.published
     header = frame(probe)
     probe.outputs(CAM, header, ["anomaly_mask"])
+    served(node, done + 1)
     assert calls == []
 
 

@@ -80,8 +80,8 @@ class ObstacleOutputs:
         self.tracker = ObjectTracker(config.confirm_frames, config.window_frames, config.match_iou)
         self._lock = threading.Lock()  # intrinsics come from the executor, frames from the worker
         self._intrinsics: Optional[CameraIntrinsics] = None
-        self._projector: Tuple[Optional[tuple], Optional[GroundProjector]] = (None, None)
-        self.problem = ""  # the last reason the ground outputs are not published ("" when they are)
+        self._projector: Optional[Tuple[CameraIntrinsics, Tuple[int, int], GroundProjector]] = None
+        self._logger = node.get_logger()
         self.vision_msgs = import_vision_msgs()
         types = {"anomaly_confidence": Image, "obstacle_mask": Image, "obstacle_markers": MarkerArray,
                  "obstacle_points": PointCloud2}
@@ -97,7 +97,7 @@ class ObstacleOutputs:
         try:
             intrinsics = CameraIntrinsics.from_camera_info(msg)
         except ValueError as exc:
-            self.problem = f"{self.camera_info_topic}: {exc}"
+            self._logger.warning(f"{self.camera_info_topic}: {exc}", throttle_duration_sec=10.0)
             return
         with self._lock:
             old = self._intrinsics
@@ -106,23 +106,26 @@ class ObstacleOutputs:
                     or not (np.array_equal(old.k, intrinsics.k) and np.array_equal(old.d, intrinsics.d)):
                 self._intrinsics = intrinsics
 
-    def projector(self, width: int, height: int) -> Optional[GroundProjector]:
+    def projector(self, width: int, height: int, warn: bool = False) -> Optional[GroundProjector]:
         """The projector at the work size of a width × height frame; None without pose or CameraInfo."""
         if self.config.pose is None:
-            self.problem = "camera_height_m is 0: nothing is projected"
-            return None
+            return self._unprojected("camera_height_m is 0", warn)
         with self._lock:
             intrinsics = self._intrinsics
         if intrinsics is None:
-            self.problem = f"no CameraInfo on {self.camera_info_topic} yet"
-            return None
-        key = (id(intrinsics), width, height)
-        if self._projector[0] != key:  # the per-pixel table is built here, once per camera and size
+            return self._unprojected(f"no valid sensor_msgs/CameraInfo on {self.camera_info_topic} yet", warn)
+        cached, size = self._projector, (width, height)
+        if cached is None or cached[0] is not intrinsics or cached[1] != size:  # its table is built once
             camera = intrinsics.scaled(width, height)  # CameraInfo may describe another binning
-            size = work_size(width, height, self.config.settings.work_width)
-            self._projector = (key, GroundProjector(camera, self.config.pose, self.config.max_range_m).at_size(*size))
-        self.problem = ""
-        return self._projector[1]
+            work = work_size(width, height, self.config.settings.work_width)
+            cached = (intrinsics, size, GroundProjector(camera, self.config.pose, self.config.max_range_m).at_size(*work))
+            self._projector = cached
+        return cached[2]
+
+    def _unprojected(self, reason: str, warn: bool) -> None:
+        if warn:
+            self._logger.warning(f"{reason}: obstacle_markers and obstacle_points stay empty (no ground projection)",
+                                 throttle_duration_sec=10.0)
 
     def _wanted(self):
         return {name for name, publisher in self.publishers.items() if publisher.get_subscription_count()}
@@ -148,7 +151,8 @@ class ObstacleOutputs:
             self.tracker.reset()  # nobody looks: no objects, and no stale tracks when someone comes
             return
         h, w = prediction.anomaly.shape
-        projector = self.projector(w, h)
+        # projected whenever possible: the same objects (min_area_m2, distances) whoever listens
+        projector = self.projector(w, h, warn=bool(wanted & {"obstacle_markers", "obstacle_points"}))
         obstacles = find_obstacles(prediction.anomaly, prediction.labels, threshold, self.config.settings,
                                    projector, self._class_names())
         tracked = self.tracker.update(obstacles.objects.objects)
