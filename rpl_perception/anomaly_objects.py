@@ -57,7 +57,7 @@ class ObjectMap:
         """H×W bool pixels of all objects, or of those with ``indices``."""
         if indices is None:
             return self.ids > 0
-        lookup = np.zeros(max(len(self.objects), max(indices, default=0)) + 1, bool)
+        lookup = np.zeros(max(int(self.ids.max(initial=0)), max(indices, default=0)) + 1, bool)
         lookup[list(indices)] = True
         return lookup[self.ids]
 

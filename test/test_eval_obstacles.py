@@ -23,7 +23,8 @@ def test_obstacle_maps_of_one_frame():
     maps = obstacle_maps("s", score, labels, threshold=1.0, display_range=(0.0, 4.0))
     assert set(maps) == {"s+corridor", "s+corridor_prior", OBJECTS}
     assert maps["s+corridor"][90, 70] == 3.0 and maps["s+corridor"][20, 10] == 0.0
-    assert maps["s+corridor_prior"][90, 70] == 3.0 and maps["s+corridor_prior"][20, 10] == pytest.approx(-1.0)
+    # far from the corridor: the full penalty, PRIOR_PENALTY (0.25) × the span (4)
+    assert maps["s+corridor_prior"][90, 70] == 3.0 and maps["s+corridor_prior"][20, 10] == pytest.approx(2.0)
     objects = maps[OBJECTS]
     assert objects.dtype == np.float32 and objects[80:100, 60:80].all() and objects.sum() == 400
 

@@ -123,6 +123,18 @@ def test_objects_closer_than_the_merge_gap_are_one_and_the_region_clips():
     assert merged.objects[0].area_px == 400 + 20 * 12  # pixels are counted without the bridge
 
 
+def test_the_mask_of_some_objects_after_others_were_dropped():
+    score, labels = synthetic_scene([(-0.3, 0.3, 8.0), (2.0, 2.6, 15.0), (-3.0, -2.4, 55.0)])
+    found = find_anomaly_objects(score, labels, 0.5, min_area_px=5)
+    projected = project_objects(found, projector(max_range=40.0))  # the one at 55 m is dropped
+    assert len(found.objects) == 3 and len(projected.objects) == 2
+    (dropped,) = {o.index for o in found.objects} - {o.index for o in projected.objects}
+    assert dropped not in projected.ids  # its pixels left the map
+    for obj in projected.objects:
+        mask = projected.mask([obj.index])
+        assert mask.sum() == obj.area_px and not (mask & (projected.ids != obj.index)).any()
+
+
 def test_no_object_and_bad_shapes():
     assert find_anomaly_objects(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.uint8), 0.5).objects == []
     with pytest.raises(ValueError, match="one size"):
