@@ -7,7 +7,7 @@ mean / max score and the closed-set class it was mistaken for (the majority labe
 :func:`project_objects` adds where it stands on the ground (distance, width, height, footprint).
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import List, Optional, Sequence, Tuple
 
 import cv2
@@ -29,6 +29,8 @@ class GroundFootprint:
     width_m: float  # lateral extent of its front contact line
     height_m: float  # height of its top row over the contact line (a standing object's height)
     area_m2: float  # area of the convex hull of its pixels' ground points (flat objects: their footprint)
+    #: N×3 ground points of its contact line (the lowest pixel of each column), for a costmap
+    contact_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)), repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -94,33 +96,30 @@ def find_anomaly_objects(score: np.ndarray, labels: np.ndarray, threshold: float
     kept = np.flatnonzero(keep)
     if not len(kept):
         return ObjectMap([], ids)
-    order = np.argsort(component, kind="stable")
-    component, xs, ys = component[order], xs[order], ys[order]
+    remap = np.zeros(len(area), np.int32)  # component → object index 1..n (0: dropped)
+    remap[kept] = np.arange(1, len(kept) + 1)
+    index = remap[component]
+    chosen = index > 0  # the pixels of kept objects only, from here on (noise is often most pixels)
+    index, xs, ys = index[chosen], xs[chosen], ys[chosen]
+    ids[ys, xs] = index
+    order = np.argsort(index, kind="stable")
+    index, xs, ys = index[order], xs[order], ys[order]
     values, classes = score[ys, xs], labels[ys, xs]
-    present, starts = np.unique(component, return_index=True)  # reduceat runs from start to next start
-    chosen = keep[present]
-
-    def per_object(reduce, array):
-        return reduce.reduceat(array, starts)[chosen]
-
-    x0, x1 = per_object(np.minimum, xs), per_object(np.maximum, xs)
-    y0, y1 = per_object(np.minimum, ys), per_object(np.maximum, ys)
-    maxima, sums = per_object(np.maximum, values), per_object(np.add, values.astype(np.float64))
-    votes = np.bincount(component.astype(np.int64) * 256 + classes, minlength=len(area) * 256).reshape(-1, 256)
-    objects = []
-    remap = np.zeros(len(area), np.int32)
-    for i, c in enumerate(kept):
-        remap[c] = i + 1
-        objects.append(AnomalyObject(i + 1, (int(x0[i]), int(y0[i]), int(x1[i]) + 1, int(y1[i]) + 1), int(area[c]),
-                                     float(sums[i] / area[c]), float(maxima[i]), int(votes[c].argmax())))
-    ids[ys, xs] = remap[component]
+    starts = np.searchsorted(index, np.arange(1, len(kept) + 1))  # reduceat: from start to next start
+    x0, x1 = np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts)
+    y0, y1 = np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts)
+    maxima, sums = np.maximum.reduceat(values, starts), np.add.reduceat(values.astype(np.float64), starts)
+    votes = np.bincount(index.astype(np.int64) * 256 + classes, minlength=(len(kept) + 1) * 256).reshape(-1, 256)
+    objects = [AnomalyObject(i + 1, (int(x0[i]), int(y0[i]), int(x1[i]) + 1, int(y1[i]) + 1), int(area[c]),
+                             float(sums[i] / area[c]), float(maxima[i]), int(votes[i + 1].argmax()))
+               for i, c in enumerate(kept)]
     return ObjectMap(objects, ids)
 
 
 def _footprint(projector: GroundProjector, xs: np.ndarray, ys: np.ndarray, top: float) -> Optional[GroundFootprint]:
     cx, cy = contact_pixels(xs, ys)
     contact = projector.at_pixels(cx, cy)
-    contact = contact[~np.isnan(contact[:, 0])]
+    contact = all_contact = contact[~np.isnan(contact[:, 0])]
     if not len(contact):
         return None  # its contact line is above the horizon or out of range
     ranges = projector.ground_range(contact)
@@ -129,12 +128,15 @@ def _footprint(projector: GroundProjector, xs: np.ndarray, ys: np.ndarray, top: 
     front = ranges <= ranges.min() + max(FRONT_DEPTH_M, FRONT_DEPTH_FRACTION * ranges.min())
     contact, level = contact[front], projector.level(contact[front])
     middle = contact[np.argsort(level[:, 0])[len(contact) // 2]]
-    points = projector.at_pixels(xs, ys)
+    # the ground hull of its pixel hull's corners (those on the ground, within range): a projective
+    # map keeps convex sets convex, so this is the hull of all its pixels' ground points up to distortion
+    corners = cv2.convexHull(np.column_stack([xs, ys]).astype(np.int32)).reshape(-1, 2)
+    points = projector.at_pixels(corners[:, 0], corners[:, 1])
     points = projector.level(points[~np.isnan(points[:, 0])])[:, [0, 2]].astype(np.float32)
     area = float(cv2.contourArea(cv2.convexHull(points))) if len(points) >= 3 else 0.0
     return GroundFootprint(float(ranges.min()), tuple(float(v) for v in middle),
                            float(level[:, 0].max() - level[:, 0].min()),
-                           projector.height_above_ground(middle, (float(np.mean(cx)), top)), area)
+                           projector.height_above_ground(middle, (float(np.mean(cx)), top)), area, all_contact)
 
 
 def project_objects(objects: ObjectMap, projector: GroundProjector, min_area_m2: float = 0.0) -> ObjectMap:
@@ -144,10 +146,12 @@ def project_objects(objects: ObjectMap, projector: GroundProjector, min_area_m2:
     projector = projector.at_size(w, h)
     ys, xs = np.nonzero(objects.ids)
     owner = objects.ids[ys, xs]
+    order = np.argsort(owner, kind="stable")
+    ys, xs, owner = ys[order], xs[order], owner[order]
     kept = []
     for obj in objects.objects:
-        mine = owner == obj.index
-        ground = _footprint(projector, xs[mine], ys[mine], float(obj.box[1]))
+        start, end = np.searchsorted(owner, [obj.index, obj.index + 1])
+        ground = _footprint(projector, xs[start:end], ys[start:end], float(obj.box[1]))
         if ground is not None and ground.area_m2 >= min_area_m2:
             kept.append(replace(obj, ground=ground))
     if len(kept) != len(objects.objects):

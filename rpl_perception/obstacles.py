@@ -79,7 +79,11 @@ def confidence_image(score: np.ndarray, threshold: float, display_range: Tuple[f
     threshold → 128, display maximum → 255 (a costmap thresholding at 128 uses the calibration)."""
     low, high = display_range
     low, high = min(low, threshold - 1e-6), max(high, threshold + 1e-6)
-    below = (score - low) * (127.0 / (threshold - low))
-    above = 128.0 + (score - threshold) * (127.0 / (high - threshold))
-    value = np.where(score > threshold, above, below)
-    return np.clip(value, 0, 255).astype(np.uint8)
+    score = np.asarray(score, np.float32)
+    clipped = np.maximum(score, np.float32(low))  # convertScaleAbs takes |x|: nothing may go below 0
+    below_scale, above_scale = 127.0 / (threshold - low), 127.0 / (high - threshold)
+    # OpenCV saturates and rounds: below the threshold at most 127, above it at least 128
+    value = cv2.convertScaleAbs(clipped, alpha=below_scale, beta=-low * below_scale)
+    above = cv2.convertScaleAbs(clipped, alpha=above_scale, beta=128.0 - threshold * above_scale)
+    cv2.copyTo(above, (score > threshold).view(np.uint8), value)
+    return value

@@ -22,7 +22,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from ..corridor import CorridorSettings, class_ids, drivable_corridor, restrict_to_corridor
-from ..ground_projection import CameraIntrinsics, CameraPose, GroundProjector, contact_pixels
+from ..ground_projection import CameraIntrinsics, CameraPose, GroundProjector
 from ..image_codec import fill_image
 from ..obstacles import ObstacleSettings, confidence_image, find_obstacles, work_size
 from ..persistence import ObjectTracker
@@ -165,8 +165,8 @@ class ObstacleOutputs:
             self.publishers["obstacle_mask"].publish(
                 fill_image(Image(header=header), mask.astype(np.uint8) * np.uint8(255), "mono8"))
         if "obstacles" in wanted:
-            confidences = [confidence_image(np.float32(obj.mean_score), threshold, display_range) / 255.0
-                           for _, obj in tracked]
+            means = np.array([[obj.mean_score for _, obj in tracked]], np.float32).reshape(1, -1)
+            confidences = (confidence_image(means, threshold, display_range)[0] / 255.0).tolist()
             self.publishers["obstacles"].publish(detection_array(self.vision_msgs, header, tracked, confidences))
         if projector is None:
             return
@@ -177,16 +177,19 @@ class ObstacleOutputs:
             self.publishers["obstacle_points"].publish(self._cloud(header, obstacles.objects, tracked, projector))
 
     def _cloud(self, header, objects, tracked, projector: GroundProjector) -> PointCloud2:
-        ys, xs = np.nonzero(objects.ids)
-        owner = objects.ids[ys, xs]
         points, ids = [], []
+        if self.config.cloud == "all":
+            ys, xs = np.nonzero(objects.ids)
+            owner = objects.ids[ys, xs]
         for track_id, obj in tracked:
-            mine = owner == obj.index
-            px, py = xs[mine], ys[mine]
-            if self.config.cloud == "contact":
-                px, py = contact_pixels(px, py)
-            ground = projector.at_pixels(px, py)
-            ground = ground[~np.isnan(ground[:, 0])]
+            if obj.ground is None:
+                continue
+            if self.config.cloud == "contact":  # found with the footprint already
+                ground = obj.ground.contact_points
+            else:
+                mine = owner == obj.index
+                ground = projector.at_pixels(xs[mine], ys[mine])
+                ground = ground[~np.isnan(ground[:, 0])]
             points.append(ground)
             ids.append(np.full(len(ground), track_id, np.float32))
         if not points:
