@@ -175,3 +175,28 @@ def test_ground_outputs_carry_the_header_and_the_scene_geometry(graph, scene):
     finally:
         listener.close(probe)
         probe.node.destroy_publisher(info)
+
+
+def test_the_cloud_of_all_pixels_or_of_the_contact_lines(ros_env, scene):
+    from types import SimpleNamespace
+
+    from std_msgs.msg import Header
+
+    from rpl_perception.ground_projection import CameraIntrinsics, CameraPose, GroundProjector
+    from rpl_perception.obstacles import ObstacleSettings, find_obstacles
+    from rpl_perception.ros.object_outputs import ObstacleOutputs
+
+    score, labels = scene
+    projector = GroundProjector(CameraIntrinsics(640, 360, scaled_k(FACTOR), D), CameraPose(HEIGHT_M, PITCH), 40.0)
+    found = find_obstacles(score, labels, THRESHOLD, ObstacleSettings(min_area_px=50), projector).objects
+    tracked = [(7, obj) for obj in found.objects]
+    sizes = {}
+    for mode in ("contact", "all"):
+        outputs = SimpleNamespace(config=SimpleNamespace(cloud=mode))
+        cloud = ObstacleOutputs._cloud(outputs, Header(frame_id="cam"), found, tracked, projector)
+        points = np.frombuffer(bytes(cloud.data), np.float32).reshape(-1, 4)
+        assert cloud.header.frame_id == "cam" and set(points[:, 3].tolist()) == {7.0}
+        sizes[mode] = len(points)
+    # contact: one point per column of each object; all: every pixel on the ground within range
+    assert sizes["contact"] == sum(len(o.ground.contact_points) for o in found.objects)
+    assert sizes["all"] == sum(o.area_px for o in found.objects) > 5 * sizes["contact"]

@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Dict, Optional, Tuple
 
+import cv2
 import numpy as np
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -24,6 +25,7 @@ from visualization_msgs.msg import MarkerArray
 from ..corridor import CorridorSettings, class_ids, drivable_corridor, restrict_to_corridor
 from ..ground_projection import CameraIntrinsics, CameraPose, GroundProjector
 from ..image_codec import fill_image
+from ..labels import CITYSCAPES_CLASSES
 from ..obstacles import ObstacleSettings, confidence_image, find_obstacles, work_size
 from ..persistence import ObjectTracker
 from ..topics import CAMERA_INFO, sibling_topic
@@ -138,8 +140,6 @@ class ObstacleOutputs:
         return replace(prediction, anomaly=restrict_to_corridor(prediction.anomaly, corridor))
 
     def _class_names(self):
-        from ..labels import CITYSCAPES_CLASSES
-
         return self.classes or CITYSCAPES_CLASSES
 
     def publish(self, header, prediction, threshold: float, display_range: Tuple[float, float]) -> None:
@@ -159,8 +159,6 @@ class ObstacleOutputs:
         if "obstacle_mask" in wanted:
             mask = obstacles.objects.mask([obj.index for _, obj in tracked])
             if mask.shape != (h, w):
-                import cv2
-
                 mask = cv2.resize(mask.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
             self.publishers["obstacle_mask"].publish(
                 fill_image(Image(header=header), mask.astype(np.uint8) * np.uint8(255), "mono8"))
