@@ -62,3 +62,18 @@ def test_offline_eval_scores_the_obstacle_outputs_beside_the_pixel_scores(segmen
     maps = [obstacle_maps("rpl_energy", p.anomaly, p.labels, threshold, display)[OBJECTS] for p in predictions]
     assert objects["component_siou"] == pytest.approx(component_metrics(maps, labels, 0.5, 50, 10)["siou"],
                                                       abs=0.02, nan_ok=True)
+
+
+def test_cli_eval_obstacles(tmp_path, capsys):
+    pytest.importorskip("rosbags", reason="bags need the rosbags package (pip install '.[eval]')")
+    from rpl_perception.cli import main
+    from rpl_perception.eval.bags import BagFrame, write_frames
+
+    write_frames(tmp_path / "bag", [BagFrame(f.image, f.label) for f in frames(2)], start_ns=1_600_000_000_000_000_000)
+    assert main(["eval", "--bag", str(tmp_path / "bag"), "--out", str(tmp_path / "report"), "--size", "128x64",
+                 "--scores", "rpl_energy", "--obstacles"]) == 0
+    out = capsys.readouterr().out
+    assert "| rpl_energy+corridor |" in out and "| rpl_energy+corridor_prior |" in out and "| objects |" in out
+    assert main(["eval", "--bag", str(tmp_path / "bag"), "--out", str(tmp_path / "r2"), "--mode", "recorded",
+                 "--obstacles"]) == 2
+    assert "--obstacles works in offline mode only" in capsys.readouterr().err
