@@ -200,3 +200,20 @@ def test_the_cloud_of_all_pixels_or_of_the_contact_lines(ros_env, scene):
     # contact: one point per column of each object; all: every pixel on the ground within range
     assert sizes["contact"] == sum(len(o.ground.contact_points) for o in found.objects)
     assert sizes["all"] == sum(o.area_px for o in found.objects) > 5 * sizes["contact"]
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"obstacle_confirm_frames": 4}, r"obstacle_confirm_frames \(4\) must be between 1 and obstacle_window_frames \(3\)"),
+    ({"obstacle_corridor_classes": ["road", "lava"]}, r"\['lava'\] are unknown"),
+    ({"obstacle_cloud": "some"}, "obstacle_cloud 'some' is unknown; choose contact or all"),
+    ({"camera_height_m": 1.2, "camera_pitch_deg": 95.0}, "within ±90°"),
+])
+def test_bad_obstacle_parameters_are_refused_with_the_reason(ros_env, changes, match):
+    from rpl_perception.ros.object_outputs import ObstacleConfig
+    from rpl_perception.ros.parameters import PARAMETERS, ParameterError
+
+    values = {spec.name: spec.default for spec in PARAMETERS}
+    defaults = ObstacleConfig.from_values(values)
+    assert defaults.pose is None and defaults.settings.corridor.classes == ("road", "sidewalk")
+    with pytest.raises(ParameterError, match=match):
+        ObstacleConfig.from_values({**values, **changes})
