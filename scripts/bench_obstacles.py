@@ -7,8 +7,8 @@
    obstacle mask, ground cloud; median / p95 over ``--repeat`` runs (target: total ≤ 10 ms).
 2. Flicker on a real clip (consecutive frames of Udacity highway footage, or the shipped drive
    samples): objects per frame as the node finds them, tracked with k = n = 1 (every detection
-   published at once) and with the node's default persistence (k = 2 of n = 3). Flicker = published
-   objects (ids) that live one frame.
+   published at once), with the node's default persistence (k = 2 of n = 3) and with k = 3 of n = 5.
+   Flicker = published objects (ids) that are published in one frame only.
 
     python scripts/bench_obstacles.py [--clip VIDEO] [--clip-frames 91] [--repeat 50]
 """
@@ -110,7 +110,9 @@ def clip_frames(path: Path, count: int):
 
 def flicker(segmenter, path: Path, count: int):
     """Per tracker setting: (published objects per frame, ids, ids that live one frame)."""
-    trackers = {"every detection (k = n = 1)": ObjectTracker(1, 1), "persistence (k = 2 of n = 3)": ObjectTracker(2, 3)}
+    trackers = {"every detection (k = n = 1)": ObjectTracker(1, 1),
+                "persistence (k = 2 of n = 3, the node's default)": ObjectTracker(2, 3),
+                "persistence (k = 3 of n = 5)": ObjectTracker(3, 5)}
     lifetimes = {name: {} for name in trackers}
     published = {name: 0 for name in trackers}
     frames = 0
