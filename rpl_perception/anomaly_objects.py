@@ -12,8 +12,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
-from .ground_projection import GroundProjector, contact_pixels
+from .ground_projection import GroundProjector
 
 #: contact points this close behind the nearest one are its front line (metres, fraction of its distance)
 FRONT_DEPTH_M, FRONT_DEPTH_FRACTION = 0.5, 0.1
@@ -102,41 +103,55 @@ def find_anomaly_objects(score: np.ndarray, labels: np.ndarray, threshold: float
     chosen = index > 0  # the pixels of kept objects only, from here on (noise is often most pixels)
     index, xs, ys = index[chosen], xs[chosen], ys[chosen]
     ids[ys, xs] = index
-    order = np.argsort(index, kind="stable")
-    index, xs, ys = index[order], xs[order], ys[order]
-    values, classes = score[ys, xs], labels[ys, xs]
-    starts = np.searchsorted(index, np.arange(1, len(kept) + 1))  # reduceat: from start to next start
-    x0, x1 = np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts)
-    y0, y1 = np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts)
-    maxima, sums = np.maximum.reduceat(values, starts), np.add.reduceat(values.astype(np.float64), starts)
-    votes = np.bincount(index.astype(np.int64) * 256 + classes, minlength=(len(kept) + 1) * 256).reshape(-1, 256)
-    objects = [AnomalyObject(i + 1, (int(x0[i]), int(y0[i]), int(x1[i]) + 1, int(y1[i]) + 1), int(area[c]),
-                             float(sums[i] / area[c]), float(maxima[i]), int(votes[i + 1].argmax()))
-               for i, c in enumerate(kept)]
+    count = len(kept) + 1
+    sums = np.bincount(index, weights=score[ys, xs], minlength=count)
+    votes = np.bincount(index.astype(np.int64) * 256 + labels[ys, xs], minlength=count * 256).reshape(-1, 256)
+    labels_range = np.arange(1, count)
+    boxes = ndimage.find_objects(ids, max_label=count - 1)  # one pass in C, no sorting
+    maxima = ndimage.maximum(score, ids, labels_range)
+    objects = [AnomalyObject(i, (box[1].start, box[0].start, box[1].stop, box[0].stop), int(area[c]),
+                             float(sums[i] / area[c]), float(maxima[i - 1]), int(votes[i].argmax()))
+               for i, c, box in zip(labels_range, kept, boxes)]
     return ObjectMap(objects, ids)
 
 
-def _footprint(projector: GroundProjector, xs: np.ndarray, ys: np.ndarray, top: float) -> Optional[GroundFootprint]:
-    cx, cy = contact_pixels(xs, ys)
-    contact = projector.at_pixels(cx, cy)
-    contact = all_contact = contact[~np.isnan(contact[:, 0])]
-    if not len(contact):
+def _column_extremes(ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per object and column: (object index, column, lowest pixel's row, highest pixel's row), sorted by
+    object and column. The lowest pixels are where a standing object meets the ground (its contact
+    line); every pixel lies between the two of its column."""
+    ys, xs = np.nonzero(ids)
+    owner = ids[ys, xs]
+    order = np.lexsort((ys, xs, owner))
+    owner, xs, ys = owner[order], xs[order], ys[order]
+    new = np.ones(len(xs), bool)
+    new[1:] = (owner[1:] != owner[:-1]) | (xs[1:] != xs[:-1])
+    first = np.flatnonzero(new)
+    last = np.append(first[1:] - 1, len(xs) - 1)
+    return owner[first], xs[first], ys[last], ys[first]
+
+
+def _footprint(projector: GroundProjector, contact: np.ndarray, tops: np.ndarray, columns: np.ndarray,
+               top_row: float) -> Optional[GroundFootprint]:
+    """From the ground points of an object's lowest (``contact``) and highest (``tops``) pixel per column."""
+    on_ground = ~np.isnan(contact[:, 0])
+    if not on_ground.any():
         return None  # its contact line is above the horizon or out of range
+    all_contact = contact = contact[on_ground]
     ranges = projector.ground_range(contact)
     # the front contact line: a column whose lowest pixel is well behind the nearest point is the
     # object's side seen from above (or a sliver at its outline), not where it stands
     front = ranges <= ranges.min() + max(FRONT_DEPTH_M, FRONT_DEPTH_FRACTION * ranges.min())
     contact, level = contact[front], projector.level(contact[front])
     middle = contact[np.argsort(level[:, 0])[len(contact) // 2]]
-    # the ground hull of its pixel hull's corners (those on the ground, within range): a projective
-    # map keeps convex sets convex, so this is the hull of all its pixels' ground points up to distortion
-    corners = cv2.convexHull(np.column_stack([xs, ys]).astype(np.int32)).reshape(-1, 2)
-    points = projector.at_pixels(corners[:, 0], corners[:, 1])
-    points = projector.level(points[~np.isnan(points[:, 0])])[:, [0, 2]].astype(np.float32)
+    # each column's pixels project onto the ground segment between its lowest and highest pixel's
+    # points (those on the ground, within range): their hull is the hull of all its pixels' points
+    points = np.vstack([all_contact, tops[~np.isnan(tops[:, 0])]])
+    points = projector.level(points)[:, [0, 2]].astype(np.float32)
     area = float(cv2.contourArea(cv2.convexHull(points))) if len(points) >= 3 else 0.0
     return GroundFootprint(float(ranges.min()), tuple(float(v) for v in middle),
                            float(level[:, 0].max() - level[:, 0].min()),
-                           projector.height_above_ground(middle, (float(np.mean(cx)), top)), area, all_contact)
+                           projector.height_above_ground(middle, (float(np.mean(columns)), top_row)), area,
+                           all_contact)
 
 
 def project_objects(objects: ObjectMap, projector: GroundProjector, min_area_m2: float = 0.0) -> ObjectMap:
@@ -144,14 +159,12 @@ def project_objects(objects: ObjectMap, projector: GroundProjector, min_area_m2:
     horizon, beyond the range) or with a footprint under ``min_area_m2`` are dropped."""
     h, w = objects.ids.shape
     projector = projector.at_size(w, h)
-    ys, xs = np.nonzero(objects.ids)
-    owner = objects.ids[ys, xs]
-    order = np.argsort(owner, kind="stable")
-    ys, xs, owner = ys[order], xs[order], owner[order]
+    owner, columns, bottom, top = _column_extremes(objects.ids)
+    contact, tops = projector.at_pixels(columns, bottom), projector.at_pixels(columns, top)
     kept = []
     for obj in objects.objects:
         start, end = np.searchsorted(owner, [obj.index, obj.index + 1])
-        ground = _footprint(projector, xs[start:end], ys[start:end], float(obj.box[1]))
+        ground = _footprint(projector, contact[start:end], tops[start:end], columns[start:end], float(obj.box[1]))
         if ground is not None and ground.area_m2 >= min_area_m2:
             kept.append(replace(obj, ground=ground))
     if len(kept) != len(objects.objects):

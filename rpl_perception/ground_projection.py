@@ -8,7 +8,8 @@ they are dropped, never projected to infinity. Points are returned in the camera
 (x right, y down, z forward), the frame of the image's header, so a costmap transforms them with TF.
 
 Only points on the ground are right: the pixels of a standing object above its contact line land
-behind it. :func:`contact_pixels` picks the contact line (the lowest pixel of each column).
+behind it. The contact line (the lowest pixel of each column) is
+where a standing object meets the ground (:mod:`.anomaly_objects`).
 """
 
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 
-__all__ = ["DISTORTION_MODELS", "CameraIntrinsics", "CameraPose", "GroundProjector", "contact_pixels"]
+__all__ = ["DISTORTION_MODELS", "CameraIntrinsics", "CameraPose", "GroundProjector"]
 
 #: CameraInfo distortion models this module undistorts (plumb_bob / rational_polynomial: OpenCV's
 #: k1 k2 p1 p2 [k3 …]; equidistant: OpenCV's fisheye k1 … k4)
@@ -166,11 +167,3 @@ class GroundProjector:
         t = np.hypot(contact_level[0], contact_level[2]) / horizontal
         return float(self.pose.height_m - t * ray[1])
 
-
-def contact_pixels(xs: np.ndarray, ys: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """The lowest pixel of each column of a pixel set: where a standing object meets the ground."""
-    order = np.lexsort((-ys, xs))
-    xs, ys = xs[order], ys[order]
-    first = np.ones(len(xs), bool)
-    first[1:] = xs[1:] != xs[:-1]
-    return xs[first], ys[first]

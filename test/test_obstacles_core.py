@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from rpl_perception.anomaly_objects import find_anomaly_objects, project_objects
+from rpl_perception.anomaly_objects import _column_extremes, find_anomaly_objects, project_objects
 from rpl_perception.corridor import CorridorSettings, class_ids, corridor_prior, drivable_corridor, restrict_to_corridor
-from rpl_perception.ground_projection import CameraIntrinsics, CameraPose, GroundProjector, contact_pixels
+from rpl_perception.ground_projection import CameraIntrinsics, CameraPose, GroundProjector
 from rpl_perception.labels import CITYSCAPES_CLASSES
 from rpl_perception.obstacles import ObstacleSettings, confidence_image, find_obstacles
 from rpl_perception.persistence import ObjectTracker, box_iou
@@ -210,10 +210,14 @@ def test_a_higher_min_area_in_square_metres_drops_small_footprints():
     assert project_objects(found, projector(), min_area_m2=50.0).objects == []
 
 
-def test_contact_pixels_are_the_lowest_of_each_column():
-    xs, ys = np.array([3, 3, 4, 4, 4]), np.array([1, 7, 2, 9, 5])
-    cx, cy = contact_pixels(xs, ys)
-    assert cx.tolist() == [3, 4] and cy.tolist() == [7, 9]
+def test_the_lowest_and_highest_pixel_of_each_column_of_each_object():
+    ids = np.zeros((10, 6), np.int32)
+    ids[[1, 7], 3] = 2
+    ids[[2, 9, 5], 4] = 2
+    ids[4:6, 1] = 1
+    owner, columns, bottom, top = _column_extremes(ids)
+    assert owner.tolist() == [1, 2, 2] and columns.tolist() == [1, 3, 4]
+    assert bottom.tolist() == [5, 7, 9] and top.tolist() == [4, 1, 2]
 
 
 def test_intrinsics_scale_and_refuse_what_they_cannot_use():
