@@ -77,7 +77,6 @@ setup(
         "opencv-python-headless>=4.8",
         "pillow>=9.2",  # reads compressed images' headers (their size) without decoding them
         "safetensors>=0.4",
-        "scipy>=1.9",  # per-object boxes and maxima without sorting pixels (rpl_perception.anomaly_objects)
         "torch>=2.1",  # CPU-only machines: install torch==2.13.0 first (see README)
         "tqdm>=4.60",
     ],

@@ -12,7 +12,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from .ground_projection import GroundProjector
 
@@ -87,9 +86,11 @@ def find_anomaly_objects(score: np.ndarray, labels: np.ndarray, threshold: float
     if region is not None:
         mask &= region
     ids = np.zeros(score.shape, np.int32)
-    ys, xs = np.nonzero(mask)
-    if not len(xs):
+    points = cv2.findNonZero(mask.view(np.uint8))  # (x, y) pairs, row by row; faster than np.nonzero
+    if points is None:
         return ObjectMap([], ids)
+    points = points.reshape(-1, 2)
+    xs, ys = points[:, 0], points[:, 1]
     component = _grouping(np.ascontiguousarray(mask), merge_gap_px)[ys, xs]
     area = np.bincount(component)
     keep = area >= max(1, min_area_px)
@@ -103,15 +104,18 @@ def find_anomaly_objects(score: np.ndarray, labels: np.ndarray, threshold: float
     chosen = index > 0  # the pixels of kept objects only, from here on (noise is often most pixels)
     index, xs, ys = index[chosen], xs[chosen], ys[chosen]
     ids[ys, xs] = index
-    count = len(kept) + 1
-    sums = np.bincount(index, weights=score[ys, xs], minlength=count)
-    votes = np.bincount(index.astype(np.int64) * 256 + labels[ys, xs], minlength=count * 256).reshape(-1, 256)
-    labels_range = np.arange(1, count)
-    boxes = ndimage.find_objects(ids, max_label=count - 1)  # one pass in C, no sorting
-    maxima = ndimage.maximum(score, ids, labels_range)
-    objects = [AnomalyObject(i, (box[1].start, box[0].start, box[1].stop, box[0].stop), int(area[c]),
-                             float(sums[i] / area[c]), float(maxima[i - 1]), int(votes[i].argmax()))
-               for i, c, box in zip(labels_range, kept, boxes)]
+    order = np.argsort(index, kind="stable")
+    index, xs, ys = index[order], xs[order], ys[order]
+    values = score[ys, xs]
+    starts = np.searchsorted(index, np.arange(1, len(kept) + 1))  # reduceat: from start to next start
+    x0, x1 = np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts)
+    y0, y1 = np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts)
+    maxima, sums = np.maximum.reduceat(values, starts), np.add.reduceat(values.astype(np.float64), starts)
+    votes = np.bincount(index.astype(np.int64) * 256 + labels[ys, xs], minlength=(len(kept) + 1) * 256)
+    votes = votes.reshape(-1, 256)
+    objects = [AnomalyObject(i + 1, (int(x0[i]), int(y0[i]), int(x1[i]) + 1, int(y1[i]) + 1), int(area[c]),
+                             float(sums[i] / area[c]), float(maxima[i]), int(votes[i + 1].argmax()))
+               for i, c in enumerate(kept)]
     return ObjectMap(objects, ids)
 
 
@@ -119,7 +123,11 @@ def _column_extremes(ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarra
     """Per object and column: (object index, column, lowest pixel's row, highest pixel's row), sorted by
     object and column. The lowest pixels are where a standing object meets the ground (its contact
     line); every pixel lies between the two of its column."""
-    ys, xs = np.nonzero(ids)
+    points = cv2.findNonZero((ids > 0).view(np.uint8))
+    if points is None:
+        empty = np.zeros(0, np.int32)
+        return empty, empty, empty, empty
+    xs, ys = points.reshape(-1, 2).T
     owner = ids[ys, xs]
     order = np.lexsort((ys, xs, owner))
     owner, xs, ys = owner[order], xs[order], ys[order]
@@ -167,8 +175,12 @@ def project_objects(objects: ObjectMap, projector: GroundProjector, min_area_m2:
         ground = _footprint(projector, contact[start:end], tops[start:end], columns[start:end], float(obj.box[1]))
         if ground is not None and ground.area_m2 >= min_area_m2:
             kept.append(replace(obj, ground=ground))
-    if len(kept) != len(objects.objects):
-        lookup = np.zeros(len(objects.objects) + 1, np.int32)
-        lookup[[o.index for o in kept]] = [o.index for o in kept]
-        return ObjectMap(kept, lookup[objects.ids])
-    return ObjectMap(kept, objects.ids)
+    if len(kept) == len(objects.objects):
+        return ObjectMap(kept, objects.ids)
+    ids = objects.ids.copy()
+    kept_indices = {obj.index for obj in kept}
+    for obj in (o for o in objects.objects if o.index not in kept_indices):  # dropped: off the map, box by box
+        x0, y0, x1, y1 = obj.box
+        window = ids[y0:y1, x0:x1]
+        window[window == obj.index] = 0
+    return ObjectMap(kept, ids)
