@@ -51,17 +51,33 @@ class AnomalyObject:
 
 @dataclass
 class ObjectMap:
-    """The objects of one frame and H×W int32 ``ids`` (0: no object; else an object's ``index``)."""
+    """The objects of one frame and H×W int32 ``ids`` (0: no object; else an object's ``index``);
+    ``ids`` may be a scaled copy of the boxes' frame: ids pixel = box pixel × ``scale``."""
     objects: List[AnomalyObject]
     ids: np.ndarray
+    scale: float = 1.0
 
     def mask(self, indices: Optional[Sequence[int]] = None) -> np.ndarray:
         """H×W bool pixels of all objects, or of those with ``indices``."""
         if indices is None:
             return self.ids > 0
-        lookup = np.zeros(max(int(self.ids.max(initial=0)), max(indices, default=0)) + 1, bool)
-        lookup[list(indices)] = True
+        lookup = np.zeros(max(max((o.index for o in self.objects), default=0), max(indices, default=0)) + 1, bool)
+        lookup[list(indices)] = True  # indices of dropped objects are off the map already
         return lookup[self.ids]
+
+    def mono8(self, indices: Sequence[int], size: Tuple[int, int]) -> np.ndarray:
+        """mono8 image of (width, height) ``size``: 255 on the pixels of the objects with ``indices``."""
+        image = np.zeros(self.ids.shape, np.uint8)
+        wanted = set(indices)
+        for obj in self.objects:  # box by box: objects are small, the frame is not
+            if obj.index in wanted:
+                x0, y0 = (int(v * self.scale) for v in obj.box[:2])
+                x1, y1 = (int(np.ceil(v * self.scale)) for v in obj.box[2:])
+                window = self.ids[y0:y1, x0:x1]
+                image[y0:y1, x0:x1][window == obj.index] = 255
+        if image.shape[::-1] != tuple(size):
+            image = cv2.resize(image, tuple(size), interpolation=cv2.INTER_NEAREST)
+        return image
 
 
 def _grouping(mask: np.ndarray, merge_gap_px: int) -> np.ndarray:

@@ -71,6 +71,7 @@ def find_obstacles(score: np.ndarray, labels: np.ndarray, threshold: float,
         inverse = 1.0 / scale
         objects.objects = [replace(o, box=tuple(int(round(v * inverse)) for v in o.box),
                                    area_px=int(round(o.area_px * inverse ** 2))) for o in objects.objects]
+        objects.scale = scale
     return Obstacles(objects, corridor, scale)
 
 

@@ -72,7 +72,7 @@ def cost_rows(score, labels, threshold, display, repeat):
     rows.append(("persistence", *t))
     _, *t = timed(lambda: confidence_image(score, threshold, display), repeat)
     rows.append(("confidence image (1920×1080)", *t))
-    _, *t = timed(lambda: cv2.resize(objects.mask().view(np.uint8), SIZE, interpolation=cv2.INTER_NEAREST), repeat)
+    _, *t = timed(lambda: objects.mono8([o.index for o in objects.objects], SIZE), repeat)
     rows.append(("obstacle mask (1920×1080)", *t))
 
     def cloud(found):  # the contact points the projection found, as the node's cloud gathers them
@@ -86,8 +86,7 @@ def cost_rows(score, labels, threshold, display, repeat):
         found = find_obstacles(score, labels, threshold, settings, projector)
         tracked = total_tracker.update(found.objects.objects)
         confidence_image(score, threshold, display)
-        cv2.resize(found.objects.mask([o.index for _, o in tracked]).view(np.uint8), SIZE,
-                   interpolation=cv2.INTER_NEAREST)
+        found.objects.mono8([o.index for _, o in tracked], SIZE)
         cloud(found.objects)
 
     _, *t = timed(everything, repeat)

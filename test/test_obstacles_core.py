@@ -133,6 +133,8 @@ def test_the_mask_of_some_objects_after_others_were_dropped():
     for obj in projected.objects:
         mask = projected.mask([obj.index])
         assert mask.sum() == obj.area_px and not (mask & (projected.ids != obj.index)).any()
+        np.testing.assert_array_equal(projected.mono8([obj.index], SIZE), mask * np.uint8(255))
+    assert projected.mono8([o.index for o in projected.objects], (960, 540)).shape == (540, 960)
 
 
 def test_no_object_and_bad_shapes():
@@ -201,6 +203,12 @@ def test_the_whole_pipeline_on_the_synthetic_scene():
     on_it = (cols > 900) & (cols < 1020)
     assert near.box[3] == pytest.approx(rows[on_it].max() + 1, abs=3)
     assert obstacles.scale == 0.5 and obstacles.corridor.shape == (540, 960)
+    # the obstacle mask at the camera size, from the half-size map and the camera-size boxes
+    indices = [o.index for o in obstacles.objects.objects]
+    expected = cv2.resize(obstacles.objects.mask(indices).view(np.uint8) * np.uint8(255), SIZE,
+                          interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(obstacles.objects.mono8(indices, SIZE), expected)
+    assert ((expected > 0) == (score > 0.5)).mean() > 0.999
 
 
 def test_a_higher_min_area_in_square_metres_drops_small_footprints():

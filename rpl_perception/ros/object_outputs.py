@@ -16,7 +16,6 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Dict, Optional, Tuple
 
-import cv2
 import numpy as np
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -157,11 +156,8 @@ class ObstacleOutputs:
                                    projector, self._class_names())
         tracked = self.tracker.update(obstacles.objects.objects)
         if "obstacle_mask" in wanted:
-            mask = obstacles.objects.mask([obj.index for _, obj in tracked])
-            if mask.shape != (h, w):
-                mask = cv2.resize(mask.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
-            self.publishers["obstacle_mask"].publish(
-                fill_image(Image(header=header), mask.astype(np.uint8) * np.uint8(255), "mono8"))
+            mask = obstacles.objects.mono8([obj.index for _, obj in tracked], (w, h))
+            self.publishers["obstacle_mask"].publish(fill_image(Image(header=header), mask, "mono8"))
         if "obstacles" in wanted:
             means = np.array([[obj.mean_score for _, obj in tracked]], np.float32).reshape(1, -1)
             confidences = (confidence_image(means, threshold, display_range)[0] / 255.0).tolist()
