@@ -167,6 +167,15 @@ def test_above_the_horizon_and_beyond_the_range_are_dropped():
     assert table.shape == (1080, 1920, 3) and np.isnan(table[:400]).all()
 
 
+def test_fisheye_pixels_project_back_to_their_points():
+    d = np.array([0.05, -0.01, 0.002, 0.0])  # equidistant (OpenCV fisheye) k1..k4
+    ground = np.array([(x, HEIGHT_M, z) for x in (-3.0, 0.0, 2.0) for z in (3.0, 10.0, 25.0)])
+    rvec, _ = cv2.Rodrigues(camera_from_level())
+    pixels, _ = cv2.fisheye.projectPoints(ground.reshape(-1, 1, 3), rvec, np.zeros(3), K, d)
+    p = GroundProjector(CameraIntrinsics(*SIZE, K, d, "equidistant"), CameraPose(HEIGHT_M, PITCH), 60.0)
+    np.testing.assert_allclose(p.project(pixels.reshape(-1, 2)), ground @ camera_from_level().T, rtol=2e-3, atol=2e-3)
+
+
 def test_roll_tilts_the_ground_plane():
     roll = math.radians(4.0)
     p = GroundProjector(CameraIntrinsics(640, 480, [[500, 0, 319.5], [0, 500, 239.5], [0, 0, 1]]),
