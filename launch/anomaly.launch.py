@@ -1,4 +1,4 @@
-"""Start the rpl_anomaly node, and RViz showing its overlay, colour mask and heatmap.
+"""Start the rpl_anomaly node, and RViz showing its overlay, colour mask, heatmap and obstacles.
 
     ros2 launch rpl_perception anomaly.launch.py image_topics:='[/cam/image_raw]' use_rviz:=true
     ros2 launch rpl_perception anomaly.launch.py name:=front_anomaly namespace:=front   # a second instance
@@ -24,7 +24,7 @@ from rpl_perception.topics import sibling_topic
 PACKAGE = "rpl_perception"
 NODE_NAME = "rpl_anomaly"
 #: the outputs RViz shows, under the topics config/anomaly.rviz names (those of input "/image")
-RVIZ_OUTPUTS = ("overlay", "semantic_color", "anomaly")
+RVIZ_OUTPUTS = ("overlay", "semantic_color", "anomaly", "obstacle_markers", "obstacle_points")
 
 
 def parse_topics(text: str):

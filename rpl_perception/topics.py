@@ -7,10 +7,15 @@
 
 from typing import Dict, List, Sequence
 
-__all__ = ["OUTPUTS", "is_compressed", "sibling_topic", "output_topics", "check_topics"]
+__all__ = ["OUTPUTS", "OBSTACLE_OUTPUTS", "CAMERA_INFO", "is_compressed", "sibling_topic", "output_topics", "check_topics"]
 
 #: every output of each camera; the first three are always published (bags record them)
 OUTPUTS = ("semantic", "anomaly", "anomaly_mask", "semantic_color", "overlay")
+
+#: the obstacle outputs (ros.object_outputs: several message types, each only while subscribed)
+OBSTACLE_OUTPUTS = ("anomaly_confidence", "obstacle_mask", "obstacles", "obstacle_markers", "obstacle_points")
+#: the camera's intrinsics, an input next to each image topic (image_transport's convention)
+CAMERA_INFO = "camera_info"
 
 COMPRESSED_SUFFIX = "/compressed"
 
@@ -27,8 +32,8 @@ def sibling_topic(input_topic: str, name: str) -> str:
     return f"{prefix}{sep}{name}"
 
 
-def output_topics(input_topic: str) -> Dict[str, str]:
-    return {name: sibling_topic(input_topic, name) for name in OUTPUTS}
+def output_topics(input_topic: str, names: Sequence[str] = OUTPUTS) -> Dict[str, str]:
+    return {name: sibling_topic(input_topic, name) for name in names}
 
 
 def check_topics(image_topics: Sequence[str]) -> List[str]:
@@ -43,7 +48,7 @@ def check_topics(image_topics: Sequence[str]) -> List[str]:
         raise ValueError(f"image_topics lists a topic twice: {topics}")
     owners = {}
     for topic in topics:
-        for output in output_topics(topic).values():
+        for output in output_topics(topic, OUTPUTS + OBSTACLE_OUTPUTS).values():
             if output in owners:
                 raise ValueError(f"image topics {owners[output]!r} and {topic!r} would both publish "
                                  f"{output!r}; give each camera its own namespace")

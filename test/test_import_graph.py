@@ -25,7 +25,9 @@ LAYERS: List[Tuple[str, Dict[str, Tuple[str, ...]]]] = [
                        "rpl_perception.scoring", "rpl_perception.calibration", "rpl_perception.models",
                        "rpl_perception.checkpoint", "rpl_perception.export", "rpl_perception.export_forms",
                        "rpl_perception.parity", "rpl_perception.files", "rpl_perception.visualize",
-                       "rpl_perception.image_codec", "rpl_perception.topics")}),
+                       "rpl_perception.image_codec", "rpl_perception.topics", "rpl_perception.corridor",
+                       "rpl_perception.anomaly_objects", "rpl_perception.ground_projection",
+                       "rpl_perception.persistence", "rpl_perception.obstacles")}),
     ("backends", {"backends": ("rpl_perception.backends",)}),
     # the package's own __init__ is the facade that re-exports AnomalySegmenter
     ("segmenter", {"segmenter": ("rpl_perception.segmenter", "rpl_perception")}),

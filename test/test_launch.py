@@ -166,7 +166,18 @@ def test_rviz_shows_the_overlay_the_colour_mask_and_the_heatmap():
     assert all(d["Enabled"] for d in images.values())
     assert images["/anomaly"]["Normalize Range"] is True  # 32FC1 scores are shown normalised
     launch_text = LAUNCH_FILE.read_text(encoding="utf-8")
-    assert 'RVIZ_OUTPUTS = ("overlay", "semantic_color", "anomaly")' in launch_text
+    assert 'RVIZ_OUTPUTS = ("overlay", "semantic_color", "anomaly", "obstacle_markers", "obstacle_points")' \
+        in launch_text
+
+
+def test_rviz_shows_the_obstacle_boxes_and_ground_points():
+    config = yaml.safe_load(RVIZ_FILE.read_text(encoding="utf-8"))
+    displays = {d["Class"]: d for d in config["Visualization Manager"]["Displays"]}
+    markers = displays["rviz_default_plugins/MarkerArray"]
+    cloud = displays["rviz_default_plugins/PointCloud2"]
+    assert markers["Topic"]["Value"] == sibling_topic("/image", "obstacle_markers") and markers["Enabled"]
+    assert set(markers["Namespaces"]) == {"anomaly_boxes", "anomaly_labels"}  # ros.obstacle_messages' names
+    assert cloud["Topic"]["Value"] == sibling_topic("/image", "obstacle_points") and cloud["Enabled"]
 
 
 # -- the launch file, run -------------------------------------------------------------------------------

@@ -143,10 +143,11 @@ def test_ros2_run_and_launch_find_the_colcon_build(colcon_workspace, ros_env):
 UPSTREAM_KEYS = {"python3-yaml", "python3-numpy", "python3-opencv", "python3-pil", "python3-tqdm",
                  "python3-pytest", "python3-scipy", "python3-sklearn", "python3-matplotlib",
                  "python3-onnxruntime-pip"}
-ROS_PACKAGES = {"rclpy", "sensor_msgs", "diagnostic_msgs", "rcl_interfaces", "ament_index_python", "launch",
-                "launch_ros", "rviz2", "builtin_interfaces", "cv_bridge", "ros2launch", "ros2run"}
+ROS_PACKAGES = {"rclpy", "sensor_msgs", "diagnostic_msgs", "visualization_msgs", "vision_msgs", "rcl_interfaces",
+                "ament_index_python", "launch", "launch_ros", "rviz2", "builtin_interfaces", "cv_bridge", "ros2launch", "ros2run"}
 #: the key for each top-level module the code imports (third-party or ROS)
 MODULE_KEYS = {"rclpy": "rclpy", "sensor_msgs": "sensor_msgs", "diagnostic_msgs": "diagnostic_msgs",
+               "visualization_msgs": "visualization_msgs", "vision_msgs": "vision_msgs",
                "rcl_interfaces": "rcl_interfaces", "ament_index_python": "ament_index_python",
                "launch": "launch", "launch_ros": "launch_ros", "yaml": "python3-yaml", "numpy": "python3-numpy",
                "cv2": "python3-opencv", "PIL": "python3-pil", "tqdm": "python3-tqdm",

@@ -57,6 +57,10 @@ def register(subparsers):
     p.add_argument("--record", type=Path, default=None,
                    help="offline and live: also write the frames, ground truth and the maps (the node's outputs "
                         "in live mode) to this new bag, which --mode recorded reads")
+    p.add_argument("--obstacles", action="store_true",
+                   help="offline: also score the node's obstacle outputs: the model score restricted to the drivable "
+                        "corridor (score+corridor), with a soft corridor prior (score+corridor_prior), and the "
+                        "object output (objects: component metrics of the objects)")
     p.add_argument("--native-size", action="store_true",
                    help="--dataset / --suite: run the network at each set's own image size (rounded up to the "
                         "network's size divisor) instead of the model's input size")
@@ -86,6 +90,8 @@ def run(args) -> int:
     for option, given in (("--dataset", args.dataset), ("--suite", args.suite)):
         if given and args.mode != "offline":
             raise ValueError(f"{option} works in offline mode only; {args.mode} mode needs --bag")
+    if args.obstacles and args.mode != "offline":
+        raise ValueError("--obstacles works in offline mode only")
     if args.native_size and not (args.dataset or args.suite):
         raise ValueError("--native-size needs --dataset or --suite (a bag's frames have no single native size)")
     if args.native_size and args.size:
@@ -168,15 +174,15 @@ def _evaluate(args, segmenter, components, skipped, observers):
 
     if args.mode == "recorded":
         return evaluate_recorded(args.bag, args.topic, label_topic=args.label_topic, score=segmenter.score,
-                                        meta=segmenter.meta, component_sizes=components, num_worst=args.worst,
-                                        skipped=skipped, observers=observers)
+                                 meta=segmenter.meta, component_sizes=components, num_worst=args.worst,
+                                 skipped=skipped, observers=observers)
     if args.mode == "live":
         return evaluate_live(args.bag, args.topic, label_topic=args.label_topic, score=segmenter.score,
-                                    meta=segmenter.meta, node_options=NodeOptions.from_args(args),
-                                    launch=not args.no_launch, timeout_s=args.timeout,
-                                    startup_timeout_s=args.startup_timeout, record=args.record,
-                                    rate_scale=args.rate_scale, lockstep=args.lockstep, component_sizes=components,
-                                    num_worst=args.worst, skipped=skipped, observers=observers)
+                             meta=segmenter.meta, node_options=NodeOptions.from_args(args),
+                             launch=not args.no_launch, timeout_s=args.timeout,
+                             startup_timeout_s=args.startup_timeout, record=args.record,
+                             rate_scale=args.rate_scale, lockstep=args.lockstep, component_sizes=components,
+                             num_worst=args.worst, skipped=skipped, observers=observers)
     if args.dataset:
         from ..eval.datasets import DATASET_KINDS, open_dataset
 
@@ -189,8 +195,8 @@ def _evaluate(args, segmenter, components, skipped, observers):
         source = str(args.bag)
     scores = None if args.scores is None else [s.strip() for s in args.scores.split(",") if s.strip()]
     return evaluate_offline(segmenter, frames, total=total, scores=scores, batch_size=args.batch_size,
-                                   component_sizes=components, num_worst=args.worst, source=source,
-                                   observers=observers)
+                            component_sizes=components, num_worst=args.worst, source=source,
+                            observers=observers, obstacles=args.obstacles)
 
 
 def run_suite(args, out: Path) -> int:
@@ -208,7 +214,8 @@ def run_suite(args, out: Path) -> int:
 
     scores = None if args.scores is None else [s.strip() for s in args.scores.split(",") if s.strip()]
     result = suite.run_suite(load, sets, network_size="native" if args.native_size else args.size, scores=scores,
-                             batch_size=args.batch_size, num_worst=args.worst, components=not args.no_components)
+                             batch_size=args.batch_size, num_worst=args.worst, components=not args.no_components,
+                             obstacles=args.obstacles)
     lines = [f"# Evaluation suite `{args.suite}`", "", f"- model: `{args.model}`", ""]
     for entry in sets:
         write_report(result.results[entry.name], out / entry.slug, title=entry.name)

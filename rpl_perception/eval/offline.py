@@ -16,6 +16,7 @@ import numpy as np
 from ..image import resize_labels, resize_scores
 from .evaluation import Evaluation, EvaluationResult, class_count
 from .frames import EvalFrame, batched
+from .obstacle_maps import OBJECT_THRESHOLD, OBJECTS, obstacle_maps, obstacle_score_names
 
 __all__ = ["MultiScorePredictor", "available_scores", "score_settings", "evaluate_offline"]
 
@@ -94,11 +95,14 @@ class MultiScorePredictor:
 def evaluate_offline(segmenter, frames: Iterable[EvalFrame], *, total: Optional[int] = None,
                      scores: Optional[Sequence[str]] = None, batch_size: int = 1,
                      component_sizes: Optional[Tuple[int, int]] = (500, 100), num_worst: int = 4,
-                     source: str = "", progress: bool = True, observers=()) -> EvaluationResult:
+                     source: str = "", progress: bool = True, observers=(),
+                     obstacles: bool = False) -> EvaluationResult:
     """Run the core on every frame (as fast as it goes) and score every requested score.
 
     Score maps are compared at the ground truth's size (the camera size where a frame has none).
     ``observers`` see every frame's primary score (e.g. the drive's video; see :class:`Evaluation`).
+    ``obstacles``: also the model score restricted to the drivable corridor (hard, soft prior) and the
+    object output (:mod:`.obstacle_maps`).
     """
     from tqdm import tqdm
 
@@ -107,7 +111,9 @@ def evaluate_offline(segmenter, frames: Iterable[EvalFrame], *, total: Optional[
     predictor = MultiScorePredictor(segmenter, scores)
     settings = {name: score_settings(segmenter.meta, name) for name in predictor.scores}
     primary = segmenter.score if segmenter.score in predictor.scores else predictor.scores[0]
-    evaluation = Evaluation(predictor.scores, thresholds={n: s[1] for n, s in settings.items()},
+    thresholds = {n: s[1] for n, s in settings.items()}
+    extra = _obstacle_scores(primary, settings[primary], thresholds) if obstacles else ()
+    evaluation = Evaluation(predictor.scores + extra, thresholds=thresholds,
                             component_sizes=component_sizes, primary=primary, num_worst=num_worst,
                             num_classes=class_count(segmenter.meta), observers=observers)
     started, network_s = time.perf_counter(), 0.0
@@ -118,6 +124,10 @@ def evaluate_offline(segmenter, frames: Iterable[EvalFrame], *, total: Optional[
             outputs = predictor.predict_batch([frame.image for frame in batch], sizes)
             network_s += time.perf_counter() - tic
             for frame, (labels, maps) in zip(batch, outputs):
+                if obstacles:
+                    display, threshold = settings[primary]
+                    maps.update(obstacle_maps(primary, maps[primary], labels, threshold, display,
+                                              classes=segmenter.class_names))
                 evaluation.update(frame, maps, labels)
             bar.update(len(batch))
     elapsed = time.perf_counter() - started
@@ -127,6 +137,17 @@ def evaluate_offline(segmenter, frames: Iterable[EvalFrame], *, total: Optional[
         settings=_model_settings(segmenter, settings, batch_size=batch_size, backend=predictor.describe()),
         timing={"wall_s": elapsed, "frames_per_s": evaluation.num_frames / elapsed if elapsed else None,
                 "predict_ms_per_frame": 1e3 * network_s / n})
+
+
+def _obstacle_scores(primary: str, setting, thresholds: dict) -> Tuple[str, ...]:
+    """The obstacle maps' names; their thresholds added to ``thresholds``."""
+    display, threshold = setting
+    if threshold is None or display is None:
+        raise ValueError(f"the obstacle outputs need the calibrated threshold of {primary!r}; the model file "
+                         "records none (calibrate it, or evaluate without --obstacles)")
+    names = obstacle_score_names(primary)
+    thresholds.update({names[0]: threshold, names[1]: threshold, OBJECTS: OBJECT_THRESHOLD})
+    return names
 
 
 def _truth_size(frame: EvalFrame) -> Tuple[int, int]:

@@ -84,7 +84,8 @@ def native_size(image_size: Tuple[int, int], divisor: int) -> Tuple[int, int]:
 
 def run_suite(segmenter_at: Callable[[Optional[Tuple[int, int]]], object], sets: Sequence[SuiteSet], *,
               network_size: NetworkSize = None, scores: Optional[Sequence[str]] = None, batch_size: int = 1,
-              num_worst: int = 4, components: bool = True, progress: bool = True) -> SuiteResult:
+              num_worst: int = 4, components: bool = True, progress: bool = True,
+              obstacles: bool = False) -> SuiteResult:
     """Evaluate every set; ``segmenter_at(size)`` gives an AnomalySegmenter at that network size
     (None: the model's own). ``network_size``: None (model's), ``"native"`` or (width, height)."""
     results, sizes = {}, {}
@@ -102,7 +103,7 @@ def run_suite(segmenter_at: Callable[[Optional[Tuple[int, int]]], object], sets:
         results[entry.name] = evaluate_offline(segmenter, frames, total=total, scores=scores,
                                                batch_size=batch_size, component_sizes=component_sizes,
                                                num_worst=num_worst, source=f"{dataset.kind}:{dataset.root}",
-                                               progress=progress)
+                                               progress=progress, obstacles=obstacles)
         sizes[entry.name] = tuple(segmenter.network_size)
     return SuiteResult(list(sets), results, sizes)
 

@@ -12,7 +12,7 @@ when a best-effort publisher joins. Callbacks get the serialised message
 import copy
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.event_handler import SubscriptionEventCallbacks
@@ -21,6 +21,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions, QoSPolicyKind
 from sensor_msgs.msg import CompressedImage, Image
 
 from ..topics import is_compressed, output_topics
+from .demand import has_readers
 from .health import HealthLimits
 from .parameters import AUTO
 from .stats import WARN, CameraStats, input_problems
@@ -59,6 +60,8 @@ class Camera:
             name: node.create_publisher(Image, out, copy.copy(output_qos),
                                         qos_overriding_options=QoSOverridingOptions.with_default_policies())
             for name, out in output_topics(self.topic).items()}
+        #: publishers of this camera's other outputs (e.g. the obstacle outputs), registered by the node
+        self.other_publishers: List[Mapping[str, object]] = []
         self._on_message = on_message
         self._depth = depth
         name = f"qos_overrides.{self.topic}.subscription.reliability"
@@ -75,6 +78,10 @@ class Camera:
         self.subscription = self._subscribe(ReliabilityPolicy.BEST_EFFORT if self.fixed is None else self.fixed)
 
     # -- the subscription ------------------------------------------------------------------------
+
+    def is_read(self) -> bool:
+        """Something subscribes to one of this camera's outputs (else the camera is idle: :mod:`.demand`)."""
+        return any(has_readers(publishers) for publishers in (self.publishers, *self.other_publishers))
 
     @property
     def reliability(self) -> str:

@@ -5,7 +5,6 @@ from typing import Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-from .demand import has_readers
 from .stats import StatusReport
 
 __all__ = ["diagnostics_message"]
@@ -22,7 +21,7 @@ def diagnostics_message(node_name: str, stamp, cameras: Sequence, model: StatusR
     array = DiagnosticArray()
     array.header.stamp = stamp
     for camera in cameras:
-        report = camera.stats.report(now, camera.problems(now), idle=not has_readers(camera.publishers))
+        report = camera.stats.report(now, camera.problems(now), idle=not camera.is_read())
         report.values.append(("input reliability", camera.reliability))
         with camera.lock:
             frame_id = camera.frame_id

@@ -8,6 +8,8 @@ name ends in ``/compressed``), after remapping, it publishes with the input's he
 * ``<prefix>/anomaly_mask``    mono8, 255 where the score is above ``anomaly_threshold``
 * ``<prefix>/semantic_color``  rgb8
 * ``<prefix>/overlay``         rgb8 camera image + heatmap + anomaly contour
+* obstacles for planners (confidence, obstacle mask, detections, markers, ground points):
+  :mod:`.object_outputs`
 
 each only while something subscribes to it; a camera nobody reads is idle (:mod:`.demand`).
 
@@ -45,12 +47,12 @@ from ..segmenter import AnomalySegmenter
 from ..topics import check_topics, output_topics
 from .camera import Camera
 from .dds import QOS_FROM_XML, find_profile, profile_environment, profile_variable
-from .demand import has_readers
 from .diagnostics import diagnostics_message
 from .health import HealthLimits, runs_on_gpu
 from .interrupts import ignore_interrupts_from_now_on, ignore_interrupts_while_serving
 from .log_bridge import forward_python_logging
 from .losses import LossLog, fix_hint, header_stamp_ns
+from .object_outputs import ObstacleConfig, ObstacleOutputs
 from .outputs import publish_outputs
 from .parameter_types import accept_integers_for_doubles
 from .parameters import PARAMETERS, ParameterError, Settings, threshold_value
@@ -114,7 +116,9 @@ class AnomalyNode(Node):
         self.stopped_cleanly = True  # False once destroy_node left a batch running in a daemon thread
         self._log_bridge = forward_python_logging(self.get_logger())  # export/engine progress, fallbacks
         try:
-            self.settings = Settings.from_values(self._declare_parameters())
+            values = self._declare_parameters()
+            self.settings = Settings.from_values(values)
+            self.obstacle_config = ObstacleConfig.from_values(values)
             self._check_topic_names()
             self.get_logger().info(f"preparing {self.settings.deployment.describe()}")
             self.segmenter = segmenter_from_settings(self.settings)
@@ -131,6 +135,10 @@ class AnomalyNode(Node):
             self.cameras = [Camera(self, topic, self.settings.qos_reliability, self.settings.qos_depth,
                                    OUTPUT_QOS, self._on_image, self.health_limits)
                             for topic in self.settings.image_topics]
+            self.obstacle_outputs = {camera: ObstacleOutputs(self, camera.topic, self.obstacle_config, OUTPUT_QOS,
+                                                             self.segmenter.class_names) for camera in self.cameras}
+            for camera, obstacles in self.obstacle_outputs.items():
+                camera.other_publishers.append(obstacles.publishers)
         except ValueError as exc:  # e.g. a per-topic qos_overrides value
             self.destroy_node()
             raise ParameterError(str(exc)) from None
@@ -212,7 +220,7 @@ class AnomalyNode(Node):
 
     def _on_image(self, camera: Camera, raw: bytes) -> None:
         camera.stats.on_received(time.monotonic(), header_stamp_ns(raw))
-        if not has_readers(camera.publishers):  # nobody reads its outputs: no decoding, no inference
+        if not camera.is_read():  # nobody reads its outputs: no decoding, no inference
             camera.stats.on_unread()
             return
         self._pipeline.put(camera, Frame(raw, self.get_clock().now().nanoseconds))
@@ -252,8 +260,11 @@ class AnomalyNode(Node):
             if self._pipeline.stopping.is_set():
                 return  # shutting down: the publishers are going away
             try:
+                obstacles = self.obstacle_outputs[camera]
+                prediction = obstacles.heatmap(prediction)
                 publish_outputs(camera.publishers, decoded.header, decoded.rgb, prediction, self.threshold,
                                 self.display_range, self.overlay_alpha)
+                obstacles.publish(decoded.header, prediction, self.threshold, self.display_range)
             except Exception as exc:  # noqa: BLE001 - one camera's failure must not hide the others
                 if self._pipeline.stopping.is_set() or not self.context.ok():
                     return

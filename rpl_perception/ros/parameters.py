@@ -116,6 +116,33 @@ PARAMETERS = (
     ParameterSpec("calibration_images", "", "folder of images for an int8 TensorRT build; "
                   "empty: int8 only loads an engine built before"),
     ParameterSpec("build_only", False, "export the graph and build the TensorRT engine, then exit 0"),
+    # obstacles for planners and costmaps (ros.object_outputs; each output only while subscribed)
+    ParameterSpec("obstacle_corridor_classes", ["road", "sidewalk"],
+                  "closed-set classes of the drivable corridor (holes that objects make in it are filled)",
+                  "Cityscapes class names, e.g. road, sidewalk, terrain"),
+    ParameterSpec("obstacle_corridor_objects", True, "obstacles only inside the drivable corridor"),
+    ParameterSpec("heatmap_in_corridor", False, "restrict the image outputs (anomaly, anomaly_mask, "
+                  "anomaly_confidence, overlay) to the corridor: outside gets the frame's minimum score"),
+    ParameterSpec("obstacle_min_area_px", 200, "smallest obstacle in camera pixels", "", (1, 1 << 24)),
+    ParameterSpec("obstacle_min_area_m2", 0.0, "smallest ground footprint of a projected obstacle (m²)",
+                  "", None, (0.0, 1000.0)),
+    ParameterSpec("obstacle_merge_gap_px", 6, "anomalous regions closer than this (camera pixels) are one obstacle",
+                  "", (0, 1000)),
+    ParameterSpec("obstacle_confirm_frames", 2, "an obstacle is published once seen in this many of the last "
+                  "obstacle_window_frames frames (1: at once)", "", (1, 100)),
+    ParameterSpec("obstacle_window_frames", 3, "frames of the persistence window", "", (1, 100)),
+    ParameterSpec("obstacle_match_iou", 0.3, "box overlap (IoU) that matches an obstacle to the previous frames'",
+                  "", None, (0.01, 1.0)),
+    ParameterSpec("camera_height_m", 0.0, "camera height over the ground (m) for the ground projection; "
+                  "0: no projection (no distances, markers, points)", "", None, (0.0, 100.0)),
+    ParameterSpec("camera_pitch_deg", 0.0, "camera pitch below the horizontal (degrees, positive: down)",
+                  "", None, (-89.0, 89.0)),
+    ParameterSpec("camera_roll_deg", 0.0, "camera roll about its optical axis (degrees, positive: right side "
+                  "lower)", "", None, (-89.0, 89.0)),
+    ParameterSpec("obstacle_max_range_m", 40.0, "ground points farther than this are dropped (m)",
+                  "", None, (0.1, 1000.0)),
+    ParameterSpec("obstacle_cloud", "contact", "pixels of each obstacle in obstacle_points: contact (the lowest "
+                  "of each column: where it stands) or all (right for flat objects only)", "contact or all"),
 )
 
 _BY_NAME = {spec.name: spec for spec in PARAMETERS}
