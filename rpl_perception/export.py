@@ -25,7 +25,7 @@ from .export_forms import ExportForms
 from .models import AnomalyModel
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "METADATA_KEY", "DEFAULT_OPSET", "EXPORT_VERSION", "export_onnx",
-           "read_onnx_metadata"]
+           "read_onnx_metadata", "trace_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,28 @@ def _check_size(model: AnomalyModel, size) -> Tuple[int, int]:
     if w <= 0 or h <= 0 or w % divisor or h % divisor:
         raise ValueError(f"network size {w}×{h} must be positive multiples of {divisor}")
     return w, h
+
+
+def trace_onnx(module: torch.nn.Module, example: torch.Tensor, path, input_names, output_names,
+               dynamic_axes=None, *, opset: int = DEFAULT_OPSET, dynamic_size: bool = False) -> Path:
+    """Trace ``module`` on ``example`` into the ONNX file ``path`` with the :class:`ExportForms`
+    rewrites (the one tracing step of every export here: the model's and the training's frozen pass).
+    A failed export leaves no file behind."""
+    path = Path(path)
+    try:
+        with ExportForms(dynamic_size), torch.no_grad(), warnings.catch_warnings():
+            # The tracer warns about Python ints taken from shapes (with static sizes they are
+            # meant to be constants) and about slices it cannot fold; neither is a problem here.
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message="Constant folding")
+            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=list(input_names), output_names=list(output_names),
+                              dynamic_axes=dynamic_axes, do_constant_folding=True)
+    except Exception:
+        path.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def export_onnx(model: AnomalyModel, path, size: Tuple[int, int], *, batch: int = 1,
@@ -83,19 +105,7 @@ def export_onnx(model: AnomalyModel, path, size: Tuple[int, int], *, batch: int 
     model.return_logits = return_logits
     example = torch.zeros(batch, h, w, 3, dtype=torch.uint8)
     tmp = path.with_name(path.name + ".tmp")
-    try:
-        with ExportForms(dynamic_size), torch.no_grad(), warnings.catch_warnings():
-            # The tracer warns about Python ints taken from shapes (with static sizes they are
-            # meant to be constants) and about slices it cannot fold; neither is a problem here.
-            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", message="Constant folding")
-            torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=output_names,
-                              dynamic_axes=dynamic_axes, do_constant_folding=True)
-    except Exception:
-        tmp.unlink(missing_ok=True)
-        raise
+    trace_onnx(model, example, tmp, [INPUT_NAME], output_names, dynamic_axes, opset=opset, dynamic_size=dynamic_size)
 
     proto = onnx.load(str(tmp))
     description = {

@@ -17,8 +17,6 @@ values are those of the eager closed-set network up to float rounding (tested).
 """
 
 import copy
-import logging
-import warnings
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -26,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rpl_perception.export_forms import ExportForms
+from rpl_perception.export import trace_onnx
 from rpl_perception.models import ImageNormalisation
 
 from .data import collate
@@ -35,10 +33,7 @@ from .losses import closed_set_targets
 __all__ = ["FROZEN_KEYS", "FrozenClosedSet", "FrozenEncoder", "export_frozen", "OnnxFrozenPass", "TorchFrozenPass",
            "FrozenCollate", "onnxruntime_available"]
 
-log = logging.getLogger("rpl_training")
-
 FROZEN_KEYS = ("deep", "feat", "pseudo", "closed_entropy")
-_OPSET = 17
 
 
 class FrozenClosedSet(nn.Module):
@@ -110,14 +105,9 @@ def onnxruntime_available() -> bool:
 
 def _export(module: nn.Module, path: Path, example: torch.Tensor, outputs: Sequence[str]) -> Path:
     tmp = path.with_name(path.name + ".tmp")
-    with ExportForms(), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings on shape constants (static sizes)
-        torch.onnx.export(module, (example,), str(tmp), dynamo=False, opset_version=_OPSET,
-                          input_names=["images"], output_names=list(outputs),
-                          dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
-                          do_constant_folding=True)
-    tmp.replace(path)
-    return path
+    trace_onnx(module, example, tmp, ["images"], outputs,
+               {"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}})
+    return tmp.replace(path)
 
 
 def export_frozen(closed_set: FrozenClosedSet, encoder: FrozenEncoder, folder: Path, crop_hw) -> Dict[str, Path]:

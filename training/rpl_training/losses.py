@@ -76,7 +76,7 @@ def closed_set_targets(logits_closed: torch.Tensor) -> ClosedSetTargets:
     """Pseudo-labels and entropy of the frozen logits ỹ (N,C,H,W), without autograd."""
     with torch.no_grad():
         z = _channels_last(logits_closed)
-        pseudo = z.max(dim=-1).indices  # = argmax (first maximum), several times faster on a CPU
+        pseudo = z.max(dim=-1).indices  # = argmax (the first maximum)
         return ClosedSetTargets(pseudo, _entropy_last(z, torch.logsumexp(z, dim=-1)))
 
 
@@ -115,7 +115,7 @@ def rpl_losses(logits_rpl: torch.Tensor, closed: Union[torch.Tensor, ClosedSetTa
                          f"the target {tuple(target.shape)}")
     terms = _compiled_rpl_terms() if compiled else _rpl_terms
     return terms(_channels_last(logits_rpl), closed.pseudo.long(), closed.entropy.to(logits_rpl.dtype),
-                      target, ood_label, void_label, float(t), float(energy_weight))
+                 target, ood_label, void_label, float(t), float(energy_weight))
 
 
 @functools.lru_cache(maxsize=1)
