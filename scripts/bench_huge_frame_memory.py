@@ -41,6 +41,92 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+class FrameClient:
+    """Publishes frames to the node and waits for each one's anomaly map (every output subscribed)."""
+
+    def __init__(self):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import Image
+
+        from rpl_perception.topics import sibling_topic
+
+        rclpy.init()
+        self.client = rclpy.create_node("huge_frame_client")
+        self.served, self.lock = set(), threading.Lock()
+        for name in OUTPUTS:
+            self.client.create_subscription(Image, sibling_topic(TOPIC, name),
+                                            self._on_anomaly if name == "anomaly" else (lambda _: None), 2)
+        self.publisher = self.client.create_publisher(Image, TOPIC, 2)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.client)
+        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
+        self.spinner.start()
+        self.rng = np.random.default_rng(0)
+
+    def _on_anomaly(self, msg):
+        with self.lock:
+            self.served.add((msg.header.stamp.sec, msg.header.stamp.nanosec))
+
+    def wired(self) -> bool:
+        from rpl_perception.topics import sibling_topic
+
+        return bool(self.publisher.get_subscription_count()) and all(
+            self.client.count_publishers(sibling_topic(TOPIC, n)) for n in OUTPUTS)
+
+    def send(self, width, height, timeout=300.0):
+        from sensor_msgs.msg import Image
+
+        from rpl_perception.image_codec import fill_image
+
+        msg = fill_image(Image(), self.rng.integers(0, 255, (height, width, 3), np.uint8), "rgb8")
+        msg.header.stamp = self.client.get_clock().now().to_msg()
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        self.publisher.publish(msg)
+        del msg
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if key in self.served:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"no anomaly map for the {width}×{height} frame")
+
+    def close(self):
+        import rclpy
+
+        self.executor.shutdown(timeout_sec=2)
+        self.spinner.join(timeout=5)  # a spin still running at exit ends the process in C++ terminate
+        self.client.destroy_node()
+        rclpy.try_shutdown()
+
+
+def measure(node, frames: FrameClient, log, small: int, huge: str):
+    """The node's RSS at each step: started, small frames, one huge frame, small frames again."""
+    deadline = time.monotonic() + 180
+    while not frames.wired():
+        if node.poll() is not None or time.monotonic() > deadline:
+            log.seek(0)
+            sys.exit(f"the node did not start:\n{log.read()[-3000:]}")
+        time.sleep(0.2)
+    time.sleep(3.0)  # its subscription turns reliable; our readers match its publishers
+    rows = [("started", rss_mib(node.pid))]
+    for _ in range(small):
+        frames.send(640, 480)
+    time.sleep(2.0)
+    rows.append((f"after {small} frames of 640×480", rss_mib(node.pid)))
+    width, height = (int(v) for v in huge.split("x"))
+    frames.send(width, height)
+    rows.append((f"after one {width}×{height} frame ({width * height * 3 / 1e6:.0f} MB)", rss_mib(node.pid)))
+    time.sleep(3.0)
+    rows.append(("3 s later", rss_mib(node.pid)))
+    for _ in range(small):
+        frames.send(640, 480)
+    time.sleep(3.0)
+    rows.append((f"after {small} more frames of 640×480", rss_mib(node.pid)))
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--huge", default="4096x4096")
@@ -49,82 +135,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ.update(ROS_DOMAIN_ID=str(random.randint(100, 200)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                       FASTDDS_DEFAULT_PROFILES_FILE=str(REPO / "config" / "fastdds.xml"))
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import Image
-
-    from rpl_perception.image_codec import fill_image
-    from rpl_perception.topics import sibling_topic
-
     log = tempfile.TemporaryFile("w+")
     node_exe = shutil.which("anomaly_node", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     node_env = {k: v for k, v in os.environ.items() if k != "FASTDDS_DEFAULT_PROFILES_FILE"}  # its own set-up
     node = subprocess.Popen([node_exe, "--ros-args", "-p", f"image_topics:=[{TOPIC}]", *args.node_args],
                             env=node_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    rclpy.init()
-    client = rclpy.create_node("huge_frame_client")
-    served = set()
-    lock = threading.Lock()
-
-    def on_anomaly(msg):
-        with lock:
-            served.add((msg.header.stamp.sec, msg.header.stamp.nanosec))
-
-    for name in OUTPUTS:
-        client.create_subscription(Image, sibling_topic(TOPIC, name),
-                                   on_anomaly if name == "anomaly" else (lambda _: None), 2)
-    publisher = client.create_publisher(Image, TOPIC, 2)
-    executor = SingleThreadedExecutor()
-    executor.add_node(client)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    rng = np.random.default_rng(0)
-
-    def send(width, height, timeout=300.0):
-        msg = fill_image(Image(), rng.integers(0, 255, (height, width, 3), np.uint8), "rgb8")
-        msg.header.stamp = client.get_clock().now().to_msg()
-        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-        publisher.publish(msg)
-        del msg
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with lock:
-                if key in served:
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"no anomaly map for the {width}×{height} frame")
-
-    rows = []
+    frames = FrameClient()
     try:
-        deadline = time.monotonic() + 180
-        while not (publisher.get_subscription_count() and all(client.count_publishers(sibling_topic(TOPIC, n))
-                                                               for n in OUTPUTS)):
-            if node.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                sys.exit(f"the node did not start:\n{log.read()[-3000:]}")
-            time.sleep(0.2)
-        time.sleep(3.0)  # its subscription turns reliable; our readers match its publishers
-        rows.append(("started", rss_mib(node.pid)))
-        for _ in range(args.small):
-            send(640, 480)
-        time.sleep(2.0)
-        rows.append((f"after {args.small} frames of 640×480", rss_mib(node.pid)))
-        width, height = (int(v) for v in args.huge.split("x"))
-        send(width, height)
-        rows.append((f"after one {width}×{height} frame ({width * height * 3 / 1e6:.0f} MB)", rss_mib(node.pid)))
-        time.sleep(3.0)
-        rows.append(("3 s later", rss_mib(node.pid)))
-        for _ in range(args.small):
-            send(640, 480)
-        time.sleep(3.0)
-        rows.append((f"after {args.small} more frames of 640×480", rss_mib(node.pid)))
+        rows = measure(node, frames, log, args.small, args.huge)
     finally:
         os.killpg(node.pid, signal.SIGINT)
         node.wait(timeout=30)
-        executor.shutdown(timeout_sec=2)
-        spinner.join(timeout=5)  # a spin still running at exit ends the process in C++ terminate
-        client.destroy_node()
-        rclpy.try_shutdown()
+        frames.close()
     print(f"\nanomaly_node {' '.join(args.node_args) or '(default parameters)'}; all five outputs subscribed; "
           "machine shared with other work\n")
     print("| step | node RSS [MiB] |")
