@@ -26,8 +26,8 @@ from rpl_perception.eval.metrics import pixel_metrics
 from rpl_perception.labels import OUTLIER, VOID
 from rpl_perception.models import AnomalyModel, ImageNormalisation
 from rpl_training.config import load_config
-from rpl_training.data import build_dataset
 from rpl_training.losses import rpl_losses
+from rpl_training.sample_stream import build_dataset
 
 UNSEEN_SEED = 12345  # no training config uses it: pastes, crops and objects the runs never drew
 

@@ -3,7 +3,7 @@
 * :mod:`rpl_training.losses` — the RPL losses and CoroCL, as the paper and the official code;
 * :mod:`rpl_training.datasets` — Cityscapes / driving frames (inliers), COCO / cut-outs (outliers);
 * :mod:`rpl_training.transforms` — outlier exposure (paste objects, context images);
-* :mod:`rpl_training.data` — the deterministic, resumable sample stream (several weighted sources);
+* :mod:`rpl_training.sample_stream` — the deterministic, resumable sample stream (several weighted sources);
 * :mod:`rpl_training.model` — the branch on the frozen closed-set network, its optimiser and one step's losses;
 * :mod:`rpl_training.validation` — validation on one labelled set or a suite of them;
 * :mod:`rpl_training.run_state` — a run's state and its set-up (new or resumed);

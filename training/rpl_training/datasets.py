@@ -24,7 +24,7 @@ Outlier sources give ``(rgb, mask)``: mask 254 = object, 0 = background, 255 = v
 
 Missing folders or annotation files raise one :class:`DatasetLayoutError` that lists everything
 missing and the expected layout. Unreadable or truncated image files raise :class:`UnreadableImage`
-when read; the training dataset skips them (see :mod:`rpl_training.data`).
+when read; the training dataset skips them (see :mod:`rpl_training.sample_stream`).
 """
 
 import contextlib

@@ -27,8 +27,8 @@ from torch import nn
 from rpl_perception.export import trace_onnx
 from rpl_perception.models import ImageNormalisation
 
-from .data import collate
 from .losses import closed_set_targets
+from .sample_stream import collate
 
 __all__ = ["FROZEN_KEYS", "FrozenClosedSet", "FrozenEncoder", "export_frozen", "OnnxFrozenPass", "TorchFrozenPass",
            "FrozenCollate", "onnxruntime_available"]

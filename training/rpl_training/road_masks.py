@@ -30,7 +30,7 @@ def _round_up(value: int, divisor: int) -> int:
 
 
 class RoadMasks:
-    """Road masks of ``inliers`` (one source or a :class:`~rpl_training.data.ConcatSources`).
+    """Road masks of ``inliers`` (one source or a :class:`~rpl_training.sample_stream.ConcatSources`).
 
     ``sizes``: each source's training resolution (width, height), or None for its native size.
     """

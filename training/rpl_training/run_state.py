@@ -18,11 +18,11 @@ from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, CheckpointMeta
 from rpl_perception.eval.datasets import DatasetLayoutError
 
 from .config import ConfigError, inlier_sources
-from .data import ConcatSources, IterationBatchSampler, build_dataset, collate, make_loader
 from .distributed import DistContext, barrier
 from .frozen import FrozenCollate, OnnxFrozenPass, export_frozen, onnxruntime_available
 from .model import RPLTrainingModel, build_network, build_optimizer, poly_schedule
 from .road_masks import RoadMasks
+from .sample_stream import ConcatSources, IterationBatchSampler, build_dataset, collate, make_loader
 from .utils import git_commit
 from .validation import calibrate_on_batch, open_validation
 

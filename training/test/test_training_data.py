@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from rpl_training.data import IterationBatchSampler, build_dataset, collate
 from rpl_training.datasets import (
     CityscapesInliers,
     CocoOutliers,
@@ -15,6 +14,7 @@ from rpl_training.datasets import (
     UnreadableImage,
     read_image,
 )
+from rpl_training.sample_stream import IterationBatchSampler, build_dataset, collate
 from rpl_training.transforms import OutlierExposure, object_bbox, pad_center_crop
 from rpl_training_testdata import (
     make_cityscapes,

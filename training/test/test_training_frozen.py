@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from rpl_training.config import ConfigError, load_config
-from rpl_training.data import IterationBatchSampler, build_dataset
 from rpl_training.frozen import (
     FROZEN_KEYS,
     FrozenCollate,
@@ -21,6 +20,7 @@ from rpl_training.frozen import (
 from rpl_training.losses import corocl_loss, rpl_losses
 from rpl_training.model import RPLTrainingModel, build_network, forward_losses
 from rpl_training.run_state import frozen_in_loader
+from rpl_training.sample_stream import IterationBatchSampler, build_dataset
 from rpl_training_testdata import CROP_HW, small_config
 
 MEAN = (0.485, 0.456, 0.406)

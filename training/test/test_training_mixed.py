@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from rpl_training.config import ConfigError, inlier_sources, load_config
-from rpl_training.data import ConcatSources, IterationBatchSampler, build_dataset, build_outliers, collate
 from rpl_training.datasets import FrameInliers, IDDInliers, VoidLabels
 from rpl_training.model import RPLTrainingModel, build_network, forward_losses
+from rpl_training.sample_stream import ConcatSources, IterationBatchSampler, build_dataset, build_outliers, collate
 from rpl_training.validation import ValidationSets, validate
 from rpl_training_testdata import (
     SCENE_HW,

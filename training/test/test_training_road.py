@@ -6,11 +6,11 @@ import pytest
 
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT
 from rpl_perception.segmenter import AnomalySegmenter
-from rpl_training.data import IterationBatchSampler, build_dataset
 from rpl_training.datasets import FrameInliers
 from rpl_training.distributed import DistContext
 from rpl_training.road_masks import RoadMasks
 from rpl_training.run_state import prepare_road_masks
+from rpl_training.sample_stream import IterationBatchSampler, build_dataset
 from rpl_training.transforms import OutlierExposure, RoadPlacement, crop_around, paste_on_road
 from rpl_training_testdata import small_config
 

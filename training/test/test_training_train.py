@@ -14,7 +14,7 @@ from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model
 from rpl_perception.models.rpl import SeparableASPP
 from rpl_training import datasets as training_datasets
 from rpl_training.config import DEFAULTS, ConfigError, load_config
-from rpl_training.data import IterationBatchSampler, build_dataset, collate
+from rpl_training.sample_stream import IterationBatchSampler, build_dataset, collate
 from rpl_training.train import STATE_FILE, RPLTrainingModel, build_network, build_optimizer, forward_losses, main, train
 from rpl_training_testdata import CROP_HW, small_config
 
