@@ -38,6 +38,8 @@ import threading
 import time
 from pathlib import Path
 
+from node_process import wait_for_node
+
 REPO = Path(__file__).resolve().parents[1]
 TOPIC = "/bench/image_raw"
 
@@ -184,14 +186,7 @@ def main(argv=None) -> int:
     node, how = start_node(node_env, log, args.node_qos)
     watcher = NodeWatcher()
     try:
-        deadline = time.monotonic() + 180
-        while not watcher.values and time.monotonic() < deadline:  # the node's first diagnostics
-            if node.poll() is not None:
-                break
-            time.sleep(0.2)
-        if node.poll() is not None or time.monotonic() > deadline:
-            log.seek(0)
-            sys.exit(f"the node did not start:\n{log.read()[-3000:]}")
+        wait_for_node(node, lambda: bool(watcher.values), log)  # the node's first diagnostics
         for size in args.sizes:
             for qos in args.qos:
                 for profile in args.profiles:

@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+from node_process import wait_for_node
+
 REPO = Path(__file__).resolve().parents[1]
 TOPIC = "/demand/image_raw"
 CASES = {"no subscriber": (), "anomaly only": ("anomaly",),
@@ -96,12 +98,7 @@ def main(argv=None) -> int:
     camera_env = dict(env, FASTDDS_DEFAULT_PROFILES_FILE=str(REPO / "config" / "fastdds.xml"))
     rows = []
     try:
-        deadline = time.monotonic() + 180
-        while not reader.values and node.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not reader.values:
-            log.seek(0)
-            sys.exit(f"the node did not start:\n{log.read()[-3000:]}")
+        wait_for_node(node, lambda: bool(reader.values), log)
         for case, outputs in CASES.items():
             reader.read(outputs)
             time.sleep(2.0)  # discovery of the readers

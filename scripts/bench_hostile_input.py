@@ -34,6 +34,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from node_process import wait_for_node
 
 VICTIM, HOSTILE, HOSTILE_RAW = "/victim/image_raw", "/hostile/image_raw/compressed", "/hostile_raw/image_raw"
 
@@ -218,12 +219,7 @@ def main(argv=None) -> int:
     stop = threading.Event()
     rows = []
     try:
-        deadline = time.monotonic() + 180
-        while not client.ready():
-            if node.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                sys.exit(f"the node did not start:\n{log.read()[-3000:]}")
-            time.sleep(0.1)
+        wait_for_node(node, client.ready, log, poll_s=0.1)
         threading.Thread(target=victim_stream, args=(client, args.rate, stop), daemon=True).start()
         time.sleep(args.gap)  # settle: first inferences, steady memory
         rss_start = rss_mib(node.pid)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from node_process import wait_for_node
 
 REPO = Path(__file__).resolve().parents[1]
 TOPIC = "/huge/image_raw"
@@ -103,12 +104,7 @@ class FrameClient:
 
 def measure(node, frames: FrameClient, log, small: int, huge: str):
     """The node's RSS at each step: started, small frames, one huge frame, small frames again."""
-    deadline = time.monotonic() + 180
-    while not frames.wired():
-        if node.poll() is not None or time.monotonic() > deadline:
-            log.seek(0)
-            sys.exit(f"the node did not start:\n{log.read()[-3000:]}")
-        time.sleep(0.2)
+    wait_for_node(node, frames.wired, log)
     time.sleep(3.0)  # its subscription turns reliable; our readers match its publishers
     rows = [("started", rss_mib(node.pid))]
     for _ in range(small):

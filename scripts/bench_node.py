@@ -28,6 +28,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from node_process import wait_for_node
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,15 +171,6 @@ def _start_node(executable: str, args, log):
                              "-p", "qos_reliability:=reliable"], stderr=log)
 
 
-def _wait_for_node(client, node, log) -> None:
-    deadline = time.monotonic() + 120
-    while not client.publisher.get_subscription_count():
-        if node.poll() is not None or time.monotonic() > deadline:
-            log.seek(0)
-            sys.exit(f"the node did not start:\n{log.read()}")
-        time.sleep(0.05)
-
-
 def one_at_a_time(client, core_predict, rgb, frames: int) -> dict:
     """Phase 1, one frame at a time: end-to-end latency against the core's predict time."""
     keys, predict = [], []
@@ -286,7 +278,8 @@ def main(argv=None) -> int:
     node = _start_node(executable, args, log)
     client = Client(rgb)
     try:
-        _wait_for_node(client, node, log)
+        wait_for_node(node, lambda: bool(client.publisher.get_subscription_count()), log, timeout_s=120,
+                      poll_s=0.05)
         single = one_at_a_time(client, core_predict, rgb, args.latency_frames)
         core_predict.close()  # the stream phase measures the node alone
         del segmenter
