@@ -135,14 +135,26 @@ def _object_box(obj_image: np.ndarray, obj_mask: np.ndarray):
     return obj_image[y0:y1, x0:x1], obj_mask[y0:y1, x0:x1]
 
 
-def _cast_shadow(image: np.ndarray, centre_xy, half_axes, strength: float, keep: np.ndarray) -> None:
-    """Darken a soft ellipse of ``image`` in place (not where ``keep`` is set, the object itself)."""
-    shade = np.zeros(image.shape[:2], np.float32)
-    cv2.ellipse(shade, (int(centre_xy[0]), int(centre_xy[1])), (max(1, int(half_axes[0])), max(1, int(half_axes[1]))),
-                0, 0, 360, 1.0, -1)
-    shade = cv2.GaussianBlur(shade, (0, 0), max(1.0, half_axes[1] / 2)) * strength
-    shade[keep] = 0.0
-    image[:] = np.clip(image.astype(np.float32) * (1.0 - shade[..., None]) + 0.5, 0, 255).astype(np.uint8)
+def _cast_shadow(image: np.ndarray, centre_xy, half_axes, strength: float, box, inside: np.ndarray) -> None:
+    """Darken a soft ellipse of ``image`` in place, not on the object (``inside``, the object's pixels
+    within its ``box`` (y0, x0, y1, x1)). Only the window the blurred ellipse can reach is touched:
+    OpenCV's float Gaussian kernel reaches 4 σ, so the margin holds all of it."""
+    h, w = image.shape[:2]
+    sigma = max(1.0, half_axes[1] / 2)
+    cx, cy = int(centre_xy[0]), int(centre_xy[1])
+    ax, ay = max(1, int(half_axes[0])), max(1, int(half_axes[1]))
+    margin = int(np.ceil(4 * sigma)) + 2
+    top, bottom = max(0, cy - ay - margin), min(h, cy + ay + margin + 1)
+    left, right = max(0, cx - ax - margin), min(w, cx + ax + margin + 1)
+    shade = np.zeros((bottom - top, right - left), np.float32)
+    cv2.ellipse(shade, (cx - left, cy - top), (ax, ay), 0, 0, 360, 1.0, -1)
+    shade = cv2.GaussianBlur(shade, (0, 0), sigma) * strength
+    y0, x0, y1, x1 = box
+    oy0, ox0, oy1, ox1 = max(y0, top), max(x0, left), min(y1, bottom), min(x1, right)
+    if oy0 < oy1 and ox0 < ox1:
+        shade[oy0 - top:oy1 - top, ox0 - left:ox1 - left][inside[oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0]] = 0.0
+    region = image[top:bottom, left:right]
+    region[:] = np.clip(region.astype(np.float32) * (1.0 - shade[..., None]) + 0.5, 0, 255).astype(np.uint8)
 
 
 def paste_on_road(image: np.ndarray, label: np.ndarray, road: np.ndarray, obj_image: np.ndarray,
@@ -189,10 +201,9 @@ def paste_on_road(image: np.ndarray, label: np.ndarray, road: np.ndarray, obj_im
     image, label = image.copy(), label.copy()
     inside = alpha >= 0.5
     if placement.shadow > 0:
-        keep = np.zeros((h, w), bool)
-        keep[y0:y1, x0:x1] = inside
         strength = placement.shadow * float(rng.uniform(0.5, 1.0))
-        _cast_shadow(image, ((x0 + x1) / 2, y), (0.6 * target_w, max(2.0, 0.12 * target_h)), strength, keep)
+        _cast_shadow(image, ((x0 + x1) / 2, y), (0.6 * target_w, max(2.0, 0.12 * target_h)), strength,
+                     (y0, x0, y1, x1), inside)
     region = image[y0:y1, x0:x1].astype(np.float32)
     blended = region * (1.0 - alpha[..., None]) + piece_image.astype(np.float32) * alpha[..., None]
     image[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
