@@ -14,7 +14,9 @@ action: it stays the firm stop for a shutdown that hangs.
 
 import signal
 
-__all__ = ["ignore_interrupts_while_serving", "ignore_interrupts_from_now_on"]
+from rclpy.executors import SingleThreadedExecutor
+
+__all__ = ["ignore_interrupts_while_serving", "ignore_interrupts_from_now_on", "StoppableExecutor"]
 
 
 def _ignore(*_) -> None:
@@ -31,3 +33,14 @@ def ignore_interrupts_from_now_on() -> None:
     """Once the node stops: further Ctrl-C (a second press, launch's forwarded SIGINT) are ignored by
     the OS, through ROS's shutdown and the interpreter's teardown alike."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class StoppableExecutor(SingleThreadedExecutor):
+    """rclpy's single-threaded executor, safe to build while a Ctrl-C stops the node: its constructor
+    then fails half-way (the context is already shut down) and rclpy's ``__del__`` reads an attribute
+    the constructor never set, printing "Exception ignored ... '_sigint_gc'" and a traceback on the
+    stopping node's stderr."""
+
+    def __del__(self) -> None:
+        if hasattr(self, "_sigint_gc"):
+            super().__del__()

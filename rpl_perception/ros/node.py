@@ -49,7 +49,7 @@ from .camera import Camera
 from .dds import QOS_FROM_XML, find_profile, profile_environment, profile_variable
 from .diagnostics import diagnostics_message
 from .health import HealthLimits, runs_on_gpu
-from .interrupts import ignore_interrupts_from_now_on, ignore_interrupts_while_serving
+from .interrupts import StoppableExecutor, ignore_interrupts_from_now_on, ignore_interrupts_while_serving
 from .log_bridge import forward_python_logging
 from .losses import LossLog, fix_hint, header_stamp_ns
 from .object_outputs import ObstacleConfig, ObstacleOutputs
@@ -350,14 +350,15 @@ def main(args=None) -> int:
     os.environ.update(dds_profile)
     ignore_interrupts_while_serving()  # rclpy's handler (installed by init) stops the node
     rclpy.init(args=args)
-    node, code = None, 0
+    node, executor, code = None, None, 0
     try:
+        executor = StoppableExecutor()
         node = AnomalyNode()
         for name, path in dds_profile.items():
             if name != QOS_FROM_XML:
                 node.get_logger().info(f"Fast DDS profile {path} ({name}): large frames reach other processes")
         if not node.settings.deployment.build_only:
-            rclpy.spin(node)
+            rclpy.spin(node, executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ParameterError as exc:
@@ -370,6 +371,8 @@ def main(args=None) -> int:
         # so creating the topics failed. That is a requested stop, not an error.
     finally:
         ignore_interrupts_from_now_on()  # a second Ctrl-C must not kill a node that is stopping
+        if executor is not None:
+            executor.shutdown()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
