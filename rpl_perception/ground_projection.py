@@ -18,7 +18,8 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 
-__all__ = ["DISTORTION_MODELS", "CameraIntrinsics", "CameraPose", "GroundProjector"]
+__all__ = ["DISTORTION_MODELS", "CameraIntrinsics", "CameraPose", "GroundProjector", "rotation_from_quaternion",
+           "quaternion_from_rotation"]
 
 #: CameraInfo distortion models this module undistorts (plumb_bob / rational_polynomial: OpenCV's
 #: k1 k2 p1 p2 [k3 …]; equidistant: OpenCV's fisheye k1 … k4)
@@ -94,6 +95,17 @@ class CameraPose:
         if abs(self.pitch_rad) >= np.pi / 2 or abs(self.roll_rad) >= np.pi / 2:
             raise ValueError(f"camera pitch and roll must be within ±90°; got {self.pitch_rad}, {self.roll_rad} rad")
 
+    @classmethod
+    def from_ground_transform(cls, ground_from_camera: np.ndarray, height_m: float) -> "CameraPose":
+        """The pose from a transform into a ground frame (its x-y plane on the ground, z up, e.g. ROS's
+        ``base_footprint``): ``ground_from_camera`` the 3×3 rotation of optical-frame vectors into it,
+        ``height_m`` the optical centre's z there. The ground frame's yaw does not matter."""
+        down = -np.asarray(ground_from_camera, np.float64).reshape(3, 3)[2]  # gravity in the optical frame
+        down = down / np.linalg.norm(down)
+        # the level frame's y row of level_from_camera is (cos p · sin r, cos p · cos r, sin p)
+        return cls(float(height_m), float(np.arcsin(np.clip(down[2], -1.0, 1.0))),
+                   float(np.arctan2(down[0], down[1])))
+
     def level_from_camera(self) -> np.ndarray:
         """3×3 rotation taking optical-frame vectors into the level frame."""
         cp, sp = np.cos(self.pitch_rad), np.sin(self.pitch_rad)
@@ -101,6 +113,30 @@ class CameraPose:
         pitch = np.array([[1, 0, 0], [0, cp, sp], [0, -sp, cp]])  # optical axis → (0, sin, cos): down-forward
         roll = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
         return pitch @ roll
+
+
+def rotation_from_quaternion(x: float, y: float, z: float, w: float) -> np.ndarray:
+    """3×3 rotation of a unit quaternion (ROS's order: x, y, z, w; normalised here)."""
+    q = np.array([w, x, y, z], np.float64)
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def quaternion_from_rotation(rotation: np.ndarray) -> Tuple[float, float, float, float]:
+    """(x, y, z, w) of a 3×3 rotation matrix (Shepperd's method: stable for every rotation)."""
+    m = rotation
+    trace = m[0, 0] + m[1, 1] + m[2, 2]
+    if trace > 0:
+        s = 2.0 * np.sqrt(trace + 1.0)
+        return ((m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s)
+    i = int(np.argmax(np.diag(m)))
+    j, k = (i + 1) % 3, (i + 2) % 3
+    s = 2.0 * np.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
+    q = [0.0, 0.0, 0.0, (m[k, j] - m[j, k]) / s]
+    q[i], q[j], q[k] = 0.25 * s, (m[j, i] + m[i, j]) / s, (m[k, i] + m[i, k]) / s
+    return tuple(q)
 
 
 class GroundProjector:

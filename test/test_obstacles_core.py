@@ -13,7 +13,13 @@ import pytest
 
 from rpl_perception.anomaly_objects import _column_extremes, find_anomaly_objects, project_objects
 from rpl_perception.corridor import CorridorSettings, class_ids, corridor_prior, drivable_corridor, restrict_to_corridor
-from rpl_perception.ground_projection import CameraIntrinsics, CameraPose, GroundProjector
+from rpl_perception.ground_projection import (
+    CameraIntrinsics,
+    CameraPose,
+    GroundProjector,
+    quaternion_from_rotation,
+    rotation_from_quaternion,
+)
 from rpl_perception.labels import CITYSCAPES_CLASSES
 from rpl_perception.obstacles import ObstacleSettings, confidence_image, find_obstacles
 from rpl_perception.persistence import ObjectTracker, box_iou
@@ -185,6 +191,30 @@ def test_roll_tilts_the_ground_plane():
     down = np.array([math.sin(roll), math.cos(roll), 0.0])  # gravity in the optical frame
     np.testing.assert_allclose(points @ down, 1.2, rtol=1e-9)
     np.testing.assert_allclose(points[:, :2] / points[:, 2:] * 500 + [319.5, 239.5], pixels, atol=1e-6)
+
+
+def test_the_pose_from_a_ground_frame_transform_whatever_its_yaw():
+    """A TF transform base_footprint <- optical frame (x forward, y left, z up; any yaw, through a
+    quaternion as TF carries it) gives back the height, pitch and roll it was made from."""
+    level_to_base = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], float)
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        pose = CameraPose(rng.uniform(0.3, 3.0), rng.uniform(-1.5, 1.5), rng.uniform(-1.5, 1.5))
+        yaw = rng.uniform(-math.pi, math.pi)
+        turn = np.array([[math.cos(yaw), -math.sin(yaw), 0], [math.sin(yaw), math.cos(yaw), 0], [0, 0, 1]])
+        rotation = turn @ level_to_base @ pose.level_from_camera()
+        again = rotation_from_quaternion(*quaternion_from_rotation(rotation))
+        np.testing.assert_allclose(again, rotation, atol=1e-12)
+        found = CameraPose.from_ground_transform(again, pose.height_m)
+        assert (found.height_m, found.pitch_rad, found.roll_rad) == pytest.approx(
+            (pose.height_m, pose.pitch_rad, pose.roll_rad), abs=1e-9)
+    # a camera looking 10° down with its right side 3° lower, facing the vehicle's left side
+    level = CameraPose(1.4, math.radians(10), math.radians(3)).level_from_camera()
+    left = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]]) @ np.diag([1, -1, 1]) @ level_to_base @ level  # yaw 90°
+    found = CameraPose.from_ground_transform(left, 1.4)
+    assert (math.degrees(found.pitch_rad), math.degrees(found.roll_rad)) == pytest.approx((10, 3))
+    with pytest.raises(ValueError, match="must be > 0 m"):
+        CameraPose.from_ground_transform(rotation, -0.2)  # the optical centre under the ground
 
 
 @pytest.mark.parametrize("x0,x1,z0", [(-0.3, 0.3, 5.0), (1.0, 1.8, 10.0), (-2.5, -1.5, 20.0),

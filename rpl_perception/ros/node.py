@@ -46,6 +46,7 @@ from ..image_codec import ImageDecodeError, compressed_to_rgb, image_to_rgb
 from ..segmenter import AnomalySegmenter
 from ..topics import check_topics, output_topics
 from .camera import Camera
+from .camera_pose import TfCameraPose
 from .dds import QOS_FROM_XML, find_profile, profile_environment, profile_variable
 from .diagnostics import diagnostics_message
 from .health import HealthLimits, runs_on_gpu
@@ -135,8 +136,11 @@ class AnomalyNode(Node):
             self.cameras = [Camera(self, topic, self.settings.qos_reliability, self.settings.qos_depth,
                                    OUTPUT_QOS, self._on_image, self.health_limits)
                             for topic in self.settings.image_topics]
+            ground_frame = self.obstacle_config.ground_frame
+            tf_pose = TfCameraPose(self, ground_frame) if ground_frame else None
             self.obstacle_outputs = {camera: ObstacleOutputs(self, camera.topic, self.obstacle_config, OUTPUT_QOS,
-                                                             self.segmenter.class_names) for camera in self.cameras}
+                                                             self.segmenter.class_names, tf_pose)
+                                     for camera in self.cameras}
             for camera, obstacles in self.obstacle_outputs.items():
                 camera.other_publishers.append(obstacles.publishers)
         except ValueError as exc:  # e.g. a per-topic qos_overrides value

@@ -8,7 +8,8 @@
 
 Objects (:func:`rpl_perception.obstacles.find_obstacles`) are computed only when one of the last
 four has a subscriber, then kept steady by an :class:`~rpl_perception.persistence.ObjectTracker`.
-Ground outputs need ``<prefix>/camera_info`` (``sensor_msgs/CameraInfo``) and ``camera_height_m`` > 0.
+Ground outputs need ``<prefix>/camera_info`` (``sensor_msgs/CameraInfo``) and the camera's pose over the
+ground: ``camera_height_m`` > 0 (with pitch and roll), or TF with ``ground_frame`` (:mod:`.camera_pose`).
 """
 
 import math
@@ -28,6 +29,7 @@ from ..labels import CITYSCAPES_CLASSES
 from ..obstacles import ObstacleSettings, confidence_image, find_obstacles, work_size
 from ..persistence import ObjectTracker
 from ..topics import CAMERA_INFO, sibling_topic
+from .camera_pose import TfCameraPose
 from .obstacle_messages import detection_array, ground_cloud, import_vision_msgs, marker_array
 from .parameters import ParameterError
 
@@ -46,7 +48,8 @@ class ObstacleConfig:
     confirm_frames: int
     window_frames: int
     match_iou: float
-    pose: Optional[CameraPose]  # None: camera_height_m 0, nothing projected
+    pose: Optional[CameraPose]  # None: camera_height_m 0, nothing projected (unless ground_frame)
+    ground_frame: str  # non-empty: the pose from TF, per frame
     max_range_m: float
     cloud: str
 
@@ -68,20 +71,22 @@ class ObstacleConfig:
             raise ParameterError(f"obstacle_cloud {values['obstacle_cloud']!r} is unknown; choose "
                                  f"{' or '.join(CLOUD_PIXELS)}")
         return cls(settings, values["heatmap_in_corridor"], k, n, values["obstacle_match_iou"], pose,
-                   values["obstacle_max_range_m"], values["obstacle_cloud"])
+                   values["ground_frame"].strip(), values["obstacle_max_range_m"], values["obstacle_cloud"])
 
 
 class ObstacleOutputs:
     """Publishers, the CameraInfo subscription and the tracker of one camera (``topic``: its input)."""
 
-    def __init__(self, node, topic: str, config: ObstacleConfig, qos: QoSProfile, classes=None):
-        self.config, self.classes = config, classes
+    def __init__(self, node, topic: str, config: ObstacleConfig, qos: QoSProfile, classes=None,
+                 tf_pose: Optional[TfCameraPose] = None):
+        self.config, self.classes, self.tf_pose = config, classes, tf_pose
         if classes is not None:  # the model's own class names: refuse a corridor class it lacks now
             class_ids(config.settings.corridor.classes, classes)
         self.tracker = ObjectTracker(config.confirm_frames, config.window_frames, config.match_iou)
         self._lock = threading.Lock()  # intrinsics come from the executor, frames from the worker
         self._intrinsics: Optional[CameraIntrinsics] = None
         self._projector: Optional[Tuple[CameraIntrinsics, Tuple[int, int], GroundProjector]] = None
+        self._no_pose_reason = "camera_height_m is 0"
         self._logger = node.get_logger()
         self.vision_msgs = import_vision_msgs()
         types = {"anomaly_confidence": Image, "obstacle_mask": Image, "obstacle_markers": MarkerArray,
@@ -107,19 +112,30 @@ class ObstacleOutputs:
                     or not (np.array_equal(old.k, intrinsics.k) and np.array_equal(old.d, intrinsics.d)):
                 self._intrinsics = intrinsics
 
-    def projector(self, width: int, height: int, warn: bool = False) -> Optional[GroundProjector]:
+    def pose(self, header=None) -> Optional[CameraPose]:
+        """The camera's pose for the frame of ``header``: from TF with ``ground_frame``, else the parameters."""
+        if self.tf_pose is None:
+            return self.config.pose
+        if header is None:
+            return None
+        pose, self._no_pose_reason = self.tf_pose.pose(header)
+        return pose
+
+    def projector(self, width: int, height: int, header=None, warn: bool = False) -> Optional[GroundProjector]:
         """The projector at the work size of a width × height frame; None without pose or CameraInfo."""
-        if self.config.pose is None:
-            return self._unprojected("camera_height_m is 0", warn)
+        pose = self.pose(header)
+        if pose is None:
+            return self._unprojected(self._no_pose_reason, warn)
         with self._lock:
             intrinsics = self._intrinsics
         if intrinsics is None:
             return self._unprojected(f"no valid sensor_msgs/CameraInfo on {self.camera_info_topic} yet", warn)
         cached, size = self._projector, (width, height)
-        if cached is None or cached[0] is not intrinsics or cached[1] != size:  # its table is built once
+        # its per-pixel table is built once per camera, size and (nearly) the same pose
+        if cached is None or cached[0] is not intrinsics or cached[1] != size or not _same_pose(cached[2].pose, pose):
             camera = intrinsics.scaled(width, height)  # CameraInfo may describe another binning
             work = work_size(width, height, self.config.settings.work_width)
-            cached = (intrinsics, size, GroundProjector(camera, self.config.pose, self.config.max_range_m).at_size(*work))
+            cached = (intrinsics, size, GroundProjector(camera, pose, self.config.max_range_m).at_size(*work))
             self._projector = cached
         return cached[2]
 
@@ -151,7 +167,7 @@ class ObstacleOutputs:
             return
         h, w = prediction.anomaly.shape
         # projected whenever possible: the same objects (min_area_m2, distances) whoever listens
-        projector = self.projector(w, h, warn=bool(wanted & {"obstacle_markers", "obstacle_points"}))
+        projector = self.projector(w, h, header, warn=bool(wanted & {"obstacle_markers", "obstacle_points"}))
         obstacles = find_obstacles(prediction.anomaly, prediction.labels, threshold, self.config.settings,
                                    projector, self._class_names())
         tracked = self.tracker.update(obstacles.objects.objects)
@@ -166,7 +182,7 @@ class ObstacleOutputs:
             return
         if "obstacle_markers" in wanted:
             self.publishers["obstacle_markers"].publish(
-                marker_array(header, tracked, self.config.pose.level_from_camera()))
+                marker_array(header, tracked, projector.pose.level_from_camera()))
         if "obstacle_points" in wanted:
             self.publishers["obstacle_points"].publish(self._cloud(header, obstacles.objects, tracked, projector))
 
@@ -189,3 +205,12 @@ class ObstacleOutputs:
         if not points:
             return ground_cloud(header, np.zeros((0, 3)), np.zeros(0))
         return ground_cloud(header, np.concatenate(points), np.concatenate(ids))
+
+
+#: TF poses this close reuse the projector's table (a static mount: always; a rebuild costs ≈ 75 ms)
+SAME_HEIGHT_M, SAME_ANGLE_RAD = 0.005, math.radians(0.02)
+
+
+def _same_pose(a: CameraPose, b: CameraPose) -> bool:
+    return (abs(a.height_m - b.height_m) <= SAME_HEIGHT_M and abs(a.pitch_rad - b.pitch_rad) <= SAME_ANGLE_RAD
+            and abs(a.roll_rad - b.roll_rad) <= SAME_ANGLE_RAD)

@@ -12,9 +12,10 @@ from sensor_msgs.msg import PointCloud2, PointField
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..anomaly_objects import AnomalyObject
+from ..ground_projection import quaternion_from_rotation
 from ..labels import CITYSCAPES_CLASSES
 
-__all__ = ["CLASS_ID", "ground_cloud", "marker_array", "detection_array", "quaternion"]
+__all__ = ["CLASS_ID", "ground_cloud", "marker_array", "detection_array"]
 
 #: the class of every detection: unknown to the closed-set segmenter (Autoware's UNKNOWN)
 CLASS_ID = "anomaly"
@@ -38,21 +39,6 @@ def ground_cloud(header, points: np.ndarray, intensity: np.ndarray) -> PointClou
                        point_step=16, row_step=16 * len(points), data=data.tobytes(), is_dense=True)
 
 
-def quaternion(rotation: np.ndarray) -> Tuple[float, float, float, float]:
-    """(x, y, z, w) of a 3×3 rotation matrix (Shepperd's method: stable for every rotation)."""
-    m = rotation
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    if trace > 0:
-        s = 2.0 * np.sqrt(trace + 1.0)
-        return ((m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s)
-    i = int(np.argmax(np.diag(m)))
-    j, k = (i + 1) % 3, (i + 2) % 3
-    s = 2.0 * np.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
-    q = [0.0, 0.0, 0.0, (m[k, j] - m[j, k]) / s]
-    q[i], q[j], q[k] = 0.25 * s, (m[j, i] + m[i, j]) / s, (m[k, i] + m[i, k]) / s
-    return tuple(q)
-
-
 def class_name(train_id: int, classes: Sequence[str] = CITYSCAPES_CLASSES) -> str:
     return classes[train_id] if 0 <= train_id < len(classes) else str(train_id)
 
@@ -66,7 +52,7 @@ def marker_array(header, tracked: Tracked, level_from_camera: np.ndarray, lifeti
     :data:`MARKER_DEPTH_M`, upright in the level frame) and a text with its id, distance and the
     class it was mistaken for. Objects without a ground footprint have no marker."""
     camera_from_level = level_from_camera.T
-    orientation = quaternion(camera_from_level)
+    orientation = quaternion_from_rotation(camera_from_level)
     markers: List[Marker] = [Marker(header=header, action=Marker.DELETEALL)]
     for track_id, obj in tracked:
         if obj.ground is None:

@@ -139,6 +139,9 @@ PARAMETERS = (
                   "", None, (-89.0, 89.0)),
     ParameterSpec("camera_roll_deg", 0.0, "camera roll about its optical axis (degrees, positive: right side "
                   "lower)", "", None, (-89.0, 89.0)),
+    ParameterSpec("ground_frame", "", "frame whose x-y plane is the ground, z up (e.g. base_footprint): the camera's "
+                  "height / pitch / roll come from TF (tf2_ros) at each image's stamp, and camera_height_m / "
+                  "camera_pitch_deg / camera_roll_deg are ignored; empty: those parameters", "a TF frame name or empty"),
     ParameterSpec("obstacle_max_range_m", 40.0, "ground points farther than this are dropped (m)",
                   "", None, (0.1, 1000.0)),
     ParameterSpec("obstacle_cloud", "contact", "pixels of each obstacle in obstacle_points: contact (the lowest "
