@@ -154,28 +154,27 @@ def _column_extremes(ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarra
     return owner[first], xs[first], ys[last], ys[first]
 
 
-def _footprint(projector: GroundProjector, contact: np.ndarray, tops: np.ndarray, columns: np.ndarray,
-               top_row: float) -> Optional[GroundFootprint]:
-    """From the ground points of an object's lowest (``contact``) and highest (``tops``) pixel per column."""
+def _footprint(contact: np.ndarray, contact_level: np.ndarray, tops_level: np.ndarray) -> Optional[dict]:
+    """Where one object stands, from the ground points of its lowest (``contact``, optical frame and
+    level frame) and highest (``tops_level``) pixel per column; None if no contact point is on the ground."""
     on_ground = ~np.isnan(contact[:, 0])
     if not on_ground.any():
         return None  # its contact line is above the horizon or out of range
-    all_contact = contact = contact[on_ground]
-    ranges = projector.ground_range(contact)
+    all_contact, level = contact[on_ground], contact_level[on_ground]
+    ranges = np.hypot(level[:, 0], level[:, 2])
+    nearest = ranges.min()
     # the front contact line: a column whose lowest pixel is well behind the nearest point is the
     # object's side seen from above (or a sliver at its outline), not where it stands
-    front = ranges <= ranges.min() + max(FRONT_DEPTH_M, FRONT_DEPTH_FRACTION * ranges.min())
-    contact, level = contact[front], projector.level(contact[front])
-    middle = contact[np.argsort(level[:, 0])[len(contact) // 2]]
+    front = ranges <= nearest + max(FRONT_DEPTH_M, FRONT_DEPTH_FRACTION * nearest)
+    front_points, front_level = all_contact[front], level[front]
+    middle = front_points[np.argsort(front_level[:, 0])[len(front_points) // 2]]
     # each column's pixels project onto the ground segment between its lowest and highest pixel's
     # points (those on the ground, within range): their hull is the hull of all its pixels' points
-    points = np.vstack([all_contact, tops[~np.isnan(tops[:, 0])]])
-    points = projector.level(points)[:, [0, 2]].astype(np.float32)
-    area = float(cv2.contourArea(cv2.convexHull(points))) if len(points) >= 3 else 0.0
-    return GroundFootprint(float(ranges.min()), tuple(float(v) for v in middle),
-                           float(level[:, 0].max() - level[:, 0].min()),
-                           projector.height_above_ground(middle, (float(np.mean(columns)), top_row)), area,
-                           all_contact)
+    hull_points = np.vstack([level, tops_level[~np.isnan(tops_level[:, 0])]])[:, [0, 2]].astype(np.float32)
+    area = float(cv2.contourArea(cv2.convexHull(hull_points))) if len(hull_points) >= 3 else 0.0
+    return {"distance_m": float(nearest), "contact": tuple(float(v) for v in middle),
+            "width_m": float(front_level[:, 0].max() - front_level[:, 0].min()), "area_m2": area,
+            "contact_points": all_contact}
 
 
 def project_objects(objects: ObjectMap, projector: GroundProjector, min_area_m2: float = 0.0) -> ObjectMap:
@@ -185,11 +184,21 @@ def project_objects(objects: ObjectMap, projector: GroundProjector, min_area_m2:
     projector = projector.at_size(w, h)
     owner, columns, bottom, top = _column_extremes(objects.ids)
     contact, tops = projector.at_pixels(columns, bottom), projector.at_pixels(columns, top)
-    kept = []
+    contact_level, tops_level = projector.level(contact), projector.level(tops)  # all objects at once
+    found = []
     for obj in objects.objects:
         start, end = np.searchsorted(owner, [obj.index, obj.index + 1])
-        ground = _footprint(projector, contact[start:end], tops[start:end], columns[start:end], float(obj.box[1]))
-        if ground is not None and ground.area_m2 >= min_area_m2:
+        footprint = _footprint(contact[start:end], contact_level[start:end], tops_level[start:end])
+        if footprint is not None:
+            found.append((obj, footprint, (float(np.mean(columns[start:end])), float(obj.box[1]))))
+    # heights: the rays of every object's top row at its mean column, in one undistortion
+    heights = projector.heights_above_ground(np.array([f["contact"] for _, f, _ in found]).reshape(-1, 3),
+                                             np.array([top for _, _, top in found]).reshape(-1, 2))
+    kept = []
+    for (obj, footprint, _), height in zip(found, heights):
+        ground = GroundFootprint(footprint["distance_m"], footprint["contact"], footprint["width_m"], float(height),
+                                 footprint["area_m2"], footprint["contact_points"])
+        if ground.area_m2 >= min_area_m2:
             kept.append(replace(obj, ground=ground))
     if len(kept) == len(objects.objects):
         return ObjectMap(kept, objects.ids)

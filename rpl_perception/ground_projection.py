@@ -192,14 +192,13 @@ class GroundProjector:
         level = self.level(points)
         return np.hypot(level[:, 0], level[:, 2])
 
-    def height_above_ground(self, contact: np.ndarray, top_pixel: Tuple[float, float]) -> float:
-        """How high over ``contact`` (a ground point, optical frame) the ray of ``top_pixel`` passes,
-        where it crosses the vertical through the contact point: a standing object's height."""
-        ray = self.level(self.intrinsics.normalised_rays(np.array([top_pixel]))[0][None])[0]
-        contact_level = self.level(contact[None])[0]
-        horizontal = np.hypot(ray[0], ray[2])
-        if horizontal <= 0:
-            return float("nan")
-        t = np.hypot(contact_level[0], contact_level[2]) / horizontal
-        return float(self.pose.height_m - t * ray[1])
-
+    def heights_above_ground(self, contacts: np.ndarray, top_pixels: np.ndarray) -> np.ndarray:
+        """How high over each of ``contacts`` (N×3 ground points, optical frame) the ray of the matching
+        ``top_pixels`` (N×2) passes where it crosses the vertical through the contact point: a standing
+        object's height (NaN where the ray is vertical)."""
+        rays = self.level(self.intrinsics.normalised_rays(np.asarray(top_pixels, np.float64).reshape(-1, 2)))
+        contacts = self.level(np.asarray(contacts, np.float64).reshape(-1, 3))
+        horizontal = np.hypot(rays[:, 0], rays[:, 2])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(horizontal > 0, np.hypot(contacts[:, 0], contacts[:, 2]) / horizontal, np.nan)
+        return self.pose.height_m - t * rays[:, 1]

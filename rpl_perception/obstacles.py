@@ -81,10 +81,10 @@ def confidence_image(score: np.ndarray, threshold: float, display_range: Tuple[f
     low, high = display_range
     low, high = min(low, threshold - 1e-6), max(high, threshold + 1e-6)
     score = np.asarray(score, np.float32)
-    clipped = np.maximum(score, np.float32(low))  # convertScaleAbs takes |x|: nothing may go below 0
     below_scale, above_scale = 127.0 / (threshold - low), 127.0 / (high - threshold)
-    # OpenCV saturates and rounds: below the threshold at most 127, above it at least 128
-    value = cv2.convertScaleAbs(clipped, alpha=below_scale, beta=-low * below_scale)
-    above = cv2.convertScaleAbs(clipped, alpha=above_scale, beta=128.0 - threshold * above_scale)
-    cv2.copyTo(above, (score > threshold).view(np.uint8), value)
+    # addWeighted rounds and saturates (convertScaleAbs would take |x|): below the display minimum 0,
+    # below the threshold at most 127, above it at least 128; one pass each over the float map
+    value = cv2.addWeighted(score, below_scale, score, 0.0, -low * below_scale, dtype=cv2.CV_8U)
+    above = cv2.addWeighted(score, above_scale, score, 0.0, 128.0 - threshold * above_scale, dtype=cv2.CV_8U)
+    cv2.copyTo(above, cv2.compare(score, float(threshold), cv2.CMP_GT), value)
     return value

@@ -13,19 +13,25 @@ from typing import Deque, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["box_iou", "Track", "ObjectTracker"]
+__all__ = ["box_iou", "box_ious", "Track", "ObjectTracker"]
 
 Box = Tuple[float, float, float, float]
 
 
+def box_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """N×M intersection over union of N×4 and M×4 (x0, y0, x1, y1) boxes (x1, y1 exclusive)."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4)[:, None], np.asarray(b, np.float64).reshape(-1, 4)[None]
+    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = w * h
+    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(inter > 0, inter / union, 0.0)
+
+
 def box_iou(a: Box, b: Box) -> float:
     """Intersection over union of two (x0, y0, x1, y1) boxes (x1, y1 exclusive)."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+    return float(box_ious(a, b)[0, 0])
 
 
 @dataclass
@@ -58,7 +64,7 @@ class ObjectTracker:
         """(track index, object index) pairs, greedy by IoU."""
         if not boxes or not self.tracks:
             return []
-        iou = np.array([[box_iou(t.box, b) for b in boxes] for t in self.tracks])
+        iou = box_ious([t.box for t in self.tracks], boxes)
         pairs = []
         while True:
             t, o = np.unravel_index(np.argmax(iou), iou.shape)

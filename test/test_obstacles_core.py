@@ -283,6 +283,24 @@ def test_confidence_maps_the_threshold_to_128():
     assert confidence_image(score, -2.0, (-4.0, 0.0)).tolist() == [0, 0, 127, 128, 255, 255]
 
 
+def test_confidence_follows_its_piecewise_linear_definition_on_a_camera_frame():
+    """1920×1080 random scores: display minimum → 0, threshold → 127 / 128, maximum → 255, linear between
+    (rounded; at most 1 off where float rounding meets .5), and the threshold side exact."""
+    rng = np.random.default_rng(5)
+    score = rng.normal(-5.0, 3.0, (1080, 1920)).astype(np.float32)
+    score[0, :3] = [-5.8, -9.0, -1.0]  # exactly the threshold and the display ends
+    threshold, low, high = -5.8, -9.0, -1.0
+    clipped = np.clip(score.astype(np.float64), low, high)
+    expected = np.where(score > threshold, 128 + 127 * (clipped - threshold) / (high - threshold),
+                        127 * (clipped - low) / (threshold - low))
+    confidence = confidence_image(score, threshold, (low, high))
+    assert confidence.shape == score.shape and confidence.dtype == np.uint8
+    assert np.abs(confidence - np.rint(expected)).max() <= 1
+    assert (confidence == np.rint(expected)).mean() > 0.999
+    assert confidence[0, :3].tolist() == [127, 0, 255]
+    assert ((confidence >= 128) == (score > threshold)).all()
+
+
 # -- persistence ---------------------------------------------------------------------------------
 
 class Box:
