@@ -130,7 +130,7 @@ def assert_cloud_of_the_scene(cloud, header):
     nearest = []
     for track_id in (1.0, 2.0):
         mine = points[points[:, 3] == track_id, :3]
-        nearest.append(np.hypot(mine[:, 0], mine[:, 1] * math.sin(PITCH) + mine[:, 2] * math.cos(PITCH)).min())
+        nearest.append(np.hypot(mine[:, 0], -mine[:, 1] * math.sin(PITCH) + mine[:, 2] * math.cos(PITCH)).min())
     assert sorted(nearest) == pytest.approx(DISTANCES, rel=0.05)
 
 
