@@ -323,7 +323,7 @@ def test_header_stamps_are_read_from_the_serialised_frame():
     from rclpy.serialization import serialize_message
     from sensor_msgs.msg import CompressedImage, Image
 
-    from rpl_perception.ros.losses import header_stamp_ns
+    from rpl_perception.ros.dds_losses import header_stamp_ns
 
     for msg in (Image(height=2, width=2, encoding="mono8", step=2, data=bytes(4)), CompressedImage(format="png")):
         msg.header.stamp.sec, msg.header.stamp.nanosec = 1_700_000_000, 123_456_789
@@ -335,7 +335,7 @@ def test_header_stamps_are_read_from_the_serialised_frame():
 
 
 def test_gaps_between_header_stamps_count_the_frames_that_never_came():
-    from rpl_perception.ros.losses import StampGaps
+    from rpl_perception.ros.dds_losses import StampGaps
 
     rng = np.random.default_rng(0)
     gaps = StampGaps()
@@ -367,7 +367,7 @@ def test_a_reliable_camera_missing_frames_is_warned_about_and_counted_as_lost():
 
 
 def test_losses_reach_the_terminal_once_then_every_thirty_seconds_with_the_fix():
-    from rpl_perception.ros.losses import LossLog, fix_hint
+    from rpl_perception.ros.dds_losses import LossLog, fix_hint
 
     hint = fix_hint("rmw_fastrtps_cpp", "/opt/ws/share/rpl_perception/config/fastdds.xml")
     assert hint.startswith("start the camera's process with "

@@ -48,11 +48,11 @@ from ..topics import check_topics, output_topics
 from .camera import Camera
 from .camera_pose import TfCameraPose
 from .dds import QOS_FROM_XML, find_profile, profile_environment, profile_variable
+from .dds_losses import LossLog, fix_hint, header_stamp_ns
 from .diagnostics import diagnostics_message
 from .health import HealthLimits, runs_on_gpu
 from .interrupts import StoppableExecutor, ignore_interrupts_from_now_on, ignore_interrupts_while_serving
 from .log_bridge import forward_python_logging
-from .losses import LossLog, fix_hint, header_stamp_ns
 from .object_outputs import ObstacleConfig, ObstacleOutputs
 from .outputs import publish_outputs
 from .parameter_types import accept_integers_for_doubles

@@ -21,8 +21,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .dds import LARGE_FRAME_HINT
+from .dds_losses import StampGaps
 from .health import ERROR, OK, WARN, EventWindow, HealthLimits, output_health
-from .losses import StampGaps
 
 __all__ = ["OK", "WARN", "ERROR", "StatusReport", "CameraStats", "input_problems"]
 
@@ -49,7 +49,7 @@ class StatusReport:
 class _Counts:
     received: int = 0
     lost: int = 0
-    stamp_gaps: int = 0  # not a frame's count: an estimate of frames that never came (.losses)
+    stamp_gaps: int = 0  # not a frame's count: an estimate of frames that never came (.dds_losses)
     unread: int = 0
     dropped: int = 0
     rejected: int = 0
