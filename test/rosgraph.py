@@ -242,6 +242,36 @@ def interrupt_twice(process, first_to_second=0.5, repeat_every=0.05, give_up=10.
 
 
 @contextmanager
+def node_in_process(cameras, **parameters):
+    """``AnomalyNode`` serving ``cameras`` with these parameter values and a :class:`Probe`, in a
+    context of their own, spun together by two threads; yields (node, probe), then tears both down."""
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from rpl_perception.ros.node import AnomalyNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    values = {"image_topics": list(cameras), **parameters}
+    node = AnomalyNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+    probe = Probe(context, cameras)
+    executor = MultiThreadedExecutor(num_threads=2, context=context)
+    executor.add_node(node)
+    executor.add_node(probe.node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        yield node, probe
+    finally:
+        executor.shutdown()
+        spinner.join(timeout=10)
+        node.destroy_node()
+        probe.node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+@contextmanager
 def serving(command, topics, env, name="probe"):
     """The node started by ``command`` (anomaly_node, ros2 launch ...) and a probe publishing to
     ``topics``, once the node subscribes to all of them; yields (process, probe)."""

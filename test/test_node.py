@@ -13,7 +13,17 @@ import cv2
 import numpy as np
 import pytest
 
-from rosgraph import Probe, Spinner, as_array, blocked_inference, image_msg, png_msg, sample_rgb, wait_until
+from rosgraph import (
+    Probe,
+    Spinner,
+    as_array,
+    blocked_inference,
+    image_msg,
+    node_in_process,
+    png_msg,
+    sample_rgb,
+    wait_until,
+)
 from rpl_perception.backends.tensorrt_build import tensorrt_available
 from rpl_perception.ros.stats import ERROR, OK, WARN
 from rpl_perception.topics import check_topics, output_topics, sibling_topic
@@ -51,38 +61,18 @@ def test_topic_clashes_are_refused(topics, match):
 @pytest.fixture(scope="module")
 def graph(ros_env):
     """The node under test (two cameras, one raw, one compressed) and a probe, spun in a thread."""
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.parameter import Parameter
-
-    from rpl_perception.ros.node import AnomalyNode
-
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = AnomalyNode(context=context, parameter_overrides=[
-        Parameter("image_topics", value=[CAM_A, CAM_B]), Parameter("backend", value="torch"),
-        Parameter("network_width", value=NETWORK[0]), Parameter("network_height", value=NETWORK[1])])
-    probe = Probe(context, [CAM_A, CAM_B])
-    executor = MultiThreadedExecutor(num_threads=2, context=context)
-    executor.add_node(node)
-    executor.add_node(probe.node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    for camera in node.cameras:  # discovery: every output has the probe as a subscriber
-        wait_until(lambda: all(p.get_subscription_count() for p in camera.publishers.values()),
-                   f"the probe to subscribe to the outputs of {camera.topic}")
-    for publisher in probe.publishers.values():
-        wait_until(lambda: publisher.get_subscription_count(), "the node to subscribe to the inputs")
-    for camera in node.cameras:  # best effort from start-up, then reliable to match the probe's publishers
-        wait_until(lambda: camera.reliability == "reliable", f"a reliable subscription to {camera.topic}")
-    for publisher in probe.publishers.values():
-        wait_until(lambda: publisher.get_subscription_count(), "the node to subscribe to the inputs again")
-    yield node, probe
-    executor.shutdown()
-    spinner.join(timeout=10)
-    node.destroy_node()
-    probe.node.destroy_node()
-    rclpy.shutdown(context=context)
+    with node_in_process([CAM_A, CAM_B], backend="torch", network_width=NETWORK[0],
+                         network_height=NETWORK[1]) as (node, probe):
+        for camera in node.cameras:  # discovery: every output has the probe as a subscriber
+            wait_until(lambda: all(p.get_subscription_count() for p in camera.publishers.values()),
+                       f"the probe to subscribe to the outputs of {camera.topic}")
+        for publisher in probe.publishers.values():
+            wait_until(lambda: publisher.get_subscription_count(), "the node to subscribe to the inputs")
+        for camera in node.cameras:  # best effort from start-up, then reliable to match the probe's publishers
+            wait_until(lambda: camera.reliability == "reliable", f"a reliable subscription to {camera.topic}")
+        for publisher in probe.publishers.values():
+            wait_until(lambda: publisher.get_subscription_count(), "the node to subscribe to the inputs again")
+        yield node, probe
 
 
 @pytest.fixture(scope="module")

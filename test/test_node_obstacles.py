@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from rosgraph import Probe, as_array, image_msg, wait_until
+from rosgraph import as_array, image_msg, node_in_process, wait_until
 from rpl_perception.obstacles import confidence_image
 from rpl_perception.segmenter import Prediction
 from rpl_perception.topics import sibling_topic
@@ -49,35 +49,14 @@ def interfaces():
 
 @contextmanager
 def running_node(scene, topic=CAM, **parameters):
-    """The node serving ``topic`` (its prediction replaced by the synthetic scene) and a probe, spun together."""
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.parameter import Parameter
-
-    from rpl_perception.ros.node import AnomalyNode
-
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    values = {"image_topics": [topic], "backend": "torch", "network_width": 256, "network_height": 128,
-              "anomaly_threshold": THRESHOLD, "obstacle_min_area_px": 50, **parameters}
-    node = AnomalyNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
-    score, labels = scene
-    node.segmenter.predict_batch = lambda images: [Prediction(labels, score, "rpl_energy") for _ in images]
-    probe = Probe(context, [topic])
-    executor = MultiThreadedExecutor(num_threads=2, context=context)
-    executor.add_node(node)
-    executor.add_node(probe.node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    try:
+    """The node serving ``topic`` (its prediction replaced by the synthetic scene) and a probe."""
+    values = {"backend": "torch", "network_width": 256, "network_height": 128, "anomaly_threshold": THRESHOLD,
+              "obstacle_min_area_px": 50, **parameters}
+    with node_in_process([topic], **values) as (node, probe):
+        score, labels = scene
+        node.segmenter.predict_batch = lambda images: [Prediction(labels, score, "rpl_energy") for _ in images]
         wait_until(lambda: probe.publishers[topic].get_subscription_count(), "the node to subscribe to the camera")
         yield node, probe
-    finally:
-        executor.shutdown()
-        spinner.join(timeout=10)
-        node.destroy_node()
-        probe.node.destroy_node()
-        rclpy.shutdown(context=context)
 
 
 @pytest.fixture(scope="module")
