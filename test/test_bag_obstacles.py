@@ -13,10 +13,13 @@ import math
 
 import cv2
 import numpy as np
+import pytest
 
 from rosgraph import REPO, Probe, Process, Spinner, as_array, venv_executable, wait_until
 from rpl_perception.resources import SAMPLES_ROOT
 from rpl_perception.topics import sibling_topic
+
+pytest.importorskip("rosbags", reason="bags need the rosbags package (pip install '.[eval]')")
 
 IMAGE = "/front/image_raw/compressed"
 INFO = "/front/camera_info"
