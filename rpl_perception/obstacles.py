@@ -81,6 +81,8 @@ def confidence_image(score: np.ndarray, threshold: float, display_range: Tuple[f
     low, high = display_range
     low, high = min(low, threshold - 1e-6), max(high, threshold + 1e-6)
     score = np.asarray(score, np.float32)
+    if not score.size:  # e.g. the scores of no objects (OpenCV refuses empty arrays)
+        return np.zeros(score.shape, np.uint8)
     below_scale, above_scale = 127.0 / (threshold - low), 127.0 / (high - threshold)
     # addWeighted rounds and saturates (convertScaleAbs would take |x|): below the display minimum 0,
     # below the threshold at most 127, above it at least 128; one pass each over the float map

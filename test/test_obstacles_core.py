@@ -281,6 +281,7 @@ def test_intrinsics_scale_and_refuse_what_they_cannot_use():
 def test_confidence_maps_the_threshold_to_128():
     score = np.array([-10.0, -4.0, -2.0, -1.999, 0.0, 5.0], np.float32)
     assert confidence_image(score, -2.0, (-4.0, 0.0)).tolist() == [0, 0, 127, 128, 255, 255]
+    assert confidence_image(np.zeros((1, 0), np.float32), -2.0, (-4.0, 0.0)).shape == (1, 0)  # no objects
 
 
 def test_confidence_follows_its_piecewise_linear_definition_on_a_camera_frame():
