@@ -117,6 +117,7 @@ class ObstacleOutputs:
         if self.tf_pose is None:
             return self.config.pose
         if header is None:
+            self._no_pose_reason = "no image header to look the pose up in TF with"
             return None
         pose, self._no_pose_reason = self.tf_pose.pose(header)
         return pose
