@@ -6,9 +6,10 @@ being taught is the one whose notion of "road" matters, so the masks are its own
 the frame at its training resolution (the source's ``resize``) through the closed-set network at
 that size (rounded up to its size divisor), pixels of the ``classes`` train ids (default road).
 
-They are cached as PNG files (0 / 255) under ``cache_dir/<model file hash>_<classes>/`` named by
-the frame's description and size, so every run with the same segmenter reuses them and an
-interrupted preparation resumes.
+They are cached as PNG files (0 / 255) under ``cache_dir/<closed-set weights hash>_<classes>/`` named
+by the frame's description and size, so every run with the same segmenter reuses them — also from a
+model file whose RPL branch is another (the masks do not depend on it) — and an interrupted
+preparation resumes.
 """
 
 import hashlib
@@ -19,10 +20,21 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from rpl_perception.files import file_sha256
 from rpl_perception.image import resize_rgb
 
-__all__ = ["RoadMasks"]
+__all__ = ["RoadMasks", "closed_set_digest"]
+
+
+def closed_set_digest(model_path: Path) -> str:
+    """SHA-256 of the closed-set network's weights in a model file (names, then values, in name order)."""
+    from rpl_perception.checkpoint import load_model
+
+    network, _ = load_model(model_path, with_branch=False)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(network.closed_set.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _round_up(value: int, divisor: int) -> int:
@@ -44,7 +56,7 @@ class RoadMasks:
         self.sizes = [None if s is None else (int(s[0]), int(s[1])) for s in sizes]
         self.model_path = Path(model_path)
         self.classes = tuple(int(c) for c in classes)
-        key = f"{file_sha256(self.model_path)[:12]}_{'-'.join(str(c) for c in self.classes)}"
+        key = f"{closed_set_digest(self.model_path)[:12]}_{'-'.join(str(c) for c in self.classes)}"
         self.folder = Path(cache_dir) / key
 
     def _source_of(self, index: int) -> int:

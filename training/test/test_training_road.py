@@ -142,6 +142,23 @@ def test_road_masks_are_the_segmenters_road_cached_once(tiny_data, tmp_path):
     assert np.array_equal(mask.astype(bool), expected)
     other = RoadMasks(frames, [(128, 64)], DEFAULT_CHECKPOINT, tmp_path / "cache", classes=[0, 1])
     assert other.folder != masks.folder and other.read(0, image) is None  # other classes, other cache
+    # another RPL branch on the same closed-set network: the same masks
+    import torch
+
+    from rpl_perception.checkpoint import load_model, save_checkpoint
+
+    network, meta = load_model(DEFAULT_CHECKPOINT)
+    with torch.no_grad():
+        for parameter in network.branch.parameters():
+            parameter.add_(1.0)
+    save_checkpoint(tmp_path / "retrained.safetensors", meta, network)
+    retrained = RoadMasks(frames, [(128, 64)], tmp_path / "retrained.safetensors", tmp_path / "cache", classes=[0])
+    assert retrained.folder == masks.folder and retrained.missing() == []
+    with torch.no_grad():
+        next(network.closed_set.parameters()).add_(1.0)
+    save_checkpoint(tmp_path / "other_segmenter.safetensors", meta, network)
+    assert RoadMasks(frames, [(128, 64)], tmp_path / "other_segmenter.safetensors", tmp_path / "cache",
+                     classes=[0]).folder != masks.folder
 
 
 def test_training_data_with_on_road_share(tiny_data, tmp_path):
