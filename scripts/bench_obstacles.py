@@ -2,9 +2,10 @@
 """Node-side cost of the obstacle outputs per 1920×1080 frame, and flicker with / without persistence.
 
 1. Cost: the embedded model's prediction on a real frame (a Udacity highway frame, a RoadAnomaly
-   scene), resized to 1920×1080, and a synthetic prediction with 48 boxes on the road (many objects), then each step the node runs when every obstacle output is
-   subscribed: work copy, corridor, objects, ground projection, persistence, confidence image,
-   obstacle mask, ground cloud; median / p95 over ``--repeat`` runs (target: total ≤ 10 ms).
+   scene), resized to 1920×1080, and a synthetic prediction with 48 boxes on the road (many objects);
+   each step the node runs when every obstacle output is subscribed: work copy, corridor, objects,
+   ground projection, persistence, confidence image, obstacle mask, ground cloud; median / p95 over
+   ``--repeat`` runs (target: total ≤ 10 ms).
 2. Flicker on a real clip (consecutive frames of Udacity highway footage, or the shipped drive
    samples): objects per frame as the node finds them, tracked with k = n = 1 (every detection
    published at once), with the node's default persistence (k = 2 of n = 3) and with k = 3 of n = 5.

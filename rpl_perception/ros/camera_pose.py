@@ -57,4 +57,3 @@ class TfCameraPose:
                 rotation_from_quaternion(rotation.x, rotation.y, rotation.z, rotation.w), translation.z), ""
         except ValueError as exc:  # under the ground, or looking straight down / up
             return None, f"TF pose of {header.frame_id} over {self.ground_frame} is unusable: {exc}"
-
