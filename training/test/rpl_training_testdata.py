@@ -4,6 +4,7 @@ A module with a unique name (not ``conftest``) so that test files import it what
 test folders run in the same pytest session.
 """
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -158,3 +159,14 @@ def small_config(tiny_data, output_dir: Path, *overrides: str):
         "model": {"rpl_design": "pyramid", "rpl_width": 64},
     }
     return load_config(None, overrides, **base)
+
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

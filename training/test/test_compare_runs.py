@@ -2,23 +2,15 @@
 standard error of their difference, from validation.csv files written here."""
 
 import csv
-import importlib.util
 import math
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare_runs.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("compare_runs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from rpl_training_testdata import load_script
 
 
 def write_run(folder: Path, rows):
     folder.mkdir()
-    script = load_script()
+    script = load_script("compare_runs")
     with (folder / "validation.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, ["iteration", "best_ap"] + script.COLUMNS)
         writer.writeheader()
@@ -29,7 +21,7 @@ def write_run(folder: Path, rows):
 
 
 def test_arms_chosen_checkpoints_means_and_the_difference(tmp_path, capsys):
-    script = load_script()
+    script = load_script("compare_runs")
     a1 = write_run(tmp_path / "a1", [(400, 0.20, 0.5), (800, 0.26, 0.4)])
     a2 = write_run(tmp_path / "a2", [(400, 0.30, 0.3), (800, 0.28, 0.35)])  # chosen: iteration 400
     b1 = write_run(tmp_path / "b1", [(400, 0.30, 0.4), (800, 0.32, 0.4)])

@@ -1,23 +1,13 @@
 """scripts/train_gpu_long.py on the CPU (its smoke mode): the long recipe's one-call runner trains to
 its budget, returns the checkpoints, the curve and a summary, and continues a run it brought back."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import yaml
 
 from rpl_training.train import STATE_FILE, train
-from rpl_training_testdata import small_config
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_gpu_long.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("train_gpu_long", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from rpl_training_testdata import load_script, small_config
 
 
 def _config_file(tiny_data, tmp_path) -> Path:
@@ -31,7 +21,7 @@ def _config_file(tiny_data, tmp_path) -> Path:
 
 def test_one_call_trains_and_returns_the_run(tiny_data, tmp_path):
     out = tmp_path / "out"
-    assert _script().main(["--out", str(out), "--config", str(_config_file(tiny_data, tmp_path)),
+    assert load_script("train_gpu_long").main(["--out", str(out), "--config", str(_config_file(tiny_data, tmp_path)),
                            "--device", "cpu", "--workers", "0", "--budget-s", "600"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["iteration"] == 4 and summary["finished"] and not summary["resumed"]
@@ -45,7 +35,7 @@ def test_one_call_trains_and_returns_the_run(tiny_data, tmp_path):
 
 
 def test_a_run_brought_back_is_continued(tiny_data, tmp_path):
-    script = _script()
+    script = load_script("train_gpu_long")
     config = _config_file(tiny_data, tmp_path)
     first = tmp_path / "first"
     cfg = script.build_config(script.parse_args(["--out", str(first), "--config", str(config), "--device", "cpu",
