@@ -37,6 +37,22 @@ def wait_until(predicate, what: str, timeout: float = TIMEOUT):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def wait_for_reliable_subscription(node, publisher, timeout=5.0):
+    """The node subscribes best effort from start-up and turns reliable (qos_reliability auto) once it
+    sees a reliable ``publisher`` of ``node``: frames sent before may be lost (a best-effort reader drops
+    what a writer it has not discovered yet sends, and large frames from stock Fast DDS are lost anyway).
+    Waits for that, or ``timeout`` for a node whose reliability is fixed otherwise."""
+    from rclpy.qos import ReliabilityPolicy
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        infos = node.get_subscriptions_info_by_topic(publisher.topic_name)
+        if infos and all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos) \
+                and publisher.get_subscription_count():
+            return
+        time.sleep(0.02)
+
+
 class Probe:
     """A test node: publishes camera frames, records every output by (topic, stamp).
 
@@ -88,18 +104,8 @@ class Probe:
             return {name: self.received[key] for name, key in keys.items()}
 
     def wait_for_reliable_subscription(self, camera, timeout=5.0):
-        """The node subscribes best effort from start-up and turns reliable (qos_reliability auto) once it
-        sees this probe's reliable publisher: frames sent before may be lost (large ones from stock Fast
-        DDS are). Waits for that, or ``timeout`` for a node whose reliability is fixed otherwise."""
-        from rclpy.qos import ReliabilityPolicy
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            infos = self.node.get_subscriptions_info_by_topic(camera)
-            if infos and all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos) \
-                    and self.publishers[camera].get_subscription_count():
-                return
-            time.sleep(0.02)
+        """See :func:`wait_for_reliable_subscription`."""
+        wait_for_reliable_subscription(self.node, self.publishers[camera], timeout)
 
     def status(self, name):
         with self._lock:

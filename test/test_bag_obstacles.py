@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
+import rosgraph
 from rosgraph import REPO, Probe, Process, Spinner, as_array, venv_executable, wait_until
 from rpl_perception.resources import SAMPLES_ROOT
 from rpl_perception.topics import sibling_topic
@@ -101,17 +102,27 @@ def test_a_recorded_drive_replayed_through_the_node_gives_objects_on_the_ground_
     try:
         wait_until(lambda: "serving " in process.output() or not process.alive(), "the node to serve", 180)
         assert process.alive(), process.output()
-        for topic, kind, raw in recorded_messages(bag):
+        messages = list(recorded_messages(bag))
+        for topic, kind, _ in messages:  # all publishers first, in recorded order, as `ros2 bag play` does
             if topic not in publishers:
                 publishers[topic] = probe.node.create_publisher(kind, topic, reliable)
-                wait_until(lambda p=publishers[topic]: p.get_subscription_count(), f"the node to subscribe to {topic}")
-                wait_until(lambda: all(probe.node.count_publishers(sibling_topic(IMAGE, n)) for n in kinds),
-                           "the node's obstacle outputs")
+        for topic, publisher in publishers.items():
+            wait_until(publisher.get_subscription_count, f"the node to subscribe to {topic}")
+        # the node's image reader turns reliable once its participant knows our image writer, which DDS
+        # announced after the CameraInfo writer: from then on neither first message is dropped unseen
+        rosgraph.wait_for_reliable_subscription(probe.node, publishers[IMAGE], timeout=30)
+        wait_until(lambda: all(probe.node.count_publishers(sibling_topic(IMAGE, n)) for n in kinds),
+                   "the node's obstacle outputs")
+        for topic, _, raw in messages:
             publishers[topic].publish(raw)
             if topic == IMAGE:  # lockstep: the next frame once this one's outputs are back
                 sec, nanosec = headers[len([k for k in received if k[0] == "obstacle_markers"])]
-                wait_until(lambda s=sec, n=nanosec: all((o, s, n) in received for o in OUTPUTS),
-                           f"the outputs of the frame stamped {sec}.{nanosec:09d}", 120)
+                try:
+                    wait_until(lambda s=sec, n=nanosec: all((o, s, n) in received for o in OUTPUTS),
+                               f"the outputs of the frame stamped {sec}.{nanosec:09d}", 120)
+                except AssertionError as exc:
+                    got = sorted(k[0] for k in received if k[1:] == (sec, nanosec))
+                    raise AssertionError(f"{exc}; got {got}; the node said:\n{process.output()[-3000:]}") from None
     finally:
         process.signal_group(2)
         process.wait(timeout=30)

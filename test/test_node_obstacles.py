@@ -118,8 +118,12 @@ def publish_camera_info(probe, outputs, topic=CAM):
 
     info = probe.node.create_publisher(CameraInfo, sibling_topic(topic, "camera_info"), 10)
     wait_until(lambda: info.get_subscription_count(), "the node to subscribe to camera_info")
-    info.publish(camera_info())
-    wait_until(lambda: outputs._intrinsics is not None, "the node to take the CameraInfo")
+
+    def taken():  # published again until taken, as drivers do: the node's best-effort reader drops a
+        info.publish(camera_info())  # sample sent before it has discovered our writer
+        return outputs._intrinsics is not None
+
+    wait_until(taken, "the node to take the CameraInfo")
     return info
 
 

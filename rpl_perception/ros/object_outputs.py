@@ -142,7 +142,7 @@ class ObstacleOutputs:
 
     def _unprojected(self, reason: str, warn: bool) -> None:
         if warn:
-            self._logger.warning(f"{reason}: obstacle_markers and obstacle_points stay empty (no ground projection)",
+            self._logger.warning(f"{reason}: obstacle_markers and obstacle_points are not published (no ground projection)",
                                  throttle_duration_sec=10.0)
 
     def _wanted(self):
