@@ -104,11 +104,12 @@ def raw_maps(segmenter, image, flip: bool):
     return labels[:1], raw[:1], (raw[1:].flip(-1) if flip else None)
 
 
-def measure_set(segmenter, dataset, variants, limit=None):
+def measure_set(segmenter, dataset, variants, limit=None, desc=None):
+    """{variant: pixel metrics} over the labelled samples of ``dataset``."""
     flip = any(VARIANTS[v][1] for v in variants)
     accumulators = {v: PixelMetricAccumulator() for v in variants}
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    for index in tqdm(range(count), desc=dataset.kind, unit="img", leave=False):
+    for index in tqdm(range(count), desc=desc or dataset.kind, unit="img", leave=False):
         sample = dataset[index]
         labels, raw, flipped = raw_maps(segmenter, sample.image, flip)
         size = sample.label.shape[::-1]

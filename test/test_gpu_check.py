@@ -1,25 +1,16 @@
 """scripts/gpu_check.py on the CPU (its --device cpu smoke mode): every code path a GPU run takes
 except the GPU-only backends, and the JSON and Markdown it writes."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_loader import load_script
 
 
 def test_cpu_smoke_run_writes_parity_speed_and_training(tmp_path):
     pytest.importorskip("rpl_training", reason="the training step needs rpl_training (pip install -e ./training)")
-    gpu_check = load_script()
+    gpu_check = load_script("gpu_check")
     out = tmp_path / "out"
     assert gpu_check.main(["--device", "cpu", "--out", str(out), "--sizes", "128x64", "--batches", "1", "2",
                            "--frames", "1", "--warmup", "0", "--train-batch", "1", "--train-crop", "128x64",
@@ -41,7 +32,7 @@ def test_cpu_smoke_run_writes_parity_speed_and_training(tmp_path):
 
 
 def test_budget_skips_speed_cases_and_missing_packages_are_named(tmp_path, monkeypatch, capsys):
-    gpu_check = load_script()
+    gpu_check = load_script("gpu_check")
     args = gpu_check.parse_args(["--device", "cpu", "--out", str(tmp_path), "--sizes", "128x64",
                                  "--batches", "1", "--frames", "1", "--warmup", "0", "--train-steps", "1",
                                  "--train-batch", "1", "--train-crop", "128x64", "--budget-s", "0"])
