@@ -66,16 +66,17 @@ def gaussian_kernel1d(sigma: float, size: int = 0) -> torch.Tensor:
     return (pdf / pdf.sum()).to(torch.float32)
 
 
-def gaussian_smooth(score: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_smooth(score: torch.Tensor, sigma: float, dilation: int = 1) -> torch.Tensor:
     """Separable Gaussian blur of (B, H, W) scores with reflect padding (official: 7×7, σ = 1).
 
-    σ = 0 returns the input unchanged.
+    σ = 0 returns the input unchanged. ``dilation`` > 1 spaces the taps that many pixels apart
+    (SML's dilated smoothing, measured by scripts/score_postprocessing.py).
     """
     if sigma == 0:
         return score
     k = gaussian_kernel1d(sigma).to(device=score.device, dtype=score.dtype)
-    r = k.numel() // 2
+    r = (k.numel() // 2) * dilation
     x = score.unsqueeze(1)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1), dilation=(1, dilation))
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1), dilation=(dilation, 1))
     return x.squeeze(1)

@@ -29,7 +29,7 @@ from rpl_perception.eval.datasets import open_dataset
 from rpl_perception.eval.metrics import PixelMetricAccumulator
 from rpl_perception.eval.suite import load_suite
 from rpl_perception.image import resize_scores
-from rpl_perception.scoring import gaussian_kernel1d, gaussian_smooth
+from rpl_perception.scoring import gaussian_smooth
 from rpl_perception.segmenter import AnomalySegmenter
 
 #: SML's settings (Jung et al. ICCV 2021, their released code): boundary width 4 px, 4 iterations,
@@ -71,12 +71,7 @@ def suppress_boundaries(score: torch.Tensor, labels: torch.Tensor, width: int = 
 
 def dilated_smooth(score: torch.Tensor, sigma: float = 1.0, dilation: int = DILATION) -> torch.Tensor:
     """SML's dilated smoothing: the 7-tap Gaussian with its taps ``dilation`` pixels apart (reflect pad)."""
-    k = gaussian_kernel1d(sigma).to(score.dtype)
-    r = (k.numel() // 2) * dilation
-    x = score.unsqueeze(1)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1), dilation=(1, dilation))
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1), dilation=(dilation, 1))
-    return x.squeeze(1)
+    return gaussian_smooth(score, sigma, dilation)
 
 
 #: name → (post-processing of (raw, raw of the mirror image or None, labels), needs the mirror image)

@@ -9,6 +9,7 @@ from rpl_perception.eval.datasets import ROAD_ANOMALY_LABELS, Sample, read_label
 from rpl_perception.eval.metrics import PixelMetricAccumulator
 from rpl_perception.image import read_rgb
 from rpl_perception.resources import SAMPLES_ROOT
+from rpl_perception.scoring import gaussian_kernel1d
 from rpl_perception.segmenter import AnomalySegmenter
 from script_loader import load_script
 
@@ -53,7 +54,7 @@ def test_dilated_smoothing_spreads_an_impulse_to_taps_a_dilation_apart_and_keeps
     impulse[0, 32, 32] = 1.0
     out = post.dilated_smooth(impulse)[0]
     step = post.DILATION
-    kernel = post.gaussian_kernel1d(1.0)
+    kernel = gaussian_kernel1d(1.0)
     assert out[32, 32 + step].item() == pytest.approx((kernel[3] * kernel[4]).item(), rel=1e-6)
     assert out[32, 33].item() == 0.0 and out[33, 32].item() == 0.0  # between the taps: nothing
     assert out.sum().item() == pytest.approx(1.0, rel=1e-6)
