@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Arms of an ablation, each a set of ``rpl-train`` runs (seeds): every run's chosen validation (the row
-of ``validation.csv`` with the highest mean AP, the rule of docs/selection_rule.md; the final iteration
-beside it), each arm's mean and standard deviation over its runs, and each arm's difference from the
-first with the standard error of that difference (from the seeds' spread). AP / FPR95 in %.
+"""Arms of an ablation, each a set of ``rpl-train`` runs (seeds): every run's chosen validation (the
+row of ``validation.csv`` that the trainer made ``best.safetensors``, by ``rpl_training.selection``:
+the rule of docs/selection_rule.md; the final iteration beside it), each arm's mean and standard
+deviation over its runs, and each arm's difference from the first with the standard error of that
+difference (from the seeds' spread). AP / FPR95 in %.
 
     python scripts/compare_runs.py "without=runs/abl_none_s666" "on road=runs/abl_road_s666,runs/abl_road_s2024"
 """
@@ -13,6 +14,8 @@ import math
 import statistics
 import sys
 from pathlib import Path
+
+from rpl_training.selection import best_of
 
 #: validation.csv column prefixes of the development suite's sets, in the order of scripts/dev_suite.yaml
 SETS = {"roadanomaly_dev": "RoadAnomaly dev", "smiyc_roadanomaly21_val": "RoadAnomaly21",
@@ -26,7 +29,7 @@ def chosen_and_final(run: Path):
         rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
     if not rows:
         raise SystemExit(f"{run}: no validation yet")
-    return max(rows, key=lambda row: (row["ap"], -row["fpr95"])), rows[-1]
+    return best_of(rows), rows[-1]
 
 
 def cells(row) -> str:
@@ -60,17 +63,20 @@ def main(argv=None) -> int:
         parts = []
         for column in ["ap"] + [f"{key}_ap" for key in SETS]:
             values = [100 * row[column] for row in rows]
-            sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-            parts.append(f"{statistics.mean(values):.1f} ± {sd:.1f}")
+            sd = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""  # one seed: no spread
+            parts.append(f"{statistics.mean(values):.1f}{sd}")
         print(f"| {name} | {len(rows)} | " + " | ".join(parts) + " |")
     names = list(chosen)
     for name in names[1:]:
         a, b = [100 * r["ap"] for r in chosen[names[0]]], [100 * r["ap"] for r in chosen[name]]
         spread = [statistics.variance(v) for v in (a, b) if len(v) > 1]
-        pooled = statistics.mean(spread) if spread else float("nan")
+        difference = f"\n{name} − {names[0]}: mean AP {statistics.mean(b) - statistics.mean(a):+.1f} "
+        if not spread:
+            print(difference + "(one seed per arm: no standard error)")
+            continue
+        pooled = statistics.mean(spread)
         se = math.sqrt(pooled / len(a) + pooled / len(b))
-        print(f"\n{name} − {names[0]}: mean AP {statistics.mean(b) - statistics.mean(a):+.1f} "
-              f"(standard error of the difference {se:.1f}, from the pooled seed variance)")
+        print(difference + f"(standard error of the difference {se:.1f}, from the pooled seed variance)")
     return 0
 
 

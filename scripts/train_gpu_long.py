@@ -9,11 +9,14 @@ validate, and copy the checkpoints, logs and curve into ``--out``.
 It runs ``rpl-train`` on ``--config`` (default ``training/rpl_training/configs/mixed_long.yaml``:
 8,000 iterations of batch 8, half of the objects on the road) with ``train.device`` cuda,
 ``train.amp`` on, the frozen closed-set network on the GPU and ``data.num_workers`` from the machine's
-cores, until ``--budget-s`` (default 390 s of training; the run's set-up, road masks, the final
-validation and the copies come on top). A run that is not finished stops at an iteration boundary
-and saves ``train_state.pt``; the next call with ``--resume-from`` (the ``run/`` folder this call
-wrote) continues it exactly. ``--out`` receives ``run/`` (config, metrics.csv, validation.csv,
-train.log, last/best ``.safetensors``, train_state.pt), ``curves.png`` and ``summary.json``.
+cores, until ``--budget-s`` (default 390 s, counted from the start of the run's set-up: the road
+masks of a fresh machine are part of it; the curve and the summary come on top). A run that is not
+finished stops at an iteration boundary and saves ``train_state.pt`` (not validated at the stop: its
+best is that of its last validation); the next call with ``--resume-from`` (the ``run/`` folder this
+call wrote) continues it exactly, on this machine's paths. ``--out`` receives ``run/`` (config,
+metrics.csv, validation.csv, train.log, last/best ``.safetensors``, ``checkpoints/``, train_state.pt,
+``road_masks/`` so that the next machine does not compute them again), ``curves.png`` and
+``summary.json``.
 
 Data paths of the config that start with ``../shared/data`` are rewritten to ``--data-root``
 (default: ``../shared/data``, or ``shared/data`` inside the repository where that exists). Needs
@@ -34,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = ("numpy", "torch", "cv2", "safetensors", "pycocotools", "yaml", "tqdm", "matplotlib")
 RUN_FILES = ("config.yaml", "metrics.csv", "validation.csv", "train.log", "last.safetensors", "best.safetensors",
-             "train_state.pt")
+             "train_state.pt", "checkpoints", "road_masks")
 
 
 def parse_args(argv=None):
@@ -116,7 +119,34 @@ def build_config(args, run_dir: Path):
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         Path(cfg["validation"]["suite"]).write_text(yaml.safe_dump(suite, sort_keys=False))
     road = cfg["data"]["outlier"]["on_road"]
-    road["cache_dir"] = str(run_dir.parent / "road_masks")
+    road["cache_dir"] = str(run_dir / "road_masks")  # inside run/: carried by --resume-from
+    return cfg
+
+
+#: config entries that say where and how a run executes, not what it learns: a resumed run takes them
+#: from this call, everything else from its own config.yaml
+MACHINE_KEYS = (("output_dir",), ("train", "device"), ("train", "amp"), ("train", "threads"), ("data", "num_workers"),
+                ("model", "segmenter"), ("data", "outlier", "root"), ("data", "outlier", "on_road", "cache_dir"),
+                ("validation", "suite"), ("validation", "root"))
+
+
+def for_this_machine(saved, fresh):
+    """The resumed run's own config (``saved``) with the machine's entries of ``fresh``
+    (:func:`build_config` of this call): its schedule and recipe, this call's paths and device."""
+    from rpl_training.config import inlier_sources
+
+    cfg = json.loads(json.dumps(saved))  # a deep copy
+    for keys in MACHINE_KEYS:
+        source, target = fresh, cfg
+        for key in keys[:-1]:
+            source, target = source[key], target[key]
+        target[keys[-1]] = source[keys[-1]]
+    ours, theirs = inlier_sources(cfg["data"]), inlier_sources(fresh["data"])
+    if [s["kind"] for s in ours] != [s["kind"] for s in theirs]:
+        raise SystemExit(f"train_gpu_long: --config lists other inlier sources ({[s['kind'] for s in theirs]}) "
+                         f"than the run being resumed ({[s['kind'] for s in ours]})")
+    for source, here in zip(ours, theirs):
+        source["root"] = here["root"]
     return cfg
 
 
@@ -141,11 +171,7 @@ def main(argv=None) -> int:
     resume = (run_dir / "train_state.pt").is_file()
     cfg = build_config(args, run_dir)
     if resume:  # the resumed run keeps its own schedule and recipe; only where it runs changes
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        saved["train"].update({k: cfg["train"][k] for k in ("device", "amp", "threads")})
-        saved["data"]["num_workers"] = cfg["data"]["num_workers"]
-        saved["output_dir"] = cfg["output_dir"]
-        cfg = saved
+        cfg = for_this_machine(yaml.safe_load((run_dir / "config.yaml").read_text()), cfg)
     start = time.monotonic()
     result = train(cfg, resume=resume, time_budget_s=args.budget_s)
     seconds = time.monotonic() - start
@@ -155,7 +181,7 @@ def main(argv=None) -> int:
                "finished": not result.interrupted, "resumed": resume, "seconds": round(seconds, 1),
                "best_ap": result.best_ap, "last_metrics": result.last_metrics,
                "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-               "files": sorted(name for name in RUN_FILES if (run_dir / name).is_file())}
+               "files": sorted(name for name in RUN_FILES if (run_dir / name).exists())}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return 0

@@ -122,6 +122,7 @@ DEFAULTS: Dict[str, Any] = {
         "every": 185,  # iterations; the official code validates every half epoch
         "max_images": None,
         "network_size": None,  # [width, height]; None = the checkpoint's input size
+        "keep_checkpoints": True,  # every validation's model file in checkpoints/ (rules applied afterwards)
     },
 }
 

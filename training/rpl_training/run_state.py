@@ -54,8 +54,7 @@ class RunState:
     iterations_per_epoch: int
     provenance: dict
     iteration: int = 0  # iterations completed
-    best_ap: Optional[float] = None
-    best_iteration: Optional[int] = None
+    best: Optional[Dict[str, float]] = None  # the best validation so far: ap, fpr95, iteration
     calibration: Optional[tuple] = None  # ((low, high), threshold) of the rpl_energy score
     calibration_source: Optional[str] = None
     train_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)  # last logging window
@@ -67,7 +66,7 @@ class RunState:
         return self.ctx.device
 
     def current_metrics(self) -> Dict[str, float]:
-        best = {"best_ap": self.best_ap} if self.best_ap is not None else {}
+        best = {"best_ap": self.best["ap"]} if self.best is not None else {}
         return {**self.train_metrics, **{f"val_{k}": v for k, v in self.val_metrics.items()}, **best}
 
     def checkpoint_meta(self) -> CheckpointMeta:
@@ -203,7 +202,11 @@ def setup_run(cfg, ctx: DistContext, out_dir: Path, resume: bool):
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         run.iteration = int(state["iteration"])
-        run.best_ap, run.best_iteration = state["best"]["ap"], state["best"]["iteration"]
+        # states of older code: "best" without fpr95 (or an ap of None), no calibration or metrics
+        run.best = state["best"] if state["best"].get("ap") is not None else None
+        if "calibration" in state:
+            run.calibration, run.calibration_source = state["calibration"]["value"], state["calibration"]["source"]
+            run.val_metrics = dict(state["val_metrics"])
         if state["world_size"] == ctx.world_size:
             set_rng_state(run, state["rng"][ctx.rank])
         else:

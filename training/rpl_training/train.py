@@ -47,17 +47,19 @@ from .distributed import all_gather_objects, all_reduce, barrier, cleanup_distri
 from .losses import OOD_LABEL
 from .model import RPLTrainingModel, build_network, build_optimizer, forward_losses, poly_schedule
 from .run_state import STATE_FILE, RunState, make_loader_for, rng_state, setup_run
+from .selection import beats
 from .utils import VALIDATION_FIELDS, MetricsLog, StopRequest
 from .validation import ValidationSets, describe, validate
 
 __all__ = ["RPLTrainingModel", "RunState", "TrainResult", "build_network", "build_optimizer", "poly_schedule",
            "forward_losses", "validate", "TrainingLog", "train_iterations", "evaluate", "validate_and_keep_best", "save", "train", "main", "STATE_FILE",
-           "LAST_CHECKPOINT", "BEST_CHECKPOINT"]
+           "LAST_CHECKPOINT", "BEST_CHECKPOINT", "KEPT_CHECKPOINTS"]
 
 log = logging.getLogger("rpl_training")
 
 LAST_CHECKPOINT = "last.safetensors"
 BEST_CHECKPOINT = "best.safetensors"
+KEPT_CHECKPOINTS = "checkpoints"  # the model file of every validation, for rules applied afterwards
 #: the loss terms a logging window averages (metrics.csv columns)
 WINDOW_TERMS = ("loss", "ce", "reg", "energy", "corocl", "corocl_fraction")
 
@@ -165,18 +167,24 @@ def evaluate(run: RunState, sets: ValidationSets) -> Optional[Dict[str, float]]:
 
 
 def validate_and_keep_best(run: RunState, sets: ValidationSets, window: TrainingLog) -> None:
-    """:func:`evaluate`, log it, and write ``best.safetensors`` when the AP improved."""
+    """:func:`evaluate`, log it, keep its model file in ``checkpoints/`` (``validation.keep_checkpoints``)
+    and make it ``best.safetensors`` when it beats the run's best (:func:`rpl_training.selection.beats`)."""
     metrics = evaluate(run, sets)
     if metrics is not None:
-        improved = run.best_ap is None or metrics["ap"] > run.best_ap
+        improved = beats(metrics, run.best)
         if improved:
-            run.best_ap, run.best_iteration = metrics["ap"], run.iteration
+            run.best = {"ap": float(metrics["ap"]), "fpr95": float(metrics["fpr95"]), "iteration": run.iteration}
         run.val_metrics = dict(metrics)
-        window.metrics_log.write("validation", {"iteration": run.iteration, **metrics, "best_ap": run.best_ap})
+        window.metrics_log.write("validation", {"iteration": run.iteration, **metrics, "best_ap": run.best["ap"]})
         log.info("iteration %d: %s (best AP %.4f at %d)", run.iteration, describe(metrics, [n for n, _ in sets.sets]),
-                 run.best_ap, run.best_iteration)
+                 run.best["ap"], run.best["iteration"])
+        meta = run.checkpoint_meta()
+        if run.cfg["validation"]["keep_checkpoints"]:
+            kept = run.out_dir / KEPT_CHECKPOINTS / f"iteration_{run.iteration:06d}.safetensors"
+            kept.parent.mkdir(exist_ok=True)
+            save_checkpoint(kept, meta, run.network, run.projector)
         if improved:
-            save_checkpoint(run.out_dir / BEST_CHECKPOINT, run.checkpoint_meta(), run.network, run.projector)
+            save_checkpoint(run.out_dir / BEST_CHECKPOINT, meta, run.network, run.projector)
     barrier(run.ctx)
 
 
@@ -192,13 +200,23 @@ def save(run: RunState) -> Path:
                  "branch": run.network.branch.state_dict(), "projector": run.projector.state_dict(),
                  "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                  "scaler": run.scaler.state_dict(), "rng": rng_states,
-                 "best": {"ap": run.best_ap, "iteration": run.best_iteration}, "config": run.cfg}
+                 "best": run.best, "config": run.cfg,
+                 # plain floats: train_state.pt is read back with weights_only
+                 "calibration": {"value": _plain(run.calibration), "source": run.calibration_source},
+                 "val_metrics": {k: float(v) for k, v in run.val_metrics.items()}}
         state_path = run.out_dir / STATE_FILE
         tmp = state_path.with_name(state_path.name + ".tmp")
         torch.save(state, tmp)
         tmp.replace(state_path)
     barrier(run.ctx)
     return path
+
+
+def _plain(calibration):
+    if calibration is None:
+        return None
+    (low, high), threshold = calibration
+    return (float(low), float(high)), float(threshold)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -288,12 +306,12 @@ def _train(run: RunState, dataset, sets: Optional[ValidationSets], stop_after: O
     if metrics_log is not None:
         metrics_log.close()
     if ctx.is_main:
-        best = f", best AP {run.best_ap:.4f} at {run.best_iteration}" if run.best_ap is not None else ""
+        best = f", best AP {run.best['ap']:.4f} at {run.best['iteration']}" if run.best is not None else ""
         log.info("%s at iteration %d/%d; model: %s%s", "stopped" if interrupted else "finished", run.iteration,
                  run.total, run.out_dir / LAST_CHECKPOINT, best)
     last_path, best_path = run.out_dir / LAST_CHECKPOINT, run.out_dir / BEST_CHECKPOINT
     return TrainResult(run.iteration, run.total, interrupted, run.out_dir, last_path if last_path.exists() else None,
-                       best_path if best_path.exists() else None, run.best_ap, run.current_metrics())
+                       best_path if best_path.exists() else None, run.best and run.best["ap"], run.current_metrics())
 
 
 # ----------------------------------------------------------------------------- command line

@@ -34,3 +34,27 @@ def test_arms_chosen_checkpoints_means_and_the_difference(tmp_path, capsys):
     # means 28.0 (26, 30) and 33.0 (32, 34); sds 2.83 and 1.41; pooled variance 5, SE sqrt(5/2 + 5/2)
     assert "| without | 2 | 28.0 ± 2.8 |" in out and "| on road | 2 | 33.0 ± 1.4 |" in out
     assert f"on road − without: mean AP +5.0 (standard error of the difference {math.sqrt(5.0):.1f}" in out
+
+
+def test_the_rule_a_tie_within_half_an_ap_goes_to_the_lower_fpr95():
+    from rpl_training.selection import beats, best_of
+
+    assert beats({"ap": 0.30, "fpr95": 0.5}, None)
+    assert beats({"ap": 0.306, "fpr95": 0.9}, {"ap": 0.30, "fpr95": 0.3})  # 0.6 AP more: AP decides
+    assert not beats({"ap": 0.304, "fpr95": 0.31}, {"ap": 0.30, "fpr95": 0.30})  # a tie, FPR95 higher
+    assert beats({"ap": 0.296, "fpr95": 0.29}, {"ap": 0.30, "fpr95": 0.30})  # a tie, FPR95 lower: less AP wins
+    assert beats({"ap": 0.305, "fpr95": 0.29}, {"ap": 0.30, "fpr95": 0.30})  # exactly 0.5 AP is a tie
+    assert not beats({"ap": 0.30, "fpr95": 0.30}, {"ap": 0.30, "fpr95": 0.30})  # equal: the incumbent stays
+    assert not beats({"ap": 0.303, "fpr95": 0.1}, {"ap": 0.30})  # older state without FPR95: it keeps the tie
+    rows = [{"iteration": 1, "ap": 0.30, "fpr95": 0.3}, {"iteration": 2, "ap": 0.304, "fpr95": 0.4},
+            {"iteration": 3, "ap": 0.31, "fpr95": 0.5}, {"iteration": 4, "ap": 0.307, "fpr95": 0.2}]
+    assert best_of(rows)["iteration"] == 4 and best_of([]) is None
+
+
+def test_a_tie_is_chosen_as_the_trainer_chooses(tmp_path, capsys):
+    script = load_script("compare_runs")
+    run = write_run(tmp_path / "tie", [(400, 0.300, 0.30), (800, 0.304, 0.40)])  # 0.4 AP more, FPR95 worse
+    assert script.main([f"one={run}"]) == 0
+    out = capsys.readouterr().out
+    assert "| one: tie (chosen) | 400 | 30.0 / 30.0 |" in out and "| one: tie (final) | 800 |" in out
+    assert "| one | 1 | 30.0 | 30.0 |" in out  # one seed: a mean without a spread

@@ -2,8 +2,10 @@
 its budget, returns the checkpoints, the curve and a summary, and continues a run it brought back."""
 
 import json
+import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from rpl_training.train import STATE_FILE, train
@@ -30,8 +32,9 @@ def test_one_call_trains_and_returns_the_run(tiny_data, tmp_path):
     assert (out / "curves.png").stat().st_size > 1000
     saved = yaml.safe_load((out / "run" / "config.yaml").read_text())
     assert saved["train"]["device"] == "cpu" and saved["train"]["compile"] is False
-    assert saved["data"]["outlier"]["on_road"]["cache_dir"] == str((out / "road_masks").resolve())
-    assert any((out / "road_masks").rglob("*.png"))  # masks made for the on-road share
+    assert saved["data"]["outlier"]["on_road"]["cache_dir"] == str((out / "run" / "road_masks").resolve())
+    assert any((out / "run" / "road_masks").rglob("*.png"))  # masks made for the on-road share, carried in run/
+    assert {"checkpoints", "road_masks"} <= set(summary["files"])
 
 
 def test_a_run_brought_back_is_continued(tiny_data, tmp_path):
@@ -42,8 +45,40 @@ def test_a_run_brought_back_is_continued(tiny_data, tmp_path):
                                                  "--workers", "0"]), (first / "run").resolve())
     partial = train(cfg, stop_after=2)
     assert partial.iteration == 2 and (first / "run" / STATE_FILE).is_file()
+    masks = sorted(p.relative_to(first / "run") for p in (first / "run" / "road_masks").rglob("*.png"))
+    assert masks
+    carried = tmp_path / "carried"  # what came back from the first machine; that machine's folders are gone
+    shutil.copytree(first / "run", carried)
+    shutil.rmtree(first)
     second = tmp_path / "second"
     assert script.main(["--out", str(second), "--config", str(config), "--device", "cpu", "--workers", "0",
-                        "--resume-from", str(first / "run")]) == 0
+                        "--resume-from", str(carried)]) == 0
     summary = json.loads((second / "summary.json").read_text())
     assert summary["resumed"] and summary["iteration"] == 4 and summary["finished"]
+    saved = yaml.safe_load((second / "run" / "config.yaml").read_text())
+    assert saved["output_dir"] == str((second / "run").resolve())
+    assert saved["data"]["outlier"]["on_road"]["cache_dir"] == str((second / "run" / "road_masks").resolve())
+    assert sorted(p.relative_to(second / "run") for p in (second / "run" / "road_masks").rglob("*.png")) == masks
+
+
+def test_a_resumed_run_takes_this_machines_paths_and_keeps_its_recipe():
+    script = load_script("train_gpu_long")
+    saved = {"output_dir": "/old/run", "seed": 1,
+             "model": {"segmenter": None, "rpl_width": 128},
+             "data": {"inlier": [{"kind": "frames", "root": "/old/data/a"}, {"kind": "idd", "root": "/old/data/b"}],
+                      "outlier": {"root": ["/old/data/coco"], "on_road": {"share": 0.5, "cache_dir": "/old/masks"}},
+                      "num_workers": 1},
+             "train": {"device": "cpu", "amp": False, "threads": 1, "iterations": 8000, "lr": 5e-4},
+             "validation": {"suite": "/old/suite.yaml", "root": None, "every": 500}}
+    fresh = json.loads(json.dumps(saved).replace("/old/", "/new/"))
+    fresh["train"].update(device="cuda", amp=True, threads=None, iterations=4, lr=1.0)
+    fresh["data"]["num_workers"] = 12
+    fresh["data"]["outlier"]["on_road"]["share"] = 0.0
+    cfg = script.for_this_machine(saved, fresh)
+    assert "/old/" not in json.dumps(cfg)
+    assert cfg["train"] == {"device": "cuda", "amp": True, "threads": None, "iterations": 8000, "lr": 5e-4}
+    assert cfg["data"]["num_workers"] == 12 and cfg["data"]["outlier"]["on_road"]["share"] == 0.5
+    assert saved["output_dir"] == "/old/run"  # the saved config is not modified
+    fresh["data"]["inlier"] = fresh["data"]["inlier"][:1]
+    with pytest.raises(SystemExit, match="other inlier sources"):
+        script.for_this_machine(saved, fresh)

@@ -15,7 +15,17 @@ from rpl_perception.models.rpl import SeparableASPP
 from rpl_training import datasets as training_datasets
 from rpl_training.config import DEFAULTS, ConfigError, load_config
 from rpl_training.sample_stream import IterationBatchSampler, build_dataset, collate
-from rpl_training.train import STATE_FILE, RPLTrainingModel, build_network, build_optimizer, forward_losses, main, train
+from rpl_training.selection import best_of
+from rpl_training.train import (
+    KEPT_CHECKPOINTS,
+    STATE_FILE,
+    RPLTrainingModel,
+    build_network,
+    build_optimizer,
+    forward_losses,
+    main,
+    train,
+)
 from rpl_training_testdata import CROP_HW, small_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "rpl_training" / "configs"
@@ -117,6 +127,12 @@ def test_training_writes_runtime_checkpoints(uninterrupted, tiny_data):
     assert training["data"]["inlier"]["root"] == str(tiny_data["cityscapes"].resolve())
     assert training["data"]["outlier_images"] == 3
     assert "validation set" in training["calibration"]
+    # the segmenter file's record of its own branch (the shipped default's evaluation, calibration,
+    # branch file) is not carried into a model whose branch was trained here
+    shipped = load_model(DEFAULT_CHECKPOINT)[1].provenance
+    assert {"evaluation", "rpl_branch"} <= shipped.keys()
+    assert not {"evaluation", "rpl_branch", "calibration"} & meta.provenance.keys()
+    assert meta.provenance["segmenter"] == shipped["segmenter"]
     assert set(training["metrics"]) >= {"loss", "ce", "reg", "energy", "corocl", "val_ap", "best_ap"}
     image = np.full((90, 150, 3), 100, np.uint8)
     prediction = segmenter.predict(image)
@@ -128,7 +144,12 @@ def test_training_writes_runtime_checkpoints(uninterrupted, tiny_data):
     assert float(rows[1]["lr"]) == 0.0  # poly decay reaches 0 at the last iteration
     validation = _rows(out / "validation.csv")
     assert [int(r["iteration"]) for r in validation] == [2, 4]
-    assert float(validation[-1]["best_ap"]) == max(float(r["ap"]) for r in validation) == pytest.approx(result.best_ap)
+    rule = best_of([{k: float(v) for k, v in r.items() if v} for r in validation])
+    assert float(validation[-1]["best_ap"]) == rule["ap"] == pytest.approx(result.best_ap)
+    kept = sorted(p.name for p in (out / KEPT_CHECKPOINTS).iterdir())
+    assert kept == ["iteration_000002.safetensors", "iteration_000004.safetensors"]  # every validation's model
+    best_file = out / KEPT_CHECKPOINTS / f"iteration_{int(rule['iteration']):06d}.safetensors"
+    assert (out / "best.safetensors").read_bytes() == best_file.read_bytes()
     assert training["metrics"]["val_ap"] == pytest.approx(float(validation[-1]["ap"]))  # the latest validation
     assert training["metrics"]["loss"] == pytest.approx(float(rows[-1]["loss"]))
     assert yaml.safe_load((out / "config.yaml").read_text()) == cfg
@@ -165,6 +186,25 @@ def test_resume_continues_identically(uninterrupted, tiny_data, tmp_path):
     _assert_same_state(_state(reference_out), _state(out))
     assert _rows(out / "metrics.csv") == _rows(reference_out / "metrics.csv")
     assert _rows(out / "validation.csv") == _rows(reference_out / "validation.csv")
+
+
+def test_a_resumed_slice_keeps_the_validation_calibration_and_best(tiny_data, tmp_path):
+    """A slice that ends between validations writes the same model file as an unbroken run would:
+    calibrated on the last validation (restored from train_state.pt), not on a training batch."""
+    out = tmp_path / "slices"
+    cfg = _run_config(tiny_data, out, "train.checkpoint_every=1")
+    train(cfg, stop_after=2)  # validated at 2
+    _, first_meta = load_model(out / "last.safetensors")
+    state = _state(out)
+    assert state["calibration"]["source"].startswith("validation set") and "ap" in state["val_metrics"]
+    assert set(state["best"]) == {"ap", "fpr95", "iteration"} and state["best"]["iteration"] == 2
+    resumed = train(cfg, resume=True, stop_after=1)  # iteration 3: saved, not validated
+    assert resumed.iteration == 3 and resumed.best_ap == state["best"]["ap"]
+    _, meta = load_model(out / "last.safetensors")
+    training = meta.provenance["training"]
+    assert training["iterations"] == 3 and "validation set" in training["calibration"]
+    assert meta.display_range["rpl_energy"] == first_meta.display_range["rpl_energy"]
+    assert training["metrics"]["val_ap"] == state["val_metrics"]["ap"]
 
 
 def test_ctrl_c_saves_and_resume_matches(uninterrupted, tiny_data, tmp_path, monkeypatch, caplog):
