@@ -182,9 +182,11 @@ class IterationBatchSampler(torch.utils.data.Sampler):
 
 
 def collate(samples: Sequence[Dict[str, object]]) -> Dict[str, object]:
-    """Stack a list of samples: uint8 tensors (B,H,W,3) / (B,H,W); ``skipped`` concatenated."""
+    """Stack a list of samples: uint8 tensors (B,H,W,3) / (B,H,W); ``on_road`` a bool tensor (B,);
+    ``skipped`` concatenated."""
     batch: Dict[str, object] = {key: torch.from_numpy(np.stack([s[key] for s in samples]))
                                 for key in ("image", "label", "context", "context_label")}
+    batch["on_road"] = torch.tensor([bool(s.get("on_road", False)) for s in samples])
     batch["skipped"] = [name for s in samples for name in s["skipped"]]
     return batch
 

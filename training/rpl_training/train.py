@@ -61,7 +61,7 @@ LAST_CHECKPOINT = "last.safetensors"
 BEST_CHECKPOINT = "best.safetensors"
 KEPT_CHECKPOINTS = "checkpoints"  # the model file of every validation, for rules applied afterwards
 #: the loss terms a logging window averages (metrics.csv columns)
-WINDOW_TERMS = ("loss", "ce", "reg", "energy", "corocl", "corocl_fraction")
+WINDOW_TERMS = ("loss", "ce", "reg", "energy", "corocl", "corocl_fraction", "on_road_fraction")
 
 
 @dataclasses.dataclass
@@ -103,12 +103,13 @@ def log_window(run: RunState, window: TrainingLog) -> None:
     """Means of the loss terms over the window and all processes → CSV / TensorBoard / progress bar."""
     counts = torch.tensor([window.count, window.skipped_reads], dtype=torch.float64, device=run.device)
     sums = all_reduce(torch.cat([window.sums, counts]), run.ctx)
-    run.train_metrics = dict(zip(WINDOW_TERMS, (sums[:6] / sums[6]).tolist()))
+    terms = len(WINDOW_TERMS)
+    run.train_metrics = dict(zip(WINDOW_TERMS, (sums[:terms] / sums[terms]).tolist()))
     if run.ctx.is_main:
         window.metrics_log.write("train", {"iteration": run.iteration,
                                            "epoch": run.iteration / run.iterations_per_epoch,
                                            "lr": run.optimizer.param_groups[0]["lr"], **run.train_metrics,
-                                           "skipped_reads": int(sums[7]),
+                                           "skipped_reads": int(sums[terms + 1]),
                                            "seconds_per_iteration": window.seconds / window.count})
         window.progress.set_postfix(loss=f"{run.train_metrics['loss']:.4f}",
                                     corocl=f"{run.train_metrics['corocl']:.3f}")
@@ -126,6 +127,7 @@ def train_iterations(run: RunState, batches, end: int, stop: StopRequest, window
         step_start = time.perf_counter()
         batch = next(batches)
         window.skipped(batch.pop("skipped"))
+        on_road = batch.pop("on_road").double().mean()  # the share of objects that stand on the road
         batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
         with_objects = int((batch["label"] == OOD_LABEL).flatten(1).any(dim=1).sum())
         flags = all_reduce(torch.tensor([float(stop.requested), -with_objects], device=run.device), run.ctx,
@@ -144,7 +146,8 @@ def train_iterations(run: RunState, batches, end: int, stop: StopRequest, window
         run.iteration += 1
         run.last_batch = {k: batch[k][:2] for k in ("image", "label")}
         window.sums += torch.stack([loss.detach(), terms["ce"], terms["reg"], terms["energy"], terms["corocl"],
-                                    torch.tensor(float(use_corocl), device=run.device)]).double()
+                                    torch.tensor(float(use_corocl), device=run.device),
+                                    on_road.to(run.device)]).double()
         window.count += 1
         window.seconds += time.perf_counter() - step_start
         window.progress.update(1)

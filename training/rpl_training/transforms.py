@@ -190,24 +190,31 @@ def paste_on_road(image: np.ndarray, label: np.ndarray, road: np.ndarray, obj_im
         return image, label, None
     piece_image = resize_rgb(piece_image, (target_w, target_h))
     alpha = (resize_labels(piece_mask, (target_w, target_h)) == OBJECT).astype(np.float32)
-    if placement.soft_edge > 0:
-        alpha = cv2.GaussianBlur(alpha, (0, 0), placement.soft_edge)
     y1 = y + 1
     y0 = y1 - target_h
     x0 = min(max(0, x - target_w // 2), w - target_w)
     x1 = x0 + target_w
     if y0 < 0:
         return image, label, None
+    # the feathering reaches 3 σ beyond the object's box (its outline touches the box on every side)
+    margin = int(np.ceil(3 * placement.soft_edge)) if placement.soft_edge > 0 else 0
+    if margin:
+        alpha = cv2.GaussianBlur(np.pad(alpha, margin), (0, 0), placement.soft_edge)
+        piece_image = np.pad(piece_image, ((margin, margin), (margin, margin), (0, 0)), mode="edge")
+    wy0, wx0, wy1, wx1 = max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
+    ay, ax = wy0 - (y0 - margin), wx0 - (x0 - margin)
+    alpha = alpha[ay:ay + wy1 - wy0, ax:ax + wx1 - wx0]
+    piece_image = piece_image[ay:ay + wy1 - wy0, ax:ax + wx1 - wx0]
     image, label = image.copy(), label.copy()
     inside = alpha >= 0.5
     if placement.shadow > 0:
         strength = placement.shadow * float(rng.uniform(0.5, 1.0))
         _cast_shadow(image, ((x0 + x1) / 2, y), (0.6 * target_w, max(2.0, 0.12 * target_h)), strength,
-                     (y0, x0, y1, x1), inside)
-    region = image[y0:y1, x0:x1].astype(np.float32)
+                     (wy0, wx0, wy1, wx1), inside)
+    region = image[wy0:wy1, wx0:wx1].astype(np.float32)
     blended = region * (1.0 - alpha[..., None]) + piece_image.astype(np.float32) * alpha[..., None]
-    image[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-    label[y0:y1, x0:x1][inside] = OBJECT
+    image[wy0:wy1, wx0:wx1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    label[wy0:wy1, wx0:wx1][inside] = OBJECT
     return image, label, (y0, x0, y1, x1)
 
 
@@ -309,11 +316,13 @@ class OutlierExposure:
             return None
         context, context_label = pad_center_crop(obj_image, obj_mask, self.crop_size, self.pad_rgb)
         return {"image": cropped[0], "label": cropped[1], "context": context, "context_label": context_label,
-                "pasted": True}
+                "pasted": True, "on_road": True}
 
     def __call__(self, inlier_image, inlier_label, outlier_image, outlier_mask, rng: np.random.Generator,
                  road: Optional[np.ndarray] = None):
-        """→ dict ``image``, ``label`` (the mixed inlier crop), ``context``, ``context_label``, ``pasted``.
+        """→ dict ``image``, ``label`` (the mixed inlier crop), ``context``, ``context_label``, ``pasted``,
+        ``on_road`` (whether the object stands on the road; an on-road draw that finds no place falls
+        back to the usual paste, so the realised share is below ``road.share``: metrics.csv logs it).
 
         ``road``: the inlier frame's road mask (its size, nonzero = road), for the on-road share.
         """
@@ -327,4 +336,4 @@ class OutlierExposure:
         if rng.random() < self.paste_prob:
             image, label, pasted = paste_objects(image, label, obj_image, obj_mask, rng)
         return {"image": image, "label": label, "context": context, "context_label": context_label,
-                "pasted": pasted}
+                "pasted": pasted, "on_road": False}

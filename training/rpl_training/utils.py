@@ -14,7 +14,7 @@ __all__ = ["MetricsLog", "StopRequest", "git_commit", "TRAIN_FIELDS", "VALIDATIO
 log = logging.getLogger("rpl_training")
 
 TRAIN_FIELDS = ("iteration", "epoch", "lr", "loss", "ce", "reg", "energy", "corocl", "corocl_fraction",
-                "skipped_reads", "seconds_per_iteration")
+                "on_road_fraction", "skipped_reads", "seconds_per_iteration")
 #: validation.csv: the mean over the validation sets, then AP / FPR95 per set (``<set>_ap`` …)
 VALIDATION_FIELDS = ("iteration", "ap", "fpr95", "auroc", "best_ap")
 

@@ -76,23 +76,33 @@ def test_no_road_no_object_or_too_small_pastes_nothing():
 
 
 def test_soft_edges_blend_and_shadows_darken_the_road_only():
-    image, label, road = _road_frame()
+    image, _, road = _road_frame()
+    label = (road * 7).astype(np.uint8)  # the road's class 7, elsewhere 0: both must survive
     obj, mask = _object()
-    placement = RoadPlacement(share=1.0, height_at_bottom=(0.3, 0.3), soft_edge=1.5, shadow=0.8)
+    feathered = RoadPlacement(share=1.0, height_at_bottom=(0.3, 0.3), soft_edge=1.5, shadow=0.8)
+    unshaded = RoadPlacement(share=1.0, height_at_bottom=(0.3, 0.3), soft_edge=1.5)
     for seed in range(20):
-        out_image, out_label, box = paste_on_road(image, label, road, obj, mask, placement,
+        out_image, out_label, box = paste_on_road(image, label, road, obj, mask, feathered,
                                                   np.random.default_rng(seed))
         if box is not None:
             break
+    plain_image, plain_label, plain_box = paste_on_road(image, label, road, obj, mask, unshaded,
+                                                        np.random.default_rng(seed))
+    assert plain_box == box and np.array_equal(plain_label, out_label)  # the shadow changes no label
     y0, x0, y1, x1 = box
-    values = out_image[..., 1].astype(int)  # green: 100 on the road, 30 in the object
+    values = plain_image[..., 1].astype(int)  # green: 100 on the road, 30 in the object
     inside = out_label == 254
+    assert (out_label[~inside] == label[~inside]).all()  # the outline and the shadow keep their labels
     blended = (values > 30) & (values < 100) & ~inside
-    assert blended.any()  # feathered outline pixels outside the object label
-    assert (out_label[~inside] == 0).all()  # the shadow and the outline keep the road's label
-    below = values[y1 - 1, x0:x1][~inside[y1 - 1, x0:x1]]
-    assert below.size == 0 or below.min() < 100  # darker road at the contact row
-    assert values[5, 5] == 100  # far from the object nothing changes
+    in_box = np.zeros_like(inside)
+    in_box[y0:y1, x0:x1] = True
+    assert (blended & in_box).any() and (blended & ~in_box).any()  # feathered also beyond the box's edges
+    assert blended[y1, x0:x1].any()  # the contact edge is soft too, not only the concave parts
+    darkening = plain_image.astype(int) - out_image.astype(int)
+    assert (darkening >= 0).all() and (darkening[inside] == 0).all()  # darker, never on the object
+    assert darkening[y1 - 1:y1 + 3, x0:x1].max() > 20  # the road at the contact row is darker
+    assert darkening[road == 0].max() == 0 or (darkening[road == 0] > 0).sum() < (darkening[road > 0] > 0).sum()
+    assert values[5, 5] == 100 and darkening[5, 5].max() == 0  # far from the object nothing changes
 
 
 def test_crop_around_holds_the_box():
@@ -118,12 +128,16 @@ def test_outlier_exposure_pastes_on_the_road_only_when_asked():
         b = usual(image, label, obj, mask, np.random.default_rng(seed), road=road)  # share 0: road unused
         assert all(np.array_equal(a[k], b[k]) for k in ("image", "label", "context"))
     rows_on_road, rows_usual = [], []
+    stood = 0
     for seed in range(30):
         sample = on_road(image, label, obj, mask, np.random.default_rng(seed), road=road)
         assert sample["image"].shape == (64, 128, 3) and sample["pasted"]
+        stood += sample["on_road"]
         rows_on_road.append(np.nonzero(sample["label"] == 254)[0].size)
         rows_usual.append(np.nonzero(usual(image, label, obj, mask, np.random.default_rng(seed))["label"] == 254)[0].size)
     assert all(n > 0 for n in rows_on_road)
+    assert stood >= 20  # most draws find a place on the road; the rest fall back to the usual paste
+    assert not usual(image, label, obj, mask, np.random.default_rng(0), road=road)["on_road"]
     assert rows_on_road != rows_usual  # the objects are placed and sized differently
 
 
@@ -170,5 +184,6 @@ def test_training_data_with_on_road_share(tiny_data, tmp_path):
     assert not dataset.road_masks.missing()
     samples = [dataset[k] for k in IterationBatchSampler(len(dataset), 2, 4, seed=0).keys(0)]
     assert all((s["label"] == 254).any() for s in samples)
+    assert any(s["on_road"] for s in samples)  # the masks were read: objects stood on the road
     with pytest.raises(Exception, match="on_road.share"):
         small_config(tiny_data, tmp_path / "run", "data.outlier.on_road.share=2")
