@@ -73,6 +73,8 @@ DEFAULTS: Dict[str, Any] = {
                 "min_height": 6,  # px; smaller objects (near the horizon) are not pasted there
                 "soft_edge": 0.0,  # σ px of the outline's feathering (0: hard edges)
                 "shadow": 0.0,  # darkening (0-1) of an ellipse of road under the object
+                "rows": "any",  # contact rows: any (below the horizon) | feasible (road rows that hold min_height)
+                "horizon_quantile": 0.0,  # horizon = row above which this fraction of road pixels lies (0: topmost)
                 "classes": [0],  # train ids that count as road (0 road, 1 sidewalk, 9 terrain)
                 "cache_dir": "runs/road_masks",  # the masks, computed once per segmenter (rpl_training.road_masks)
             },
@@ -233,6 +235,11 @@ def _check(cfg: Dict[str, Any]) -> None:
     if not (isinstance(heights, list) and len(heights) == 2 and 0 < heights[0] <= heights[1] <= 1):
         raise ConfigError(f"data.outlier.on_road.height_at_bottom must be [low, high] with 0 < low <= high <= 1; "
                           f"got {heights!r}")
+    if road["rows"] not in ("any", "feasible"):
+        raise ConfigError(f"data.outlier.on_road.rows must be any or feasible; got {road['rows']!r}")
+    if not isinstance(road["horizon_quantile"], (int, float)) or not 0 <= road["horizon_quantile"] < 1:
+        raise ConfigError(f"data.outlier.on_road.horizon_quantile must be a number in [0, 1); "
+                          f"got {road['horizon_quantile']!r}")
     if cfg["validation"]["root"] and cfg["validation"]["suite"]:
         raise ConfigError("give validation.root (one set) or validation.suite (a suite file), not both")
     if not isinstance(train["warmup_iterations"], int) or train["warmup_iterations"] < 0:

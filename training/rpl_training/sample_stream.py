@@ -269,7 +269,8 @@ def build_dataset(data_cfg: Dict[str, object], mean: Sequence[float], seed: int,
             object_colour_jitter=float(out["colour_jitter"]),
             road=RoadPlacement(share=float(road["share"]), height_at_bottom=tuple(road["height_at_bottom"]),
                                min_height=int(road["min_height"]), soft_edge=float(road["soft_edge"]),
-                               shadow=float(road["shadow"])),
+                               shadow=float(road["shadow"]), rows=road["rows"],
+                               horizon_quantile=float(road["horizon_quantile"])),
         )
     return OutlierExposureDataset(inliers, outliers, [transform(c) for c in inlier_sources(data_cfg)], seed)
 

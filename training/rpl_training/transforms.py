@@ -118,6 +118,11 @@ class RoadPlacement:
     height tall, and smaller towards the horizon in proportion to its row's distance from it;
     ``min_height`` px is the smallest object pasted; ``soft_edge`` (σ in px, 0: hard) feathers the
     object's outline; ``shadow`` (0–1) darkens an ellipse of road under it by up to that fraction.
+    ``rows``: ``"any"`` draws the contact row among all rows below the horizon (a row without road, or
+    one where the object would be under ``min_height``, places nothing and the caller falls back to
+    the usual paste: far rows are under-represented); ``"feasible"`` only among the road rows that can
+    hold the object. ``horizon_quantile``: the horizon is the row above which that fraction of the
+    road pixels lies (0: the topmost road pixel, which a stray road blob can put at the top).
     """
 
     share: float = 0.0
@@ -125,6 +130,8 @@ class RoadPlacement:
     min_height: int = 6
     soft_edge: float = 0.0
     shadow: float = 0.0
+    rows: str = "any"
+    horizon_quantile: float = 0.0
 
 
 def _object_box(obj_image: np.ndarray, obj_mask: np.ndarray):
@@ -161,9 +168,11 @@ def paste_on_road(image: np.ndarray, label: np.ndarray, road: np.ndarray, obj_im
                   obj_mask: np.ndarray, placement: RoadPlacement, rng: np.random.Generator):
     """Paste an object standing on the road of a whole frame → ``(image, label, box)``.
 
-    The horizon is taken as the topmost road row ``y_h`` (where the road ends in the distance). A
-    row ``y`` below it is drawn uniformly (far rows as often as near ones: small obstacles are the
-    hard case), then a road pixel of that row: the object's contact point (the middle of its
+    The horizon is taken as the topmost road row ``y_h`` (where the road ends in the distance; with
+    ``placement.horizon_quantile`` a low quantile of the road rows). A row ``y`` below it is drawn
+    uniformly (far rows as often as near ones: small obstacles are the hard case; with
+    ``placement.rows`` "feasible" only among the road rows that hold an object of ``min_height``), then
+    a road pixel of that row: the object's contact point (the middle of its
     bottom edge). On a flat road seen by a level pinhole camera an object's image height is
     proportional to ``y − y_h``, so the object is scaled to ``f · H · (y − y_h) / (H − y_h)`` px
     with ``f`` drawn from ``height_at_bottom``. Object pixels (after feathering: where the blend
@@ -172,14 +181,28 @@ def paste_on_road(image: np.ndarray, label: np.ndarray, road: np.ndarray, obj_im
     or an object smaller than ``min_height`` at the drawn row); the inputs then come back unchanged.
     """
     piece = _object_box(obj_image, obj_mask)
-    rows = np.flatnonzero(road.any(axis=1))
+    per_row = np.count_nonzero(road, axis=1)
+    rows = np.flatnonzero(per_row)
     if piece is None or rows.size == 0:
         return image, label, None
     h, w = label.shape
     horizon = int(rows[0])
+    if placement.horizon_quantile > 0:
+        horizon = int(np.searchsorted(np.cumsum(per_row) / per_row.sum(), placement.horizon_quantile))
     fraction = float(rng.uniform(*placement.height_at_bottom))
-    y = int(rng.integers(horizon, h))
-    target_h = int(round(fraction * h * (y - horizon) / max(1, h - horizon)))
+
+    def height_at(y):
+        return np.round(fraction * h * (y - horizon) / max(1, h - horizon)).astype(int)
+
+    if placement.rows == "feasible":
+        rows = rows[rows > horizon]
+        rows = rows[(height_at(rows) >= placement.min_height) & (height_at(rows) <= rows + 1)]
+        if rows.size == 0:
+            return image, label, None
+        y = int(rows[rng.integers(rows.size)])
+    else:
+        y = int(rng.integers(horizon, h))
+    target_h = int(height_at(y))
     xs = np.flatnonzero(road[y])
     if target_h < placement.min_height or xs.size == 0:
         return image, label, None

@@ -64,6 +64,30 @@ def test_objects_stand_on_the_road_and_shrink_towards_the_horizon():
     assert ratios.max() - ratios.min() > 0.1  # the size factor is drawn
 
 
+def test_feasible_rows_always_place_and_a_robust_horizon_ignores_a_stray_blob():
+    image, label, road = _road_frame()
+    road[3, 140:160] = 1  # a stray "road" blob near the top (a segmenter error)
+    obj, mask = _object()
+    tall = dict(share=1.0, height_at_bottom=(0.2, 0.3), min_height=25)  # the far rows cannot hold it
+    any_row, feasible = RoadPlacement(**tall), RoadPlacement(**tall, rows="feasible", horizon_quantile=0.01)
+    placed = {"any": 0, "feasible": 0}
+    ratios = []
+    for seed in range(40):
+        for name, placement in (("any", any_row), ("feasible", feasible)):
+            _, out_label, box = paste_on_road(image, label, road, obj, mask, placement, np.random.default_rng(seed))
+            if box is None:
+                continue
+            placed[name] += 1
+            y0, _, y1, _ = box
+            assert y1 - y0 >= 25
+            if name == "feasible":
+                assert road[y1 - 1, box[1]:box[3]].any()
+                # the horizon is the trapezoid's (row 80), not the blob's (row 3)
+                ratios.append((y1 - y0) / (H * (y1 - 1 - HORIZON) / (H - HORIZON)))
+    assert placed["feasible"] == 40 and placed["any"] < 30
+    assert min(ratios) >= 0.2 - 0.02 and max(ratios) <= 0.3 + 0.02
+
+
 def test_no_road_no_object_or_too_small_pastes_nothing():
     image, label, road = _road_frame()
     obj, mask = _object()
