@@ -203,7 +203,8 @@ def setup_run(cfg, ctx: DistContext, out_dir: Path, resume: bool):
         scaler.load_state_dict(state["scaler"])
         run.iteration = int(state["iteration"])
         # states of older code: "best" without fpr95 (or an ap of None), no calibration or metrics
-        run.best = state["best"] if state["best"].get("ap") is not None else None
+        best = state["best"] or {}  # None: no validation yet
+        run.best = best if best.get("ap") is not None else None
         if "calibration" in state:
             run.calibration, run.calibration_source = state["calibration"]["value"], state["calibration"]["source"]
             run.val_metrics = dict(state["val_metrics"])

@@ -193,7 +193,9 @@ def test_a_resumed_slice_keeps_the_validation_calibration_and_best(tiny_data, tm
     calibrated on the last validation (restored from train_state.pt), not on a training batch."""
     out = tmp_path / "slices"
     cfg = _run_config(tiny_data, out, "train.checkpoint_every=1")
-    train(cfg, stop_after=2)  # validated at 2
+    train(cfg, stop_after=1)  # stopped before any validation
+    assert _state(out)["best"] is None and _state(out)["calibration"]["source"].startswith("pasted objects")
+    train(cfg, resume=True, stop_after=1)  # validated at 2
     _, first_meta = load_model(out / "last.safetensors")
     state = _state(out)
     assert state["calibration"]["source"].startswith("validation set") and "ap" in state["val_metrics"]
