@@ -14,9 +14,10 @@ masks of a fresh machine are part of it; the curve and the summary come on top).
 finished stops at an iteration boundary and saves ``train_state.pt`` (not validated at the stop: its
 best is that of its last validation); the next call with ``--resume-from`` (the ``run/`` folder this
 call wrote) continues it exactly, on this machine's paths. ``--out`` receives ``run/`` (config,
-metrics.csv, validation.csv, train.log, last/best ``.safetensors``, ``checkpoints/``, train_state.pt,
-``road_masks/`` so that the next machine does not compute them again), ``curves.png`` and
-``summary.json``.
+metrics.csv, validation.csv, train.log, last/best ``.safetensors``, train_state.pt, ``road_masks/`` so
+that the next machine does not compute them again — they are named by the frames' paths, so only where
+``--data-root`` is the same path: what the next call needs, ≈ 25 MB), ``checkpoints/``
+(the model file of each validation of this call), ``curves.png`` and ``summary.json``.
 
 Data paths of the config that start with ``../shared/data`` are rewritten to ``--data-root``
 (default: ``../shared/data``, or ``shared/data`` inside the repository where that exists). Needs
@@ -37,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = ("numpy", "torch", "cv2", "safetensors", "pycocotools", "yaml", "tqdm", "matplotlib")
 RUN_FILES = ("config.yaml", "metrics.csv", "validation.csv", "train.log", "last.safetensors", "best.safetensors",
-             "train_state.pt", "checkpoints", "road_masks")
+             "train_state.pt", "road_masks")
 
 
 def parse_args(argv=None):
@@ -125,7 +126,8 @@ def build_config(args, run_dir: Path):
 
 #: config entries that say where and how a run executes, not what it learns: a resumed run takes them
 #: from this call, everything else from its own config.yaml
-MACHINE_KEYS = (("output_dir",), ("train", "device"), ("train", "amp"), ("train", "threads"), ("data", "num_workers"),
+MACHINE_KEYS = (("output_dir",), ("train", "device"), ("train", "amp"), ("train", "threads"), ("train", "compile"),
+                ("data", "num_workers"),
                 ("model", "segmenter"), ("data", "outlier", "root"), ("data", "outlier", "on_road", "cache_dir"),
                 ("validation", "suite"), ("validation", "root"))
 
@@ -160,9 +162,8 @@ def main(argv=None) -> int:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("train_gpu_long: no CUDA device (use --device cpu for a smoke run)")
-    import yaml
-
-    from rpl_training.train import train
+    from rpl_training.config import load_config
+    from rpl_training.train import KEPT_CHECKPOINTS, train
 
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = (args.out / "run").resolve()
@@ -171,17 +172,25 @@ def main(argv=None) -> int:
     resume = (run_dir / "train_state.pt").is_file()
     cfg = build_config(args, run_dir)
     if resume:  # the resumed run keeps its own schedule and recipe; only where it runs changes
-        cfg = for_this_machine(yaml.safe_load((run_dir / "config.yaml").read_text()), cfg)
+        # load_config: a config.yaml of older code gets the keys added since from the defaults
+        cfg = for_this_machine(load_config(run_dir / "config.yaml"), cfg)
     start = time.monotonic()
     result = train(cfg, resume=resume, time_budget_s=args.budget_s)
     seconds = time.monotonic() - start
+    kept = run_dir / KEPT_CHECKPOINTS  # every validation's model file, beside run/: run/ stays small to carry
+    if kept.is_dir():
+        (args.out / KEPT_CHECKPOINTS).mkdir(exist_ok=True)
+        for path in kept.iterdir():
+            shutil.move(str(path), str(args.out / KEPT_CHECKPOINTS / path.name))
+        kept.rmdir()
     subprocess.run([sys.executable, str(REPO / "scripts" / "plot_training.py"), str(run_dir), "--out",
                     str(args.out / "curves.png")], check=False)
     summary = {"iteration": result.iteration, "total_iterations": result.total_iterations,
                "finished": not result.interrupted, "resumed": resume, "seconds": round(seconds, 1),
                "best_ap": result.best_ap, "last_metrics": result.last_metrics,
                "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-               "files": sorted(name for name in RUN_FILES if (run_dir / name).exists())}
+               "files": sorted(name for name in RUN_FILES if (run_dir / name).exists()),
+               "checkpoints": sorted(p.name for p in (args.out / KEPT_CHECKPOINTS).glob("*.safetensors"))}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return 0

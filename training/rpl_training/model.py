@@ -85,8 +85,10 @@ class RPLTrainingModel(nn.Module):
         return TrainingOutput(targets, rpl, projected[:n], projected[n:] if context is not None else None)
 
 
-#: provenance entries of a model file that describe its RPL branch (rpl-train, scripts/make_default_model.py)
-BRANCH_PROVENANCE = ("training", "evaluation", "calibration", "rpl_branch")
+#: provenance entries of a model file that describe its closed-set network (the rest describe its RPL
+#: branch: rpl-train's training, make_default_model's evaluation / calibration / rpl_branch,
+#: convert-checkpoint's rpl and variant)
+SEGMENTER_PROVENANCE = ("segmenter", "source", "source_file", "source_sha256", "format")
 
 
 def build_network(model_cfg: Dict[str, object]) -> Tuple[RPLNetwork, nn.Conv2d, CheckpointMeta]:
@@ -108,9 +110,9 @@ def build_network(model_cfg: Dict[str, object]) -> Tuple[RPLNetwork, nn.Conv2d, 
     branch = arch.build_rpl_branch(closed_set, width, design)
     projector = nn.Conv2d(branch.context_channels, closed_set.head_channels, kernel_size=1, bias=True)
     init_kaiming_fan_in(projector)
-    # the closed-set network's record only: what a model file says of its own RPL branch (its training,
-    # evaluation, calibration, branch file) is not true of the branch trained here
-    provenance = {k: v for k, v in meta.provenance.items() if k not in BRANCH_PROVENANCE}
+    # the closed-set network's record only: what a model file says of its own RPL branch is not true
+    # of the branch trained here
+    provenance = {k: v for k, v in meta.provenance.items() if k in SEGMENTER_PROVENANCE}
     provenance.setdefault("source", str(path))
     meta = dataclasses.replace(meta, rpl_width=width, rpl_design=design, score="rpl_energy", provenance=provenance)
     return RPLNetwork(closed_set, branch), projector, meta

@@ -5,6 +5,7 @@ hands to the next (and ``train_state.pt`` saves); :func:`setup_run` builds it fo
 restores it for ``--resume``; :func:`make_loader_for` gives the run's resumable sample stream.
 """
 
+import csv
 import dataclasses
 import logging
 import os
@@ -144,6 +145,18 @@ def _provenance(cfg, dataset) -> dict:
             "config": cfg, "git_commit": git_commit()}
 
 
+def _validation_fpr95(out_dir: Path, iteration: int) -> Optional[float]:
+    """The mean FPR95 of a run's validation at ``iteration`` (None where validation.csv lacks it)."""
+    path = out_dir / "validation.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            if int(row["iteration"]) == iteration and row.get("fpr95"):
+                return float(row["fpr95"])
+    return None
+
+
 def setup_run(cfg, ctx: DistContext, out_dir: Path, resume: bool):
     """Network, data, optimiser and schedule of a new run, or of the run resumed from ``train_state.pt``.
 
@@ -200,11 +213,14 @@ def setup_run(cfg, ctx: DistContext, out_dir: Path, resume: bool):
         projector.load_state_dict(state["projector"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without AMP (a CPU run carried to a GPU): a fresh scaler
+            scaler.load_state_dict(state["scaler"])
         run.iteration = int(state["iteration"])
         # states of older code: "best" without fpr95 (or an ap of None), no calibration or metrics
         best = state["best"] or {}  # None: no validation yet
         run.best = best if best.get("ap") is not None else None
+        if run.best is not None and "fpr95" not in run.best:  # a state of older code: validation.csv has it
+            run.best = {**run.best, "fpr95": _validation_fpr95(out_dir, run.best["iteration"])}
         if "calibration" in state:
             run.calibration, run.calibration_source = state["calibration"]["value"], state["calibration"]["source"]
             run.val_metrics = dict(state["val_metrics"])

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from rpl_training.train import STATE_FILE, train
@@ -34,7 +35,9 @@ def test_one_call_trains_and_returns_the_run(tiny_data, tmp_path):
     assert saved["train"]["device"] == "cpu" and saved["train"]["compile"] is False
     assert saved["data"]["outlier"]["on_road"]["cache_dir"] == str((out / "run" / "road_masks").resolve())
     assert any((out / "run" / "road_masks").rglob("*.png"))  # masks made for the on-road share, carried in run/
-    assert {"checkpoints", "road_masks"} <= set(summary["files"])
+    assert "road_masks" in summary["files"] and not (out / "run" / "checkpoints").exists()  # run/ stays small
+    assert summary["checkpoints"] == ["iteration_000002.safetensors", "iteration_000004.safetensors"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == summary["checkpoints"]
 
 
 def test_a_run_brought_back_is_continued(tiny_data, tmp_path):
@@ -50,6 +53,14 @@ def test_a_run_brought_back_is_continued(tiny_data, tmp_path):
     carried = tmp_path / "carried"  # what came back from the first machine; that machine's folders are gone
     shutil.copytree(first / "run", carried)
     shutil.rmtree(first)
+    # a run begun by older code: its config.yaml lacks the keys added since, its state the best's FPR95
+    saved = yaml.safe_load((carried / "config.yaml").read_text())
+    del saved["validation"]["keep_checkpoints"], saved["data"]["outlier"]["on_road"]["rows"]
+    (carried / "config.yaml").write_text(yaml.safe_dump(saved))
+    state = torch.load(carried / STATE_FILE, weights_only=True)
+    fpr95 = state["best"].pop("fpr95")
+    del state["calibration"], state["val_metrics"]
+    torch.save(state, carried / STATE_FILE)
     second = tmp_path / "second"
     assert script.main(["--out", str(second), "--config", str(config), "--device", "cpu", "--workers", "0",
                         "--resume-from", str(carried)]) == 0
@@ -57,8 +68,15 @@ def test_a_run_brought_back_is_continued(tiny_data, tmp_path):
     assert summary["resumed"] and summary["iteration"] == 4 and summary["finished"]
     saved = yaml.safe_load((second / "run" / "config.yaml").read_text())
     assert saved["output_dir"] == str((second / "run").resolve())
+    assert saved["data"]["outlier"]["on_road"]["rows"] == "any" and saved["validation"]["keep_checkpoints"]
+    resumed_best = torch.load(second / "run" / STATE_FILE, weights_only=True)["best"]
+    assert resumed_best["fpr95"] in (fpr95, *_validation_fpr95s(second / "run"))
     assert saved["data"]["outlier"]["on_road"]["cache_dir"] == str((second / "run" / "road_masks").resolve())
     assert sorted(p.relative_to(second / "run") for p in (second / "run" / "road_masks").rglob("*.png")) == masks
+
+
+def _validation_fpr95s(run: Path):
+    return [float(line.split(",")[2]) for line in (run / "validation.csv").read_text().splitlines()[1:]]
 
 
 def test_a_resumed_run_takes_this_machines_paths_and_keeps_its_recipe():
@@ -68,15 +86,16 @@ def test_a_resumed_run_takes_this_machines_paths_and_keeps_its_recipe():
              "data": {"inlier": [{"kind": "frames", "root": "/old/data/a"}, {"kind": "idd", "root": "/old/data/b"}],
                       "outlier": {"root": ["/old/data/coco"], "on_road": {"share": 0.5, "cache_dir": "/old/masks"}},
                       "num_workers": 1},
-             "train": {"device": "cpu", "amp": False, "threads": 1, "iterations": 8000, "lr": 5e-4},
+             "train": {"device": "cpu", "amp": False, "threads": 1, "compile": True, "iterations": 8000, "lr": 5e-4},
              "validation": {"suite": "/old/suite.yaml", "root": None, "every": 500}}
     fresh = json.loads(json.dumps(saved).replace("/old/", "/new/"))
-    fresh["train"].update(device="cuda", amp=True, threads=None, iterations=4, lr=1.0)
+    fresh["train"].update(device="cuda", amp=True, threads=None, compile=False, iterations=4, lr=1.0)
     fresh["data"]["num_workers"] = 12
     fresh["data"]["outlier"]["on_road"]["share"] = 0.0
     cfg = script.for_this_machine(saved, fresh)
     assert "/old/" not in json.dumps(cfg)
-    assert cfg["train"] == {"device": "cuda", "amp": True, "threads": None, "iterations": 8000, "lr": 5e-4}
+    assert cfg["train"] == {"device": "cuda", "amp": True, "threads": None, "compile": False, "iterations": 8000,
+                            "lr": 5e-4}
     assert cfg["data"]["num_workers"] == 12 and cfg["data"]["outlier"]["on_road"]["share"] == 0.5
     assert saved["output_dir"] == "/old/run"  # the saved config is not modified
     fresh["data"]["inlier"] = fresh["data"]["inlier"][:1]

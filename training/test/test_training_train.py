@@ -207,6 +207,13 @@ def test_a_resumed_slice_keeps_the_validation_calibration_and_best(tiny_data, tm
     assert training["iterations"] == 3 and "validation set" in training["calibration"]
     assert meta.display_range["rpl_energy"] == first_meta.display_range["rpl_energy"]
     assert training["metrics"]["val_ap"] == state["val_metrics"]["ap"]
+    # a state of older code (no FPR95 with the best): the resumed run reads it from validation.csv
+    old = _state(out)
+    fpr95 = old["best"].pop("fpr95")
+    torch.save(old, out / STATE_FILE)
+    train(cfg, resume=True, stop_after=1)  # iteration 4: validated; the best is compared with a known FPR95
+    best = _state(out)["best"]
+    assert best["fpr95"] == (fpr95 if best["iteration"] == 2 else float(_rows(out / "validation.csv")[-1]["fpr95"]))
 
 
 def test_ctrl_c_saves_and_resume_matches(uninterrupted, tiny_data, tmp_path, monkeypatch, caplog):
