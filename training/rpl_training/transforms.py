@@ -196,7 +196,8 @@ def paste_on_road(image: np.ndarray, label: np.ndarray, road: np.ndarray, obj_im
 
     if placement.rows == "feasible":
         rows = rows[rows > horizon]
-        rows = rows[(height_at(rows) >= placement.min_height) & (height_at(rows) <= rows + 1)]
+        heights = height_at(rows)
+        rows = rows[(heights >= placement.min_height) & (heights <= rows + 1)]
         if rows.size == 0:
             return image, label, None
         y = int(rows[rng.integers(rows.size)])
