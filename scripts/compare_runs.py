@@ -9,13 +9,13 @@ difference (from the seeds' spread). AP / FPR95 in %.
 """
 
 import argparse
-import csv
 import math
 import statistics
 import sys
 from pathlib import Path
 
 from rpl_training.selection import best_of
+from rpl_training.utils import read_log
 
 #: validation.csv column prefixes of the development suite's sets, in the order of scripts/dev_suite.yaml
 SETS = {"roadanomaly_dev": "RoadAnomaly dev", "smiyc_roadanomaly21_val": "RoadAnomaly21",
@@ -25,8 +25,7 @@ COLUMNS = ["ap", "fpr95"] + [f"{key}_{metric}" for key in SETS for metric in ("a
 
 def chosen_and_final(run: Path):
     """(chosen row, final row) of a run's validations, as {column: value}."""
-    with (run / "validation.csv").open(newline="") as fh:
-        rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+    rows = read_log(run / "validation.csv")
     if not rows:
         raise SystemExit(f"{run}: no validation yet")
     return best_of(rows), rows[-1]

@@ -71,7 +71,25 @@ def file_record(path: Path) -> dict:
     return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
-def main():
+def guard(metrics_path: Path, out: Path, score: str) -> None:
+    """docs/selection_rule.md's guard: the model in ``metrics_path`` (a suite.json) does not replace the
+    model file ``out`` if any set's AP of ``score`` falls more than 5 AP below that file's recorded one."""
+    from rpl_training.selection import GUARD_DROP_AP, guard_blockers
+
+    recorded = load_model(out, with_branch=False)[1].provenance.get("evaluation", {}).get("summary", {})
+    if score not in recorded:
+        print(f"guard: {out} records no {score} metrics: nothing to compare")
+        return
+    new = json.loads(metrics_path.read_text(encoding="utf-8"))["summary"].get(score, {}).get("sets", {})
+    old = recorded[score]["sets"]
+    blockers = guard_blockers({k: v["ap"] for k, v in new.items()}, {k: v["ap"] for k, v in old.items()})
+    if blockers:
+        raise SystemExit(f"guard: not replacing {out}: {score} AP would fall more than {100 * GUARD_DROP_AP:g} AP on "
+                         + ", ".join(f"{k} ({100 * old[k]['ap']:.1f} → {100 * new[k]['ap']:.1f})" for k in blockers)
+                         + " (docs/selection_rule.md; --ignore-guard to replace it anyway, and say why)")
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="segmenter state dict (.pth) or rpl_perception checkpoint "
                                                  "(e.g. rpl-train's last.safetensors)")
@@ -82,7 +100,11 @@ def main():
                         help="suite.json of `rpl-perception eval --suite` on the input model: its metrics on every set "
                              "are recorded in the provenance")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    parser.add_argument("--ignore-guard", action="store_true",
+                        help="replace --out even where a set's AP falls more than 5 AP below the one it records")
+    args = parser.parse_args(argv)
+    if args.metrics is not None and args.out.is_file() and not args.ignore_guard:
+        guard(args.metrics, args.out, score="rpl_energy")
 
     network, meta = load_model(args.model)
     # the score chosen here does not matter: MultiScorePredictor computes every score the model has

@@ -7,7 +7,6 @@ validation AP per set, from each run's ``metrics.csv`` / ``validation.csv``; one
 """
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -17,12 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
-
-def read_csv(path: Path):
-    if not path.is_file():
-        return []
-    with path.open(newline="") as fh:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+from rpl_training.utils import read_log  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -39,14 +33,14 @@ def main(argv=None) -> int:
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         weights = {"ce": 1.0, "reg": 1.0, "energy": float(cfg["train"]["energy_weight"]),
                    "corocl": float(cfg["train"]["corocl"]["weight"])}
-        rows = read_csv(run / "metrics.csv")
+        rows = read_log(run / "metrics.csv")
         its = [r["iteration"] for r in rows]
         for term, weight in weights.items():
             values = [weight * r[term] for r in rows]
             if any(values):
                 terms_ax.plot(its, values, color=colour, linestyle=term_styles[term],
                               label=f"{run.name}: {term}" + (f" × {weight:g}" if weight != 1 else ""))
-        validation = read_csv(run / "validation.csv")
+        validation = read_log(run / "validation.csv")
         if validation:
             sets = [k[:-3] for k in validation[0] if k.endswith("_ap") and k != "best_ap"]
             x = [r["iteration"] for r in validation]

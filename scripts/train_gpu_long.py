@@ -15,15 +15,17 @@ finished stops at an iteration boundary and saves ``train_state.pt`` (not valida
 best is that of its last validation); the next call with ``--resume-from`` (the ``run/`` folder this
 call wrote) continues it exactly, on this machine's paths. ``--out`` receives ``run/`` (config,
 metrics.csv, validation.csv, train.log, last/best ``.safetensors``, train_state.pt, ``road_masks/`` so
-that the next machine does not compute them again — they are named by the frames' paths, so only where
-``--data-root`` is the same path: what the next call needs, ≈ 25 MB), ``checkpoints/``
+that the next machine does not compute them again — they are named by the frames' paths below the data
+root, so they serve wherever ``--data-root`` lies: what the next call needs, ≈ 25 MB), ``checkpoints/``
 (the model file of each validation of this call), ``curves.png`` and ``summary.json``.
 
 Data paths of the config that start with ``../shared/data`` are rewritten to ``--data-root``
 (default: ``../shared/data``, or ``shared/data`` inside the repository where that exists). Needs
 this repository's packages importable (``pip install -e . -e ./training``, or their dependencies
 next to torch: numpy, opencv-python-headless, safetensors, pycocotools, pyyaml, tqdm, matplotlib);
-``--deps DIR`` puts a folder of extra packages first on ``sys.path``.
+``--deps DIR`` puts a folder of extra packages first on ``sys.path``. ``--road-masks DIR`` (e.g.
+``runs/road_masks``, ≈ 11 MB, carried with the call) gives the first call the masks prepared on another
+machine, so its budget goes to training.
 """
 
 import argparse
@@ -54,6 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="more config overrides (repeatable)")
     p.add_argument("--deps", type=Path, help="a folder of extra packages, put first on sys.path")
+    p.add_argument("--road-masks", type=Path,
+                   help="a road-mask cache prepared elsewhere (data.outlier.on_road.cache_dir, e.g. runs/road_masks)")
     return p.parse_args(argv)
 
 
@@ -170,6 +174,10 @@ def main(argv=None) -> int:
     if args.resume_from is not None and args.resume_from.resolve() != run_dir:
         shutil.copytree(args.resume_from, run_dir, dirs_exist_ok=True)
     resume = (run_dir / "train_state.pt").is_file()
+    if args.road_masks is not None:  # masks of the same segmenter and frames, computed on another machine
+        if not args.road_masks.is_dir():
+            raise SystemExit(f"train_gpu_long: --road-masks {args.road_masks} is not a folder")
+        shutil.copytree(args.road_masks, run_dir / "road_masks", dirs_exist_ok=True)
     cfg = build_config(args, run_dir)
     if resume:  # the resumed run keeps its own schedule and recipe; only where it runs changes
         # load_config: a config.yaml of older code gets the keys added since from the defaults

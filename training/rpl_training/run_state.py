@@ -5,7 +5,6 @@ hands to the next (and ``train_state.pt`` saves); :func:`setup_run` builds it fo
 restores it for ``--resume``; :func:`make_loader_for` gives the run's resumable sample stream.
 """
 
-import csv
 import dataclasses
 import logging
 import os
@@ -24,7 +23,7 @@ from .frozen import FrozenCollate, OnnxFrozenPass, export_frozen, onnxruntime_av
 from .model import RPLTrainingModel, build_network, build_optimizer, poly_schedule
 from .road_masks import RoadMasks
 from .sample_stream import ConcatSources, IterationBatchSampler, build_dataset, collate, make_loader
-from .utils import git_commit
+from .utils import git_commit, read_log
 from .validation import calibrate_on_batch, open_validation
 
 __all__ = ["RunState", "STATE_FILE", "rng_state", "set_rng_state", "setup_run", "frozen_in_loader",
@@ -147,14 +146,8 @@ def _provenance(cfg, dataset) -> dict:
 
 def _validation_fpr95(out_dir: Path, iteration: int) -> Optional[float]:
     """The mean FPR95 of a run's validation at ``iteration`` (None where validation.csv lacks it)."""
-    path = out_dir / "validation.csv"
-    if not path.is_file():
-        return None
-    with path.open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            if int(row["iteration"]) == iteration and row.get("fpr95"):
-                return float(row["fpr95"])
-    return None
+    return next((row["fpr95"] for row in read_log(out_dir / "validation.csv")
+                 if int(row["iteration"]) == iteration and "fpr95" in row), None)
 
 
 def setup_run(cfg, ctx: DistContext, out_dir: Path, resume: bool):

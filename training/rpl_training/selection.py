@@ -4,14 +4,18 @@ trainer (which writes ``best.safetensors``) and for ``scripts/compare_runs.py`` 
 
 The higher mean AP over the validation sets wins; two means within :data:`TIE_AP` (0.5 AP) are a tie,
 which the lower mean FPR95 breaks. Applied in iteration order, each validation against the best so far.
+The guard on shipping (:func:`guard_blockers`, used by ``scripts/make_default_model.py``): a new model
+replaces the shipped one only if no set's AP falls more than :data:`GUARD_DROP_AP` (5 AP) below it.
 """
 
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, List, Mapping, Optional
 
-__all__ = ["TIE_AP", "beats", "best_of"]
+__all__ = ["GUARD_DROP_AP", "TIE_AP", "beats", "best_of", "guard_blockers"]
 
 #: mean APs closer than this (as fractions: 0.005 = 0.5 AP) are a tie
 TIE_AP = 0.005
+#: the most AP (as a fraction) any one set may lose when a new model replaces the shipped one
+GUARD_DROP_AP = 0.05
 
 
 def beats(candidate: Mapping[str, float], incumbent: Optional[Mapping[str, float]]) -> bool:
@@ -35,3 +39,12 @@ def best_of(rows: Iterable[Mapping[str, float]]) -> Optional[Mapping[str, float]
         if beats(row, best):
             best = row
     return best
+
+
+def guard_blockers(candidate: Mapping[str, float], shipped: Mapping[str, float],
+                   max_drop: float = GUARD_DROP_AP) -> List[str]:
+    """The sets (of ``{set: AP}``) whose AP would fall more than ``max_drop`` below the shipped model's
+    if ``candidate`` replaced it; [] = the guard lets it ship. A set only one side measured blocks
+    nothing (it is not a comparison)."""
+    return [name for name, ap in shipped.items()
+            if name in candidate and candidate[name] < ap - max_drop - 1e-12]

@@ -7,9 +7,9 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
-__all__ = ["MetricsLog", "StopRequest", "git_commit", "TRAIN_FIELDS", "VALIDATION_FIELDS"]
+__all__ = ["MetricsLog", "StopRequest", "git_commit", "read_log", "TRAIN_FIELDS", "VALIDATION_FIELDS"]
 
 log = logging.getLogger("rpl_training")
 
@@ -17,6 +17,16 @@ TRAIN_FIELDS = ("iteration", "epoch", "lr", "loss", "ce", "reg", "energy", "coro
                 "on_road_fraction", "skipped_reads", "seconds_per_iteration")
 #: validation.csv: the mean over the validation sets, then AP / FPR95 per set (``<set>_ap`` …)
 VALIDATION_FIELDS = ("iteration", "ap", "fpr95", "auroc", "best_ap")
+
+
+def read_log(path: Path) -> List[Dict[str, float]]:
+    """The rows of a run's ``metrics.csv`` / ``validation.csv`` as {column: value}, empty cells left out
+    (a column added by newer code); [] where the file does not exist yet."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return [{key: float(value) for key, value in row.items() if value not in ("", None)}
+                for row in csv.DictReader(fh)]
 
 
 def git_commit() -> Optional[str]:

@@ -101,3 +101,26 @@ def test_a_resumed_run_takes_this_machines_paths_and_keeps_its_recipe():
     fresh["data"]["inlier"] = fresh["data"]["inlier"][:1]
     with pytest.raises(SystemExit, match="other inlier sources"):
         script.for_this_machine(saved, fresh)
+
+
+def test_road_masks_prepared_elsewhere_are_carried_to_a_moved_data_root(tiny_data, tmp_path):
+    """--road-masks: the masks one machine prepared serve another whose data lie elsewhere; none is computed."""
+    script = load_script("train_gpu_long")
+    first = tmp_path / "first"
+    assert script.main(["--out", str(first), "--config", str(_config_file(tiny_data, tmp_path)), "--device", "cpu",
+                        "--workers", "0", "--set", "train.iterations=1", "--set", "validation.every=0"]) == 0
+    prepared = sorted(p.relative_to(first / "run" / "road_masks") for p in (first / "run" / "road_masks").rglob("*.png"))
+    assert prepared and "computed now" in (first / "run" / "train.log").read_text()
+    moved = dict(tiny_data, cityscapes=shutil.copytree(tiny_data["cityscapes"], tmp_path / "elsewhere" / "cityscapes"))
+    second = tmp_path / "second"
+    (tmp_path / "moved_config").mkdir()
+    assert script.main(["--out", str(second), "--config", str(_config_file(moved, tmp_path / "moved_config")),
+                        "--device", "cpu", "--workers", "0", "--set", "train.iterations=1",
+                        "--set", "validation.every=0", "--road-masks", str(first / "run" / "road_masks")]) == 0
+    log = (second / "run" / "train.log").read_text()
+    assert "(0 computed now)" in log and str(tmp_path / "elsewhere") in (second / "run" / "config.yaml").read_text()
+    assert sorted(p.relative_to(second / "run" / "road_masks")
+                  for p in (second / "run" / "road_masks").rglob("*.png")) == prepared
+    with pytest.raises(SystemExit, match="not a folder"):
+        script.main(["--out", str(tmp_path / "third"), "--config", str(_config_file(tiny_data, tmp_path)),
+                     "--device", "cpu", "--road-masks", str(tmp_path / "nowhere")])

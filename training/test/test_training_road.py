@@ -1,6 +1,8 @@
 """Obstacles pasted where obstacles lie: on the frozen closed-set network's road pixels, standing on them,
 scaled by perspective, optionally feathered and shadowed; the road masks that say where the road is."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -211,3 +213,20 @@ def test_training_data_with_on_road_share(tiny_data, tmp_path):
     assert any(s["on_road"] for s in samples)  # the masks were read: objects stood on the road
     with pytest.raises(Exception, match="on_road.share"):
         small_config(tiny_data, tmp_path / "run", "data.outlier.on_road.share=2")
+
+
+def test_road_masks_prepared_under_one_data_root_are_found_under_another(tiny_data, tmp_path):
+    """Masks are named by the frame's path below its source's root: carried to a machine whose data lie
+    elsewhere (scripts/train_gpu_long.py), they are reused, not computed again."""
+    import shutil
+
+    here = FrameInliers(tiny_data["frames"])
+    moved_root = shutil.copytree(tiny_data["frames"], tmp_path / "elsewhere" / "frames")
+    there = FrameInliers(moved_root)
+    assert [here.describe(i) for i in range(len(here))] != [there.describe(i) for i in range(len(there))]
+    masks = RoadMasks(here, [(128, 64)], DEFAULT_CHECKPOINT, tmp_path / "cache")
+    assert masks.prepare(show_progress=False) == len(here)
+    moved = RoadMasks(there, [(128, 64)], DEFAULT_CHECKPOINT, tmp_path / "cache")
+    assert moved.missing() == [] and moved.prepare(show_progress=False) == 0
+    assert [moved.path(i) for i in range(len(there))] == [masks.path(i) for i in range(len(here))]
+    assert moved.frame_key(0) == Path(here.describe(0)).relative_to(tiny_data["frames"]).as_posix()

@@ -241,6 +241,42 @@ def test_ctrl_c_saves_and_resume_matches(uninterrupted, tiny_data, tmp_path, mon
     _assert_same_state(_state(Path(reference_cfg["output_dir"])), _state(out))
 
 
+
+def test_a_time_budget_stops_at_an_iteration_boundary_saves_and_resume_matches(uninterrupted, tiny_data, tmp_path,
+                                                                              monkeypatch, caplog):
+    """--time-budget: the clock passes the deadline during iteration 2 → the run stops after it, saves,
+    and the resumed run ends in the uninterrupted run's state."""
+    import time
+    import types
+
+    from rpl_training import utils as training_utils
+
+    reference_cfg, _ = uninterrupted
+    out = tmp_path / "budget"
+    cfg = _run_config(tiny_data, out)
+    read, late = training_datasets.CityscapesInliers.read, {"by": 0.0}
+    clock = types.SimpleNamespace(monotonic=lambda: time.monotonic() + late["by"])
+    calls = {"n": 0}
+
+    def read_then_time_passes(self, index):
+        calls["n"] += 1
+        if calls["n"] == 5:  # first image of iteration 2 (batch 2): the budget is spent from here on
+            late["by"] = 10_000.0
+        return read(self, index)
+
+    monkeypatch.setattr(training_utils, "time", clock)
+    monkeypatch.setattr(training_datasets.CityscapesInliers, "read", read_then_time_passes)
+    stopped = train(cfg, time_budget_s=3600)
+    assert stopped.interrupted and stopped.iteration == 2
+    assert "stopped at iteration 2/4" in caplog.text
+    assert _state(out)["iteration"] == 2 and len(_rows(out / "metrics.csv")) >= 1
+    monkeypatch.setattr(training_datasets.CityscapesInliers, "read", read)
+    late["by"] = 0.0
+    resumed = train(cfg, resume=True, time_budget_s=3600)
+    assert resumed.iteration == 4 and not resumed.interrupted
+    _assert_same_state(_state(Path(reference_cfg["output_dir"])), _state(out))
+
+
 def test_unreadable_inlier_files_are_warned_once_and_counted(tiny_data, tmp_path, caplog):
     import shutil
 
