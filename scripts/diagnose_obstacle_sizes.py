@@ -66,7 +66,8 @@ def size_table(rows, fpr: float) -> str:
             inside = (areas >= lo) & (areas < hi)
             cells.append(f"{int((shares[inside] >= 0.5).sum())} / {int(inside.sum())} "
                          f"(median {100 * np.median(shares[inside]):.0f} %)" if inside.any() else "–")
-        cells.append(f"{int((shares >= 0.5).sum())} / {len(shares)} (median {100 * np.median(shares):.0f} %)")
+        cells.append(f"{int((shares >= 0.5).sum())} / {len(shares)} (median {100 * np.median(shares):.0f} %)"
+                     if len(shares) else "no anomaly")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     dataset = open_dataset(entries[args.set_name].kind, entries[args.set_name].root)
     rows = []
     for index, spec in enumerate(args.model):
-        name, _, path = spec.partition("=")
+        name, _, path = spec.partition("=") if "=" in spec else (Path(spec).stem, "", spec)
         segmenter = AnomalySegmenter.from_checkpoint(path)
         scores = [segmenter.score] + (["energy"] if index == 0 and segmenter.score != "energy" else [])
         collected = collect(MultiScorePredictor(segmenter, scores), dataset, args.stride)

@@ -2,12 +2,16 @@
 
     # the closed-set network alone (no RPL branch: the anomaly score is the closed-set energy)
     python scripts/make_default_model.py ../shared/models/espnetv2/espnetv2_s_2.0_city_1024x512.pth \
-        --calibration ../shared/data/roadanomaly_dev --out rpl_perception/weights/espnetv2_cityscapes.safetensors
+        --calibration ../shared/data/roadanomaly_dev --out /tmp/espnetv2_closed_set.safetensors
 
     # segmenter + trained RPL branch (what ships; see docs/rpl_training.md): calibrated on the
     # development suite, with the suite's metrics of that model file in its provenance
     python scripts/make_default_model.py runs/mixed_cpu/best.safetensors --calibration scripts/dev_suite.yaml \
         --metrics runs/eval_mixed_cpu/suite.json --out rpl_perception/weights/espnetv2_cityscapes.safetensors
+
+Replacing a model file that records suite metrics is guarded (docs/selection_rule.md): the new model's
+``--metrics`` must cover the same sets at the same network sizes, and no set's AP may fall more than
+5 AP; otherwise nothing is written unless ``--ignore-guard`` is given (recorded in the provenance).
 
 The output holds the segmenter and, where the input has one, the RPL branch (the CoroCL projector
 is training-only and left out), the training provenance (data, config, commit, metrics) of an
@@ -24,6 +28,7 @@ import argparse
 import hashlib
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -71,22 +76,36 @@ def file_record(path: Path) -> dict:
     return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
-def guard(metrics_path: Path, out: Path, score: str) -> None:
-    """docs/selection_rule.md's guard: the model in ``metrics_path`` (a suite.json) does not replace the
-    model file ``out`` if any set's AP of ``score`` falls more than 5 AP below that file's recorded one."""
+def guard(metrics_path: Optional[Path], out: Path, new_score: str) -> None:
+    """docs/selection_rule.md's guard, before anything is computed: the model measured in ``metrics_path``
+    (a suite.json, its score ``new_score``) replaces the model file ``out`` only if every set ``out``
+    records was measured at the same network sizes and none of their APs falls more than 5 AP below."""
     from rpl_training.selection import GUARD_DROP_AP, guard_blockers
 
-    recorded = load_model(out, with_branch=False)[1].provenance.get("evaluation", {}).get("summary", {})
-    if score not in recorded:
-        print(f"guard: {out} records no {score} metrics: nothing to compare")
+    shipped = load_model(out, with_branch=False)[1]
+    recorded = shipped.provenance.get("evaluation")
+    if not recorded or shipped.score not in recorded.get("summary", {}):
+        print(f"guard: {out} records no suite metrics of its score: nothing to compare")
         return
-    new = json.loads(metrics_path.read_text(encoding="utf-8"))["summary"].get(score, {}).get("sets", {})
-    old = recorded[score]["sets"]
+    refuse = f"guard: not replacing {out}"
+    override = " (docs/selection_rule.md; --ignore-guard to replace it anyway, and say why)"
+    if metrics_path is None:
+        raise SystemExit(f"{refuse}: it records suite metrics; give --metrics (the new model's suite.json)" + override)
+    report = json.loads(metrics_path.read_text(encoding="utf-8"))
+    if report.get("network_sizes") != recorded.get("network_sizes"):
+        raise SystemExit(f"{refuse}: {metrics_path} was measured at network sizes {report.get('network_sizes')}, "
+                         f"{out} at {recorded.get('network_sizes')}" + override)
+    old = recorded["summary"][shipped.score]["sets"]
+    new = report["summary"].get(new_score, {}).get("sets", {})
+    unmeasured = [name for name in old if name not in new]
+    if unmeasured:
+        raise SystemExit(f"{refuse}: {metrics_path} has no {new_score} AP on " + ", ".join(unmeasured) + override)
     blockers = guard_blockers({k: v["ap"] for k, v in new.items()}, {k: v["ap"] for k, v in old.items()})
     if blockers:
-        raise SystemExit(f"guard: not replacing {out}: {score} AP would fall more than {100 * GUARD_DROP_AP:g} AP on "
-                         + ", ".join(f"{k} ({100 * old[k]['ap']:.1f} → {100 * new[k]['ap']:.1f})" for k in blockers)
-                         + " (docs/selection_rule.md; --ignore-guard to replace it anyway, and say why)")
+        raise SystemExit(f"{refuse}: AP would fall more than {100 * GUARD_DROP_AP:g} AP ({shipped.score} → "
+                         f"{new_score}) on " + ", ".join(f"{k} ({100 * old[k]['ap']:.1f} → {100 * new[k]['ap']:.1f})"
+                                                         for k in blockers) + override)
+    print(f"guard: {new_score} on every set of {out} within {100 * GUARD_DROP_AP:g} AP of its {shipped.score} or above")
 
 
 def main(argv=None):
@@ -103,13 +122,13 @@ def main(argv=None):
     parser.add_argument("--ignore-guard", action="store_true",
                         help="replace --out even where a set's AP falls more than 5 AP below the one it records")
     args = parser.parse_args(argv)
-    if args.metrics is not None and args.out.is_file() and not args.ignore_guard:
-        guard(args.metrics, args.out, score="rpl_energy")
 
     network, meta = load_model(args.model)
     # the score chosen here does not matter: MultiScorePredictor computes every score the model has
     segmenter = AnomalySegmenter(network, meta, score="energy")
-    scores = available_scores(segmenter)
+    scores = available_scores(segmenter)  # the first is the score the new file ships with
+    if args.out.is_file() and not args.ignore_guard:
+        guard(args.metrics, args.out, scores[0])
     meta.display_range, meta.anomaly_threshold = calibrate_on_sets(segmenter, calibration_sets(args.calibration))
     meta.score = scores[0]
     provenance = dict(meta.provenance)
@@ -125,6 +144,8 @@ def main(argv=None):
         report = json.loads(args.metrics.read_text(encoding="utf-8"))
         provenance["evaluation"] = {"suite": report["suite"], "network_sizes": report["network_sizes"],
                                     "summary": report["summary"]}
+    if args.ignore_guard and args.out.is_file():
+        provenance["guard"] = "--ignore-guard: replaced without the 5-AP guard of docs/selection_rule.md"
     meta.provenance = provenance
     save_checkpoint(args.out, meta, network)  # no projector: training-only
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB), default score {meta.score}")

@@ -177,7 +177,11 @@ def main(argv=None) -> int:
     if args.road_masks is not None:  # masks of the same segmenter and frames, computed on another machine
         if not args.road_masks.is_dir():
             raise SystemExit(f"train_gpu_long: --road-masks {args.road_masks} is not a folder")
-        shutil.copytree(args.road_masks, run_dir / "road_masks", dirs_exist_ok=True)
+        if any(args.road_masks.glob("*.png")):
+            raise SystemExit(f"train_gpu_long: --road-masks {args.road_masks} holds masks itself: give the cache "
+                             "folder above it (data.outlier.on_road.cache_dir, e.g. runs/road_masks)")
+        if args.road_masks.resolve() != (run_dir / "road_masks").resolve():
+            shutil.copytree(args.road_masks, run_dir / "road_masks", dirs_exist_ok=True)
     cfg = build_config(args, run_dir)
     if resume:  # the resumed run keeps its own schedule and recipe; only where it runs changes
         # load_config: a config.yaml of older code gets the keys added since from the defaults
@@ -191,13 +195,18 @@ def main(argv=None) -> int:
         for path in kept.iterdir():
             shutil.move(str(path), str(args.out / KEPT_CHECKPOINTS / path.name))
         kept.rmdir()
+    # the plot runs apart (matplotlib stays out of the training process) with this call's import paths
+    paths = [str(args.deps.resolve())] if args.deps is not None else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths + [str(REPO), str(REPO / "training")]
+                                                       + [p for p in [os.environ.get("PYTHONPATH")] if p])}
     subprocess.run([sys.executable, str(REPO / "scripts" / "plot_training.py"), str(run_dir), "--out",
-                    str(args.out / "curves.png")], check=False)
+                    str(args.out / "curves.png")], check=False, env=env)
     summary = {"iteration": result.iteration, "total_iterations": result.total_iterations,
                "finished": not result.interrupted, "resumed": resume, "seconds": round(seconds, 1),
                "best_ap": result.best_ap, "last_metrics": result.last_metrics,
                "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
                "files": sorted(name for name in RUN_FILES if (run_dir / name).exists()),
+               "curves": (args.out / "curves.png").is_file(),
                "checkpoints": sorted(p.name for p in (args.out / KEPT_CHECKPOINTS).glob("*.safetensors"))}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))

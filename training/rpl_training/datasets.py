@@ -211,7 +211,7 @@ class VoidLabels:
 
     def __init__(self, source, void_labels: Sequence[int]):
         self.source = source
-        self.root = source.root
+        self.root = getattr(source, "root", None)  # where the road masks name its frames from
         self.table = np.arange(256, dtype=np.uint8)
         self.table[list(void_labels)] = VOID
 

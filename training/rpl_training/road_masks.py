@@ -7,8 +7,9 @@ the frame at its training resolution (the source's ``resize``) through the close
 that size (rounded up to its size divisor), pixels of the ``classes`` train ids (default road).
 
 They are cached as PNG files (0 / 255) under ``cache_dir/<closed-set weights hash>_<classes>/`` named
-by the frame's path relative to its source's root and the size, so every run with the same segmenter
-reuses them — also from a model file whose RPL branch is another (the masks do not depend on it), and
+by the frame's path below the folder that holds its source's root (so the dataset folder's own name is
+part of it: two sources with the same layout do not share masks) and the size, so every run with the
+same segmenter reuses them — also from a model file whose RPL branch is another (the masks do not depend on it), and
 on another machine whose data lie elsewhere (``scripts/train_gpu_long.py`` carries them) — and an
 interrupted preparation resumes.
 """
@@ -55,9 +56,10 @@ class RoadMasks:
         if len(sizes) != len(self.sources):
             raise ValueError(f"{len(sizes)} sizes for {len(self.sources)} inlier sources")
         self.sizes = [None if s is None else (int(s[0]), int(s[1])) for s in sizes]
-        # a video's frames are described as "<video>#frame<N>": relative to the video's folder
+        # frames are named below the folder holding the source's root: the root's own name (the dataset's
+        # folder, or a video file: its frames are "<video>#frame<N>") stays in the name
         roots = [getattr(source, "root", None) for source in self.sources]
-        self.roots = [None if r is None else (Path(r).parent if Path(r).is_file() else Path(r)) for r in roots]
+        self.bases = [None if r is None else Path(r).parent for r in roots]
         self.model_path = Path(model_path)
         self.classes = tuple(int(c) for c in classes)
         key = f"{closed_set_digest(self.model_path)[:12]}_{'-'.join(str(c) for c in self.classes)}"
@@ -67,10 +69,12 @@ class RoadMasks:
         return self.inliers.source_of(index) if len(self.sources) > 1 else 0
 
     def frame_key(self, index: int) -> str:
-        """The frame's description relative to its source's root (the same wherever the data lie)."""
+        """The frame's description below the folder holding its source's root (the same wherever the data
+        lie); the whole description for a source without a root."""
         description = Path(self.inliers.describe(index))
-        root = self.roots[self._source_of(index)]
-        return description.relative_to(root).as_posix() if root and description.is_relative_to(root) else str(description)
+        base = self.bases[self._source_of(index)]
+        return (description.relative_to(base).as_posix() if base is not None and description.is_relative_to(base)
+                else str(description))
 
     def path(self, index: int) -> Path:
         size = self.sizes[self._source_of(index)]

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from rpl_training.train import STATE_FILE, train
+from rpl_training.utils import read_log
 from rpl_training_testdata import load_script, small_config
 
 
@@ -30,7 +31,7 @@ def test_one_call_trains_and_returns_the_run(tiny_data, tmp_path):
     assert summary["iteration"] == 4 and summary["finished"] and not summary["resumed"]
     assert {"last.safetensors", "best.safetensors", "train_state.pt", "metrics.csv", "validation.csv"} <= set(
         summary["files"])
-    assert (out / "curves.png").stat().st_size > 1000
+    assert (out / "curves.png").stat().st_size > 1000 and summary["curves"]
     saved = yaml.safe_load((out / "run" / "config.yaml").read_text())
     assert saved["train"]["device"] == "cpu" and saved["train"]["compile"] is False
     assert saved["data"]["outlier"]["on_road"]["cache_dir"] == str((out / "run" / "road_masks").resolve())
@@ -76,7 +77,7 @@ def test_a_run_brought_back_is_continued(tiny_data, tmp_path):
 
 
 def _validation_fpr95s(run: Path):
-    return [float(line.split(",")[2]) for line in (run / "validation.csv").read_text().splitlines()[1:]]
+    return [row["fpr95"] for row in read_log(run / "validation.csv")]
 
 
 def test_a_resumed_run_takes_this_machines_paths_and_keeps_its_recipe():
@@ -121,6 +122,8 @@ def test_road_masks_prepared_elsewhere_are_carried_to_a_moved_data_root(tiny_dat
     assert "(0 computed now)" in log and str(tmp_path / "elsewhere") in (second / "run" / "config.yaml").read_text()
     assert sorted(p.relative_to(second / "run" / "road_masks")
                   for p in (second / "run" / "road_masks").rglob("*.png")) == prepared
-    with pytest.raises(SystemExit, match="not a folder"):
-        script.main(["--out", str(tmp_path / "third"), "--config", str(_config_file(tiny_data, tmp_path)),
-                     "--device", "cpu", "--road-masks", str(tmp_path / "nowhere")])
+    for wrong, problem in ((tmp_path / "nowhere", "not a folder"),
+                           (next((first / "run" / "road_masks").iterdir()), "holds masks itself")):
+        with pytest.raises(SystemExit, match=problem):
+            script.main(["--out", str(tmp_path / "third"), "--config", str(_config_file(tiny_data, tmp_path)),
+                         "--device", "cpu", "--road-masks", str(wrong)])

@@ -229,4 +229,28 @@ def test_road_masks_prepared_under_one_data_root_are_found_under_another(tiny_da
     moved = RoadMasks(there, [(128, 64)], DEFAULT_CHECKPOINT, tmp_path / "cache")
     assert moved.missing() == [] and moved.prepare(show_progress=False) == 0
     assert [moved.path(i) for i in range(len(there))] == [masks.path(i) for i in range(len(here))]
-    assert moved.frame_key(0) == Path(here.describe(0)).relative_to(tiny_data["frames"]).as_posix()
+    assert moved.frame_key(0) == Path(here.describe(0)).relative_to(tiny_data["frames"].parent).as_posix()
+    assert moved.frame_key(0).startswith("frames/")  # the dataset folder's own name is part of it
+
+
+def test_road_masks_of_two_sources_with_the_same_layout_do_not_share_files(tiny_data, tmp_path):
+    """Two frame folders holding the same file names (and a video file root): every frame its own mask file."""
+    import shutil
+
+    import cv2
+
+    from rpl_training.sample_stream import ConcatSources
+
+    twin = FrameInliers(shutil.copytree(tiny_data["frames"], tmp_path / "other_camera"))
+    video = tmp_path / "drive" / "clip.mp4"
+    video.parent.mkdir()
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 32))
+    for value in (40, 120):
+        writer.write(np.full((32, 64, 3), value, np.uint8))
+    writer.release()
+    sources = ConcatSources([FrameInliers(tiny_data["frames"]), twin, FrameInliers(video)])
+    masks = RoadMasks(sources, [(128, 64)] * 3, DEFAULT_CHECKPOINT, tmp_path / "cache")
+    keys = [masks.frame_key(i) for i in range(len(sources))]
+    assert len(set(masks.path(i) for i in range(len(sources)))) == len(sources) == len(set(keys))
+    assert keys[-2:] == ["clip.mp4#frame0", "clip.mp4#frame1"]
+    assert {k.split("/")[0] for k in keys[:-2]} == {"frames", "other_camera"}
