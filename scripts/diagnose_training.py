@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Two checks of what limits an RPL branch, on training-style samples (pasted COCO objects).
+"""Three checks of what limits an RPL branch, on training-style samples (pasted COCO objects).
 
 ``fit MODEL``: how well a model separates pasted objects from the scene on samples of the training
 stream it never saw (a data seed no run uses): pixel AP / FPR95 / AUROC of the closed-set energy and
@@ -11,29 +11,48 @@ it to ≤ 0). A branch that does not separate them here underfits its own object
 RPL losses; the logsumexp it reaches at the objects and at the scene bounds what any branch
 attached there can do::
 
+``sizes``: how tall the pasted objects are in the training samples (on the road and elsewhere, in
+pixels of the training frame) against the anomalies of a labelled set at the network's input height
+(8-connected components of the anomaly label, box heights scaled by network height / label height)::
+
     python scripts/diagnose_training.py fit rpl_perception/weights/espnetv2_cityscapes.safetensors
     python scripts/diagnose_training.py head-capacity --steps 300
+    python scripts/diagnose_training.py --config training/rpl_training/configs/mixed_long.yaml sizes \
+        --suite scripts/dev_suite.yaml --set "SMIYC RoadObstacle21 val"
 """
 
 import argparse
 import sys
+from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model
+from rpl_perception.eval.datasets import open_dataset
 from rpl_perception.eval.metrics import pixel_metrics
-from rpl_perception.labels import OUTLIER, VOID
+from rpl_perception.eval.suite import load_suite
+from rpl_perception.labels import ANOMALY, OUTLIER, VOID
 from rpl_perception.models import AnomalyModel, ImageNormalisation
 from rpl_training.config import load_config
+from rpl_training.distributed import DistContext
 from rpl_training.losses import rpl_losses
+from rpl_training.run_state import prepare_road_masks
 from rpl_training.sample_stream import build_dataset
 
 UNSEEN_SEED = 12345  # no training config uses it: pastes, crops and objects the runs never drew
+#: object heights (px) that bound the bins of ``sizes``
+HEIGHT_EDGES = (8, 16, 32, 64)
 
 
-def samples(config, count: int, mean):
-    dataset = build_dataset(load_config(config)["data"], mean, UNSEEN_SEED)
+def samples(config, count: int, mean, with_road: bool = False):
+    """``count`` samples of the config's stream at :data:`UNSEEN_SEED`; ``with_road``: with the road masks,
+    so the on-road share is drawn as in training (computed and cached first where missing)."""
+    cfg = load_config(config)
+    dataset = build_dataset(cfg["data"], mean, UNSEEN_SEED)
+    if with_road and cfg["data"]["outlier"]["on_road"]["share"] > 0:
+        dataset.road_masks = prepare_road_masks(cfg, dataset, DistContext())
     picked = np.random.default_rng(0).choice(len(dataset), count, replace=False)
     return [dataset[(0, int(i), int(i))] for i in picked]
 
@@ -93,6 +112,48 @@ def head_capacity(args) -> int:
     return 0
 
 
+def height_row(name: str, heights) -> str:
+    heights = np.asarray(heights, dtype=float)
+    edges = (0,) + HEIGHT_EDGES + (np.inf,)
+    shares = [np.mean((heights >= lo) & (heights < hi)) for lo, hi in zip(edges[:-1], edges[1:])]
+    return (f"| {name} | {len(heights)} | " + " | ".join(f"{100 * v:.0f} %" for v in shares)
+            + f" | {np.median(heights):.0f} |")
+
+
+def anomaly_heights(dataset, network_height: int):
+    """Box heights of the anomaly components of every labelled frame, at the network's input height."""
+    heights = []
+    for sample in dataset:
+        count, _, stats, _ = cv2.connectedComponentsWithStats((sample.label == ANOMALY).view(np.uint8),
+                                                              connectivity=8)
+        scale = network_height / sample.label.shape[0]
+        heights.extend(stats[1:count, cv2.CC_STAT_HEIGHT] * scale)
+    return heights
+
+
+def sizes(args) -> int:
+    meta = load_model(DEFAULT_CHECKPOINT, with_branch=False)[1]
+    on_road, elsewhere = [], []
+    for sample in samples(args.config, args.samples, meta.mean, with_road=True):
+        rows = np.flatnonzero((sample["label"] == OUTLIER).any(axis=1))
+        if rows.size:
+            (on_road if sample["on_road"] else elsewhere).append(rows[-1] - rows[0] + 1)
+    entries = {entry.name: entry for entry in load_suite(args.suite)}
+    if args.set_name not in entries:
+        raise SystemExit(f"{args.suite} has no set {args.set_name!r}; it has: {', '.join(entries)}")
+    entry = entries[args.set_name]
+    edges = (0,) + HEIGHT_EDGES + ("",)
+    print(f"pasted objects in {args.samples} samples of {args.config} (seed {UNSEEN_SEED}; px of the training "
+          f"frame, cut by the crop) and the anomalies of {entry.name} (px at network height {args.network_height})\n")
+    print("| objects | count | " + " | ".join(f"{lo}–{hi} px" if hi else f"≥ {lo} px"
+                                             for lo, hi in zip(edges[:-1], edges[1:])) + " | median px |")
+    print("|---|---:|" + "---:|" * (len(HEIGHT_EDGES) + 2))
+    print(height_row("pasted on the road", on_road))
+    print(height_row("pasted elsewhere", elsewhere))
+    print(height_row(entry.name, anomaly_heights(open_dataset(entry.kind, entry.root), args.network_height)))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="training/rpl_training/configs/mixed_cpu.yaml",
@@ -107,6 +168,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=0.05)
     p.set_defaults(func=head_capacity)
+    p = sub.add_parser("sizes", help="pasted objects' heights against a labelled set's anomalies")
+    p.add_argument("--suite", type=Path, required=True)
+    p.add_argument("--set", dest="set_name", required=True, help="the suite entry's name")
+    p.add_argument("--samples", type=int, default=400)
+    p.add_argument("--network-height", type=int, default=512)
+    p.set_defaults(func=sizes)
     args = parser.parse_args(argv)
     torch.set_grad_enabled(args.command == "head-capacity")
     return args.func(args)
