@@ -8,9 +8,9 @@ that size (rounded up to its size divisor), pixels of the ``classes`` train ids 
 
 They are cached as PNG files (0 / 255) under ``cache_dir/<closed-set weights hash>_<classes>/`` named
 by the frame's path below the folder that holds its source's root (so the dataset folder's own name is
-part of it: two sources with the same layout do not share masks) and the size, so every run with the
-same segmenter reuses them — also from a model file whose RPL branch is another (the masks do not depend on it), and
-on another machine whose data lie elsewhere (``scripts/train_gpu_long.py`` carries them) — and an
+part of it: two sources with the same layout do not share masks) and the size. Every run with the same
+segmenter reuses them: also from a model file whose RPL branch is another (the masks do not depend on
+it), and on another machine whose data lie elsewhere (``scripts/train_gpu_long.py`` carries them); an
 interrupted preparation resumes.
 """
 
