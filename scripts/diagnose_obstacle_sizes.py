@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from rpl_perception.eval.datasets import open_dataset
 from rpl_perception.eval.offline import MultiScorePredictor
-from rpl_perception.eval.suite import load_suite
+from rpl_perception.eval.suite import suite_set
 from rpl_perception.segmenter import AnomalySegmenter
 
 NORMAL, ANOMALY = 0, 1
@@ -81,10 +81,11 @@ def main(argv=None) -> int:
     parser.add_argument("--fpr", type=float, default=0.05, help="share of normal pixels flagged (operating point)")
     parser.add_argument("--stride", type=int, default=4, help="normal pixels sampled every N rows/columns")
     args = parser.parse_args(argv)
-    entries = {entry.name: entry for entry in load_suite(args.suite)}
-    if args.set_name not in entries:
-        raise SystemExit(f"{args.suite} has no set {args.set_name!r}; it has: {', '.join(entries)}")
-    dataset = open_dataset(entries[args.set_name].kind, entries[args.set_name].root)
+    try:
+        entry = suite_set(args.suite, args.set_name)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    dataset = open_dataset(entry.kind, entry.root)
     rows = []
     for index, spec in enumerate(args.model):
         name, _, path = spec.partition("=") if "=" in spec else (Path(spec).stem, "", spec)

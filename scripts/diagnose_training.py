@@ -32,7 +32,7 @@ import torch
 from rpl_perception.checkpoint import DEFAULT_CHECKPOINT, load_model
 from rpl_perception.eval.datasets import open_dataset
 from rpl_perception.eval.metrics import pixel_metrics
-from rpl_perception.eval.suite import load_suite
+from rpl_perception.eval.suite import suite_set
 from rpl_perception.labels import ANOMALY, OUTLIER, VOID
 from rpl_perception.models import AnomalyModel, ImageNormalisation
 from rpl_training.config import load_config
@@ -138,10 +138,10 @@ def sizes(args) -> int:
         rows = np.flatnonzero((sample["label"] == OUTLIER).any(axis=1))
         if rows.size:
             (on_road if sample["on_road"] else elsewhere).append(rows[-1] - rows[0] + 1)
-    entries = {entry.name: entry for entry in load_suite(args.suite)}
-    if args.set_name not in entries:
-        raise SystemExit(f"{args.suite} has no set {args.set_name!r}; it has: {', '.join(entries)}")
-    entry = entries[args.set_name]
+    try:
+        entry = suite_set(args.suite, args.set_name)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     edges = (0,) + HEIGHT_EDGES + ("",)
     print(f"pasted objects in {args.samples} samples of {args.config} (seed {UNSEEN_SEED}; px of the training "
           f"frame, cut by the crop) and the anomalies of {entry.name} (px at network height {args.network_height})\n")

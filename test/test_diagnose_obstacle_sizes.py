@@ -1,6 +1,8 @@
 """scripts/diagnose_obstacle_sizes.py: anomalies found per area bin, at the score of a fixed FPR on the
 set's normal pixels, on frames built here."""
 
+from pathlib import Path
+
 import numpy as np
 
 from script_loader import load_script
@@ -23,3 +25,11 @@ def test_components_are_binned_by_area_and_found_by_half_of_their_pixels():
     assert table[0] == "| score | 0–1,000 px | 1,000–4,000 px | 4,000–16,000 px | ≥ 16,000 px | all |"
     assert table[2] == ("| model: rpl_energy | 0 / 1 (median 45 %) | 1 / 1 (median 67 %) | – | – | "
                         "1 / 2 (median 56 %) |")
+
+
+def test_an_unknown_set_is_refused_with_the_suites_sets():
+    import pytest
+
+    suite = Path(__file__).resolve().parents[1] / "scripts" / "dev_suite.yaml"
+    with pytest.raises(SystemExit, match=r"has no set 'RoadObstacle'; it has: RoadAnomaly dev, .*SMIYC RoadObstacle21 val"):
+        load_script("diagnose_obstacle_sizes").main(["--suite", str(suite), "--set", "RoadObstacle", "--model", "x"])

@@ -25,7 +25,7 @@ from .evaluation import EvaluationResult
 from .frames import frames_from_dataset
 from .offline import evaluate_offline
 
-__all__ = ["SuiteSet", "SuiteResult", "load_suite", "native_size", "run_suite", "suite_table", "suite_summary"]
+__all__ = ["SuiteSet", "SuiteResult", "load_suite", "suite_set", "native_size", "run_suite", "suite_table", "suite_summary"]
 
 NetworkSize = Union[None, str, Tuple[int, int]]
 
@@ -75,6 +75,14 @@ def load_suite(path) -> List[SuiteSet]:
     if len(set(names)) != len(names):
         raise ValueError(f"suite file {path}: set names must be distinct; got {names}")
     return sets
+
+
+def suite_set(path, name: str) -> SuiteSet:
+    """The set called ``name`` in a suite file; an unknown name lists the file's sets."""
+    sets = {entry.name: entry for entry in load_suite(path)}
+    if name not in sets:
+        raise ValueError(f"{path} has no set {name!r}; it has: {', '.join(sets)}")
+    return sets[name]
 
 
 def native_size(image_size: Tuple[int, int], divisor: int) -> Tuple[int, int]:
