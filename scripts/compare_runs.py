@@ -2,8 +2,9 @@
 """Arms of an ablation, each a set of ``rpl-train`` runs (seeds): every run's chosen validation (the
 row of ``validation.csv`` that the trainer made ``best.safetensors``, by ``rpl_training.selection``:
 the rule of docs/selection_rule.md; the final iteration beside it), each arm's mean and standard
-deviation over its runs, and each arm's difference from the first with the standard error of that
-difference (from the seeds' spread). AP / FPR95 in %.
+deviation over its runs — the suite mean, the mean of the three real-photo sets and each set — and each
+arm's difference from the first with the standard error of that difference (from the seeds' spread).
+AP / FPR95 in %.
 
     python scripts/compare_runs.py "without=runs/abl_none_s666" "on road=runs/abl_road_s666,runs/abl_road_s2024"
 """
@@ -21,6 +22,26 @@ from rpl_training.utils import read_log
 SETS = {"roadanomaly_dev": "RoadAnomaly dev", "smiyc_roadanomaly21_val": "RoadAnomaly21",
         "smiyc_roadobstacle21_val": "RoadObstacle21", "fishyscapes_static_val": "FS Static"}
 COLUMNS = ["ap", "fpr95"] + [f"{key}_{metric}" for key in SETS for metric in ("ap", "fpr95")]
+
+
+#: the sets of real photographs (Fishyscapes Static pastes objects into Cityscapes frames); their mean
+#: decides the short-schedule comparison of docs/selection_rule.md
+REAL_PHOTO = ["roadanomaly_dev", "smiyc_roadanomaly21_val", "smiyc_roadobstacle21_val"]
+
+
+def real_photo_mean(row) -> float:
+    return statistics.mean(row[f"{key}_ap"] for key in REAL_PHOTO)
+
+
+def difference(reference, other) -> str:
+    """Mean of ``other`` minus mean of ``reference``, with the standard error of that difference from
+    the pooled variance of the arms that have more than one seed ("no SE" where none has)."""
+    text = f"{statistics.mean(other) - statistics.mean(reference):+.1f}"
+    spread = [statistics.variance(seeds) for seeds in (reference, other) if len(seeds) > 1]
+    if not spread:
+        return text + " (no SE: one seed per arm)"
+    pooled = statistics.mean(spread)
+    return text + f" (SE {math.sqrt(pooled / len(reference) + pooled / len(other)):.1f})"
 
 
 def chosen_and_final(run: Path):
@@ -56,26 +77,26 @@ def main(argv=None) -> int:
             print(f"| {name}: {run.name} (chosen) | {int(best['iteration'])} | {cells(best)} |")
             if final is not best:
                 print(f"| {name}: {run.name} (final) | {int(final['iteration'])} | {cells(final)} |")
-    print(f"\n| arm (mean ± sd over seeds, chosen checkpoints) | seeds | {header} |")
-    print("|---|---:|" + "---:|" * (1 + len(SETS)))
-    for name, rows in chosen.items():
+    metrics = {"mean AP": lambda row: row["ap"], "real-photo mean": real_photo_mean}
+    metrics.update({name: (lambda row, key=key: row[f"{key}_ap"]) for key, name in SETS.items()})
+    values = {name: {metric: [100 * get(row) for row in rows] for metric, get in metrics.items()}
+              for name, rows in chosen.items()}
+    print("\n| arm (AP, mean ± sd over seeds, chosen checkpoints) | seeds | " + " | ".join(metrics) + " |")
+    print("|---|---:|" + "---:|" * len(metrics))
+    for name, per_metric in values.items():
         parts = []
-        for column in ["ap"] + [f"{key}_ap" for key in SETS]:
-            values = [100 * row[column] for row in rows]
-            sd = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""  # one seed: no spread
-            parts.append(f"{statistics.mean(values):.1f}{sd}")
-        print(f"| {name} | {len(rows)} | " + " | ".join(parts) + " |")
+        for seeds in per_metric.values():
+            sd = f" ± {statistics.stdev(seeds):.1f}" if len(seeds) > 1 else ""  # one seed: no spread
+            parts.append(f"{statistics.mean(seeds):.1f}{sd}")
+        print(f"| {name} | {len(chosen[name])} | " + " | ".join(parts) + " |")
     names = list(chosen)
+    if len(names) > 1:
+        print(f"\n| difference from {names[0]} (AP; standard error from the pooled seed variance) | "
+              + " | ".join(metrics) + " |")
+        print("|---|" + "---:|" * len(metrics))
     for name in names[1:]:
-        a, b = [100 * r["ap"] for r in chosen[names[0]]], [100 * r["ap"] for r in chosen[name]]
-        spread = [statistics.variance(v) for v in (a, b) if len(v) > 1]
-        difference = f"\n{name} − {names[0]}: mean AP {statistics.mean(b) - statistics.mean(a):+.1f} "
-        if not spread:
-            print(difference + "(one seed per arm: no standard error)")
-            continue
-        pooled = statistics.mean(spread)
-        se = math.sqrt(pooled / len(a) + pooled / len(b))
-        print(difference + f"(standard error of the difference {se:.1f}, from the pooled seed variance)")
+        parts = [difference(values[names[0]][metric], values[name][metric]) for metric in metrics]
+        print(f"| {name} − {names[0]} | " + " | ".join(parts) + " |")
     return 0
 
 

@@ -32,8 +32,32 @@ def test_arms_chosen_checkpoints_means_and_the_difference(tmp_path, capsys):
     assert "| without: a2 (final) | 800 | 28.0 / 35.0 |" in out
     assert "| without: a1 (chosen) | 800 |" in out and "a1 (final)" not in out
     # means 28.0 (26, 30) and 33.0 (32, 34); sds 2.83 and 1.41; pooled variance 5, SE sqrt(5/2 + 5/2)
-    assert "| without | 2 | 28.0 ± 2.8 |" in out and "| on road | 2 | 33.0 ± 1.4 |" in out
-    assert f"on road − without: mean AP +5.0 (standard error of the difference {math.sqrt(5.0):.1f}" in out
+    # every set holds the run's AP here, so the real-photo mean and each set equal the suite mean
+    assert "| without | 2 | 28.0 ± 2.8 | 28.0 ± 2.8 | 28.0 ± 2.8 |" in out
+    assert "| on road | 2 | 33.0 ± 1.4 | 33.0 ± 1.4 |" in out
+    assert f"| on road − without | +5.0 (SE {math.sqrt(5.0):.1f}) | +5.0 (SE {math.sqrt(5.0):.1f}) |" in out
+
+
+def test_the_real_photo_mean_leaves_fishyscapes_static_out(tmp_path, capsys):
+    script = load_script("compare_runs")
+    runs = []
+    for name, static in (("r1", 0.9), ("r2", 0.5)):
+        folder = tmp_path / name
+        folder.mkdir()
+        row = {"iteration": 800, "best_ap": 0.4, "ap": 0.4, "fpr95": 0.3,
+               "roadanomaly_dev_ap": 0.3, "smiyc_roadanomaly21_val_ap": 0.4, "smiyc_roadobstacle21_val_ap": 0.2,
+               "fishyscapes_static_val_ap": static}
+        row.update({f"{key}_fpr95": 0.3 for key in script.SETS})
+        with (folder / "validation.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, list(row))
+            writer.writeheader()
+            writer.writerow(row)
+        runs.append(folder)
+    assert script.main([f"a={runs[0]}", f"b={runs[1]}"]) == 0
+    out = capsys.readouterr().out
+    assert "| a | 1 | 40.0 | 30.0 | 30.0 | 40.0 | 20.0 | 90.0 |" in out  # real-photo mean (30+40+20)/3
+    assert "| b − a | +0.0 (no SE: one seed per arm) | +0.0 (no SE: one seed per arm) |" in out
+    assert out.rstrip().endswith("| -40.0 (no SE: one seed per arm) |")  # Fishyscapes Static 50 − 90
 
 
 def test_the_rule_a_tie_within_half_an_ap_goes_to_the_lower_fpr95():
@@ -57,5 +81,6 @@ def test_a_tie_is_chosen_as_the_trainer_chooses(tmp_path, capsys):
     assert script.main([f"one={run}"]) == 0
     out = capsys.readouterr().out
     assert "| one: tie (chosen) | 400 | 30.0 / 30.0 |" in out and "| one: tie (final) | 800 |" in out
-    assert "| one | 1 | 30.0 | 30.0 |" in out  # one seed: a mean without a spread
+    assert "| one | 1 | 30.0 | 30.0 | 30.0 |" in out  # one seed: a mean without a spread
+    assert "difference from" not in out  # one arm: nothing to compare
 
