@@ -3,7 +3,8 @@
 row of ``validation.csv`` that the trainer made ``best.safetensors``, by ``rpl_training.selection``:
 the rule of docs/selection_rule.md; the final iteration beside it), each arm's mean and standard
 deviation over its runs — the suite mean, the mean of the three real-photo sets and each set — and each
-arm's difference from the first with the standard error of that difference (from the seeds' spread).
+arm's difference from the first with the standard error of that difference (Student's pooled seed
+variance). A run whose last validation is before its configured end is marked unfinished.
 AP / FPR95 in %.
 
     python scripts/compare_runs.py "without=runs/abl_none_s666" "on road=runs/abl_road_s666,runs/abl_road_s2024"
@@ -14,6 +15,9 @@ import math
 import statistics
 import sys
 from pathlib import Path
+from typing import Optional
+
+import yaml
 
 from rpl_training.selection import best_of
 from rpl_training.utils import read_log
@@ -33,15 +37,25 @@ def real_photo_mean(row) -> float:
     return statistics.mean(row[f"{key}_ap"] for key in REAL_PHOTO)
 
 
+def standard_error(reference, other) -> Optional[float]:
+    """Standard error of the difference of two arms' means, from the pooled seed variance (Student's:
+    each arm's squared deviations from its own mean over n1 + n2 − 2 degrees of freedom; an arm of one
+    seed adds none); None when neither arm has two seeds."""
+    freedom = len(reference) + len(other) - 2
+    if freedom < 1:
+        return None
+    squares = sum((v - statistics.mean(seeds)) ** 2 for seeds in (reference, other) for v in seeds)
+    return math.sqrt(squares / freedom * (1 / len(reference) + 1 / len(other)))
+
+
 def difference(reference, other) -> str:
-    """Mean of ``other`` minus mean of ``reference``, with the standard error of that difference from
-    the pooled variance of the arms that have more than one seed ("no SE" where none has)."""
+    """Mean of ``other`` minus mean of ``reference``, with :func:`standard_error`."""
     text = f"{statistics.mean(other) - statistics.mean(reference):+.1f}"
-    spread = [statistics.variance(seeds) for seeds in (reference, other) if len(seeds) > 1]
-    if not spread:
+    se = standard_error(reference, other)
+    if se is None:
         return text + " (no SE: one seed per arm)"
-    pooled = statistics.mean(spread)
-    return text + f" (SE {math.sqrt(pooled / len(reference) + pooled / len(other)):.1f})"
+    one_arm = " from one arm's spread" if min(len(reference), len(other)) == 1 else ""
+    return text + f" (SE {se:.1f}{one_arm})"
 
 
 def chosen_and_final(run: Path):
@@ -50,6 +64,14 @@ def chosen_and_final(run: Path):
     if not rows:
         raise SystemExit(f"{run}: no validation yet")
     return best_of(rows), rows[-1]
+
+
+def unfinished(run: Path, final) -> str:
+    """" (unfinished: N of M)" where the run's last validation is before its configured end, else ""."""
+    config = run / "config.yaml"
+    total = yaml.safe_load(config.read_text())["train"]["iterations"] if config.is_file() else None
+    done = int(final["iteration"])
+    return f" (unfinished: {done:,} of {total:,})" if total is not None and done < total else ""
 
 
 def cells(row) -> str:
@@ -65,8 +87,8 @@ def main(argv=None) -> int:
     for spec in args.arms:
         name, _, runs = spec.partition("=")
         arms[name] = [Path(run) for run in runs.split(",") if run]
-    header = "mean AP / FPR95 | " + " | ".join(SETS.values())
-    print(f"| run | iteration | {header} |")
+    header = "mean | " + " | ".join(SETS.values())
+    print(f"| run (AP / FPR95) | iteration | {header} |")
     print("|---|---:|" + "---:|" * (1 + len(SETS)))
     chosen = {}
     for name, runs in arms.items():
@@ -74,7 +96,7 @@ def main(argv=None) -> int:
         for run in runs:
             best, final = chosen_and_final(run)
             chosen[name].append(best)
-            print(f"| {name}: {run.name} (chosen) | {int(best['iteration'])} | {cells(best)} |")
+            print(f"| {name}: {run.name}{unfinished(run, final)} (chosen) | {int(best['iteration'])} | {cells(best)} |")
             if final is not best:
                 print(f"| {name}: {run.name} (final) | {int(final['iteration'])} | {cells(final)} |")
     metrics = {"mean AP": lambda row: row["ap"], "real-photo mean": real_photo_mean}

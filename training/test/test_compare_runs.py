@@ -5,6 +5,8 @@ import csv
 import math
 from pathlib import Path
 
+import pytest
+
 from rpl_training_testdata import load_script
 
 
@@ -36,6 +38,29 @@ def test_arms_chosen_checkpoints_means_and_the_difference(tmp_path, capsys):
     assert "| without | 2 | 28.0 ± 2.8 | 28.0 ± 2.8 | 28.0 ± 2.8 |" in out
     assert "| on road | 2 | 33.0 ± 1.4 | 33.0 ± 1.4 |" in out
     assert f"| on road − without | +5.0 (SE {math.sqrt(5.0):.1f}) | +5.0 (SE {math.sqrt(5.0):.1f}) |" in out
+
+
+def test_the_standard_error_pools_the_seeds_by_degrees_of_freedom():
+    script = load_script("compare_runs")
+    # squared deviations 1 + 1 (mean 30) and 1 + 0 + 1 (mean 21) over 2 + 3 − 2 = 3 degrees of freedom; the
+    # plain average of the two variances (2 and 1) would give sqrt(1.5 × (1/2 + 1/3)) = 1.118 instead
+    assert script.standard_error([29.0, 31.0], [20.0, 21.0, 22.0]) == pytest.approx(math.sqrt(4 / 3 * (1 / 2 + 1 / 3)))
+    # a single seed adds no spread: the other arm's variance alone, over its own 2 degrees of freedom
+    assert script.standard_error([25.0], [20.0, 21.0, 22.0]) == pytest.approx(math.sqrt(2 / 2 * (1 / 1 + 1 / 3)))
+    assert script.standard_error([25.0], [20.0]) is None
+    assert script.difference([25.0], [20.0, 21.0, 22.0]).startswith("-4.0 (SE 1.2 from one arm's spread)")
+
+
+def test_a_run_before_its_configured_end_is_marked_unfinished(tmp_path, capsys):
+    script = load_script("compare_runs")
+    run = write_run(tmp_path / "partial", [(500, 0.30, 0.30), (1000, 0.28, 0.30)])
+    (run / "config.yaml").write_text("train:\n  iterations: 8000\n")
+    done = write_run(tmp_path / "done", [(500, 0.30, 0.30)])
+    (done / "config.yaml").write_text("train:\n  iterations: 500\n")
+    assert script.main([f"a={run},{done}"]) == 0
+    out = capsys.readouterr().out
+    assert "| a: partial (unfinished: 1,000 of 8,000) (chosen) | 500 |" in out
+    assert "| a: done (chosen) | 500 |" in out
 
 
 def test_the_real_photo_mean_leaves_fishyscapes_static_out(tmp_path, capsys):
