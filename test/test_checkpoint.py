@@ -120,3 +120,14 @@ def test_branch_design_is_recorded_and_rebuilt(tmp_path):
     unknown = save_checkpoint(tmp_path / "unknown.safetensors", dataclasses.replace(aspp_meta, rpl_design="wide"), model)
     with pytest.raises(CheckpointError, match=r"unknown\.safetensors: RPL branch design 'wide' is unknown.*aspp, pyramid, aspp_fine"):
         load_model(unknown)
+    # the fine path's width is recorded and rebuilt; on a design without one the error names the file
+    fine = RPLNetwork(network.closed_set, arch.build_rpl_branch(network.closed_set, 32, "aspp_fine", fine_channels=8))
+    fine_meta = dataclasses.replace(aspp_meta, rpl_design="aspp_fine", rpl_fine_channels=8)
+    loaded, loaded_meta = load_model(save_checkpoint(tmp_path / "fine.safetensors", fine_meta, fine))
+    assert loaded_meta.rpl_fine_channels == 8 and loaded.branch.fine_channels == 8
+    for key, value in fine.branch.state_dict().items():
+        assert torch.equal(loaded.branch.state_dict()[key], value), key
+    misplaced = save_checkpoint(tmp_path / "misplaced.safetensors", dataclasses.replace(aspp_meta, rpl_fine_channels=8), model)
+    with pytest.raises(CheckpointError, match=r"misplaced\.safetensors: its RPL branch metadata cannot be built "
+                                              r"\(fine_channels is a setting of the aspp_fine design, not of 'aspp'\)"):
+        load_model(misplaced)

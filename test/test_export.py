@@ -134,12 +134,13 @@ def test_parity_at_1024x512(tmp_path, roadanomaly_dev):
     assert report.label_agreement >= 0.9999, report
 
 
-def test_rpl_branch_and_logits_dynamic_batch(tmp_path, roadanomaly_dev):
+@pytest.mark.parametrize("design", ["pyramid", "aspp_fine"])
+def test_rpl_branch_and_logits_dynamic_batch(tmp_path, roadanomaly_dev, design):
     """rpl_energy on a (randomly initialised) RPL branch, logits output, batch 1 and 3."""
     torch.manual_seed(0)
     meta, _ = read_checkpoint(DEFAULT_CHECKPOINT)
     network, _ = load_model(DEFAULT_CHECKPOINT)
-    network.branch = get_architecture(meta.architecture).build_rpl_branch(network.closed_set, 64, "pyramid").eval()
+    network.branch = get_architecture(meta.architecture).build_rpl_branch(network.closed_set, 64, design).eval()
     model = AnomalyModel(network, num_inlier=meta.num_inlier, mean=meta.mean, std=meta.std,
                          score="rpl_energy").eval()
     path = export_onnx(model, tmp_path / "rpl.onnx", SMALL, dynamic_batch=True, return_logits=True)

@@ -142,3 +142,58 @@ def test_fine_branch_reads_the_heads_input_at_its_resolution():
         network = RPLNetwork(seg, branch).eval()
         out = network(x)
         assert torch.equal(out.closed, seg(x)) and out.rpl.shape == (1, 20, 128, 256)
+
+
+@pytest.mark.parametrize("fine_channels", [32, 8])
+def test_fine_branch_is_the_fused_concatenation_computed_without_it(fine_channels):
+    """The residual equals fuse's 1×1 over the concatenation [upsampled reduced context, feat] (the
+    design as written), values and gradients, for trained-looking BatchNorm statistics (eval mode)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    arch = get_architecture("espnetv2_cityscapes")
+    seg = load_closed_set(DEFAULT_CHECKPOINT)
+    branch = arch.build_rpl_branch(seg, 64, "aspp_fine", fine_channels=fine_channels).eval()
+    assert branch.fine_channels == fine_channels == branch.reduce[0].out_channels == branch.residual.in_channels
+    with torch.no_grad():
+        for norm in (branch.reduce[1], branch.fuse[1]):
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.normal_()
+            norm.bias.normal_()
+    # in double precision: the two orders of summation then agree to ~1e-12, so a tight tolerance
+    # separates a wrong formula from rounding
+    branch.double()
+    embedding = torch.randn(2, 64, 4, 8, dtype=torch.float64)
+    feat = torch.randn(2, 32, 32, 64, dtype=torch.float64)
+
+    def concatenated(branch):
+        coarse = F.interpolate(branch.reduce(embedding), feat.shape[-2:], mode="bilinear", align_corners=True)
+        return branch.residual(branch.fuse(torch.cat([coarse, feat], 1)))
+
+    fast = branch.residual_from(embedding, feat)
+    written = concatenated(branch)
+    assert fast.shape == feat.shape
+    torch.testing.assert_close(fast, written, rtol=1e-9, atol=1e-9)
+    assert written.abs().max() > 0.1  # a non-trivial residual was compared
+    fast.square().sum().backward()
+    fast_grads = [p.grad.clone() for p in branch.parameters() if p.grad is not None]
+    branch.zero_grad(set_to_none=True)
+    written.square().sum().backward()
+    written_grads = [p.grad for p in branch.parameters() if p.grad is not None]
+    assert len(fast_grads) == len(written_grads) > 0
+    for a, b in zip(fast_grads, written_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_fine_channels_belong_to_the_fine_design_only():
+    arch = get_architecture("espnetv2_cityscapes")
+    seg = load_closed_set(DEFAULT_CHECKPOINT)
+    assert arch.build_rpl_branch(seg, 64, "aspp_fine").fine_channels == 32  # the design's default
+    narrow = arch.build_rpl_branch(seg, 64, "aspp_fine", fine_channels=16)
+    wide = arch.build_rpl_branch(seg, 64, "aspp_fine")
+    # reduce 64→F and fuse (F+32)→F (each + BatchNorm), residual F→32: narrower at F = 16 than at 32 by
+    assert sum(p.numel() for p in narrow.parameters()) == (
+        sum(p.numel() for p in wide.parameters()) - (64 * 16 + 2 * 16) - (64 * 32 - 48 * 16 + 2 * 16) - 32 * 16)
+    with pytest.raises(ValueError, match="fine_channels is a setting of the aspp_fine design, not of 'aspp'"):
+        arch.build_rpl_branch(seg, 64, "aspp", fine_channels=16)

@@ -32,6 +32,8 @@ class CheckpointMeta:
     rpl_width: Optional[int] = None  # None: no RPL branch in the file
     #: the branch design (``Architecture.rpl_designs``); None: ``Architecture.design_of_unrecorded``
     rpl_design: Optional[str] = None
+    #: the fine path's width of a design that has one (``aspp_fine``); None: the design's default
+    rpl_fine_channels: Optional[int] = None
     score: str = "energy"  # default score of this model
     smoothing_sigma: float = 1.0
     #: per score, the (low, high) score range that heatmap colours span

@@ -108,7 +108,10 @@ def build_model(meta: CheckpointMeta, groups, source, with_branch: bool = True) 
         if design not in arch.rpl_designs:
             raise CheckpointError(f"{source}: RPL branch design {design!r} is unknown for {arch.name}; "
                                   f"known: {', '.join(arch.rpl_designs)}")
-        branch = arch.build_rpl_branch(closed_set, meta.rpl_width, design)
+        try:
+            branch = arch.build_rpl_branch(closed_set, meta.rpl_width, design, fine_channels=meta.rpl_fine_channels)
+        except ValueError as exc:
+            raise CheckpointError(f"{source}: its RPL branch metadata cannot be built ({exc})") from None
         load_state_dict_strict(branch, groups["rpl"], source, "RPL branch")
     elif with_branch and groups["rpl"]:
         raise CheckpointError(f"{source}: holds rpl.* tensors but its metadata has no rpl_width")

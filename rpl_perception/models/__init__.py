@@ -41,8 +41,9 @@ class Architecture:
 
     name: str
     build_closed_set: Callable[[], nn.Module]
-    #: (frozen closed-set network, branch width, design) → RPLBranch, initialised as the official code does
-    build_rpl_branch: Callable[[nn.Module, int, str], RPLBranch]
+    #: (frozen closed-set network, branch width, design, fine_channels=None) → RPLBranch, initialised as
+    #: the official code does; ``fine_channels`` only for designs with a fine path (None: the design's default)
+    build_rpl_branch: Callable[..., RPLBranch]
     default_rpl_width: int
     input_size: Tuple[int, int]  # (width, height) the network was trained at
     class_names: Tuple[str, ...] = CITYSCAPES_CLASSES
@@ -81,7 +82,8 @@ def get_architecture(name: str) -> Architecture:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
 
 
-def espnetv2_rpl_branch(closed_set: ESPNetv2Segmentation, width: int = 128, design: str = "aspp") -> RPLBranch:
+def espnetv2_rpl_branch(closed_set: ESPNetv2Segmentation, width: int = 128, design: str = "aspp",
+                        fine_channels: Optional[int] = None) -> RPLBranch:
     """ESPNetv2's RPL branch on the level-4 feature (stride 16, 512 channels), in one of three designs.
 
     * ``aspp`` (the default, the shipped model's): :class:`SeparableASPP` (512 → ``width``, randomly
@@ -90,8 +92,10 @@ def espnetv2_rpl_branch(closed_set: ESPNetv2Segmentation, width: int = 128, desi
       512 → 10 → 64), as the official code copies DeepLabV3+'s ASPP; copied when the widths match.
       Its first layer keeps only 10 of the 512 channels, the ones the decoder needs for Cityscapes.
     * ``aspp_fine``: the ``aspp`` context, and a residual that also reads the head's input feature
-      (:class:`FineRPLBranch`): sharp enough for small obstacles.
+      (:class:`FineRPLBranch`, ``fine_channels`` wide, 32 by default): sharp enough for small obstacles.
     """
+    if fine_channels is not None and design != "aspp_fine":
+        raise ValueError(f"fine_channels is a setting of the aspp_fine design, not of {design!r}")
     if design == "pyramid":
         context = EfficientPyrPool(closed_set.deep_channels, 10, width)
         if width == closed_set.bu_dec_l1.merge_layer[3].out_channels:
@@ -101,7 +105,7 @@ def espnetv2_rpl_branch(closed_set: ESPNetv2Segmentation, width: int = 128, desi
     else:
         raise ValueError(f"unknown ESPNetv2 RPL branch design {design!r}; known: aspp, pyramid, aspp_fine")
     if design == "aspp_fine":
-        return FineRPLBranch(context, width, closed_set.head_channels)
+        return FineRPLBranch(context, width, closed_set.head_channels, fine_channels or 32)
     return RPLBranch(context, width, closed_set.head_channels)
 
 

@@ -20,7 +20,7 @@ both families plug into :class:`~rpl_perception.models.rpl.RPLNetwork` unchanged
 
 import copy
 from collections import OrderedDict
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -294,14 +294,15 @@ def deeplabv3plus_resnet101(num_classes: int = NUM_CITYSCAPES_CLASSES, output_st
 
 
 def deeplabv3plus_rpl_branch(closed_set: _DeepLabV3PlusBase, width: int = ASPP_CHANNELS,
-                             design: str = "aspp") -> DeepLabRPLBranch:
+                             design: str = "aspp", fine_channels: Optional[int] = None) -> DeepLabRPLBranch:
     """The RPL branch, initialised as the official trainer does (fact sheet section 8a).
 
     The context starts as an exact copy of the closed-set network's ASPP (and, for WRN38, ``bot_aspp``),
     trainable even when ``segmenter`` is already frozen; the 1×1 residual is fresh Kaiming-normal.
     """
-    if design != "aspp":
-        raise ValueError(f"the DeepLabV3+ RPL branch has one design, 'aspp' (a copy of its ASPP); got {design!r}")
+    if design != "aspp" or fine_channels is not None:
+        raise ValueError(f"the DeepLabV3+ RPL branch has one design, 'aspp' (a copy of its ASPP), without a "
+                         f"fine path; got {design!r}, fine_channels {fine_channels}")
     if width != ASPP_CHANNELS:
         raise ValueError(f"the DeepLabV3+ RPL branch copies the ASPP, so its width is "
                          f"{ASPP_CHANNELS}; got {width}")

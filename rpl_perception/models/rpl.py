@@ -105,14 +105,23 @@ class FineRPLBranch(RPLBranch):
 
     def __init__(self, context: nn.Module, context_channels: int, head_channels: int, fine_channels: int = 32):
         super().__init__(context, context_channels, head_channels)
+        self.fine_channels = fine_channels
         self.reduce = _conv_bn_relu(context_channels, fine_channels)
         self.fuse = _conv_bn_relu(fine_channels + head_channels, fine_channels)
         self.residual = nn.Conv2d(fine_channels, head_channels, 1, bias=True)
         init_kaiming_fan_in(self.residual)
 
     def residual_from(self, embedding: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
-        coarse = F.interpolate(self.reduce(embedding), feat.shape[-2:], mode="bilinear", align_corners=True)
-        return self.residual(self.fuse(torch.cat([coarse, feat], 1)))
+        # fuse's 1×1 over the concatenation [upsample(reduced), feat] is computed as the sum of its two
+        # halves, the context half before the upsampling (a 1×1 commutes with bilinear interpolation,
+        # whose weights sum to 1): the same function without a concatenated copy or a 1×1 over the
+        # upsampled context at the head's resolution, the costly part of this branch on a CPU
+        conv, norm, relu = self.fuse
+        context_weight, feat_weight = conv.weight.split([self.fine_channels, feat.shape[1]], dim=1)
+        coarse = F.conv2d(self.reduce(embedding), context_weight)
+        fused = F.conv2d(feat, feat_weight) + F.interpolate(coarse, feat.shape[-2:], mode="bilinear",
+                                                           align_corners=True)
+        return self.residual(relu(norm(fused)))
 
 
 class RPLNetwork(nn.Module):

@@ -40,6 +40,7 @@ DEFAULTS: Dict[str, Any] = {
         "architecture": None,  # registry name; needed only for a plain .pth state dict
         "rpl_width": None,  # branch width; None = the architecture's default
         "rpl_design": None,  # branch design (ESPNetv2: aspp | pyramid | aspp_fine); None = the architecture's default
+        "rpl_fine_channels": None,  # aspp_fine only: its fine path's width; None = the design's default (32)
     },
     "data": {
         # one inlier source, or a list of them (each with these keys) sampled by their weights

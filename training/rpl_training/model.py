@@ -107,14 +107,16 @@ def build_network(model_cfg: Dict[str, object]) -> Tuple[RPLNetwork, nn.Conv2d, 
     if design not in arch.rpl_designs:
         raise ValueError(f"model.rpl_design {design!r} is unknown for {arch.name}; known: {', '.join(arch.rpl_designs)}")
     closed_set = frozen.closed_set
-    branch = arch.build_rpl_branch(closed_set, width, design)
+    branch = arch.build_rpl_branch(closed_set, width, design, fine_channels=model_cfg.get("rpl_fine_channels"))
+    fine_channels = getattr(branch, "fine_channels", None)  # recorded as built, the default included
     projector = nn.Conv2d(branch.context_channels, closed_set.head_channels, kernel_size=1, bias=True)
     init_kaiming_fan_in(projector)
     # the closed-set network's record only: what a model file says of its own RPL branch is not true
     # of the branch trained here
     provenance = {k: v for k, v in meta.provenance.items() if k in SEGMENTER_PROVENANCE}
     provenance.setdefault("source", str(path))
-    meta = dataclasses.replace(meta, rpl_width=width, rpl_design=design, score="rpl_energy", provenance=provenance)
+    meta = dataclasses.replace(meta, rpl_width=width, rpl_design=design,
+                               rpl_fine_channels=fine_channels, score="rpl_energy", provenance=provenance)
     return RPLNetwork(closed_set, branch), projector, meta
 
 

@@ -275,8 +275,9 @@ def _train(run: RunState, dataset, sets: Optional[ValidationSets], stop_after: O
     if ctx.is_main:
         metrics_log = MetricsLog(run.out_dir, start, sets.fields if sets is not None else VALIDATION_FIELDS)
         (run.out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        log.info("training %s + RPL branch (%s, width %d) for %d iterations (%d per epoch, batch %d over %d "
-                 "process(es) on %s)%s", run.meta.architecture, run.meta.rpl_design, run.meta.rpl_width, run.total,
+        fine = "" if run.meta.rpl_fine_channels is None else f", fine path {run.meta.rpl_fine_channels}"
+        log.info("training %s + RPL branch (%s, width %d%s) for %d iterations (%d per epoch, batch %d over %d "
+                 "process(es) on %s)%s", run.meta.architecture, run.meta.rpl_design, run.meta.rpl_width, fine, run.total,
                  run.iterations_per_epoch, train_cfg["batch_size"], ctx.world_size, run.device,
                  f", resuming at {start}" if start else "")
     val_every = int(val_cfg["every"]) if sets is not None else None

@@ -84,6 +84,13 @@ def test_initialisation_as_the_official_code():
     assert all(not p.requires_grad for p in network.closed_set.parameters())
     wider, wider_projector, _ = build_network({"segmenter": None, "architecture": None, "rpl_width": 96})
     assert wider_projector.in_channels == 96 and wider.branch.residual.in_channels == 96
+    fine, _, fine_meta = build_network({"segmenter": None, "architecture": None, "rpl_width": 64,
+                                        "rpl_design": "aspp_fine", "rpl_fine_channels": 16})
+    assert (fine_meta.rpl_design, fine_meta.rpl_fine_channels, fine.branch.fine_channels) == ("aspp_fine", 16, 16)
+    _, _, default_fine_meta = build_network({"segmenter": None, "architecture": None, "rpl_width": 64,
+                                             "rpl_design": "aspp_fine"})
+    assert default_fine_meta.rpl_fine_channels == 32  # the file records the width built, the default too
+    assert default_meta.rpl_fine_channels is None  # aspp has no fine path
 
 
 def test_a_few_steps_lower_the_loss(tiny_data, tmp_path):
