@@ -45,6 +45,8 @@ def run_variant(config: Path, overrides, iterations: int, log_every: int):
         train(cfg)
         wall = time.perf_counter() - wall0
         cpu = _cpu_seconds() - cpu0
+        # read here, not with rpl_training.utils.read_log: with --baseline this runs on an older
+        # checkout's rpl_training, which may predate that reader
         with open(Path(tmp) / "run" / "metrics.csv", newline="") as fh:
             per_window = [float(r["seconds_per_iteration"]) for r in csv.DictReader(fh)]
     return per_window, wall, cpu, int(cfg["train"]["batch_size"])
