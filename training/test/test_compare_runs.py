@@ -109,3 +109,16 @@ def test_a_tie_is_chosen_as_the_trainer_chooses(tmp_path, capsys):
     assert "| one | 1 | 30.0 | 30.0 | 30.0 |" in out  # one seed: a mean without a spread
     assert "difference from" not in out  # one arm: nothing to compare
 
+
+
+def test_the_kept_records_of_the_long_recipe_give_its_documented_level(capsys):
+    """docs/runs holds the records later comparisons read (runs/ is not kept); the long recipe's two
+    seeds must choose the checkpoints docs/rpl_training_long.md reports and give its level."""
+    script = load_script("compare_runs")
+    records = Path(__file__).resolve().parents[2] / "docs" / "runs"
+    assert script.main([f"long={records / 'mixed_long'},{records / 'mixed_long_s2024'}"]) == 0
+    out = capsys.readouterr().out
+    assert "| long: mixed_long (chosen) | 5000 | 38.4 / 30.9 |" in out
+    assert "| long: mixed_long_s2024 (chosen) | 1500 | 36.6 / 27.2 |" in out
+    assert "unfinished" not in out  # both ran the config's 8,000 iterations
+    assert "| long | 2 | 37.5 ± 1.3 | 39.9 ± 3.7 |" in out
