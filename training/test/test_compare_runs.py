@@ -110,7 +110,6 @@ def test_a_tie_is_chosen_as_the_trainer_chooses(tmp_path, capsys):
     assert "difference from" not in out  # one arm: nothing to compare
 
 
-
 def test_the_kept_records_of_the_long_recipe_give_its_documented_level(capsys):
     """docs/runs holds the records later comparisons read (runs/ is not kept); the long recipe's two
     seeds must choose the checkpoints docs/rpl_training_long.md reports and give its level."""
